@@ -1,0 +1,226 @@
+"""Typed training configuration: defaults < YAML ``--config`` < command-line flags.
+
+One :class:`TrainConfig` is built and validated once, saved beside the run as
+``config.yaml``, and passed read-only to the loop. Every field is a flag: ``batch_size``
+is ``--batch-size`` (open_clip's names where it has one). Unknown YAML keys and values of
+the wrong type are errors that name the key and the fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PRECISIONS = ("fp32", "amp", "amp_bf16")
+DATASET_TYPES = ("auto", "csv", "webdataset")
+LOSSES = ("clip",)
+
+
+def _f(default: Any, help: str, group: str, **kw: Any) -> Any:
+    return field(default=default, metadata={"help": help, "group": group, **kw})
+
+
+@dataclass
+class TrainConfig:
+    # data
+    train_data: str | None = _f(None, "training CSV/TSV or WebDataset shards", "data")
+    val_data: str | None = _f(None, "validation CSV (with a label column for zero-shot)", "data")
+    dataset_type: str = _f("auto", "csv | webdataset | auto (by extension)", "data")
+    csv_img_key: str = _f("filepath", "CSV column with image paths", "data")
+    csv_caption_key: str = _f("title", "CSV column with captions", "data")
+    csv_separator: str | None = _f(None, "CSV separator (default: tab for .tsv, else comma)", "data")
+    train_num_samples: int | None = _f(None, "samples per epoch for shards without sizes.json", "data")
+    zeroshot_classnames: str | None = _f(
+        None, "class names file for zero-shot eval on --val-data (default: beside it)", "data"
+    )
+    zeroshot_templates: str | None = _f(None, "prompt templates file (default: beside it)", "data")
+    workers: int = _f(2, "data loader workers per process", "data")
+    # model
+    model: str = _f("cpu-small-64", "student size (clip_ping.list_models())", "model")
+    tokenizer: str | None = _f(None, "tokenizer folder or 'minilm' (default)", "model")
+    torch_compile: bool = _f(False, "torch.compile the model (opt-in)", "model")
+    # optimiser and schedule
+    batch_size: int = _f(64, "batch size per process", "optimiser")
+    epochs: int = _f(1, "passes over the training data", "optimiser")
+    lr: float = _f(5e-4, "peak learning rate", "optimiser")
+    wd: float = _f(0.1, "AdamW weight decay (not applied to gains, biases, logit scale)", "optimiser")
+    beta1: float = _f(0.9, "AdamW beta1", "optimiser")
+    beta2: float = _f(0.98, "AdamW beta2", "optimiser")
+    eps: float = _f(1e-6, "AdamW epsilon", "optimiser")
+    warmup: int = _f(100, "linear warm-up steps before the cosine decay", "optimiser")
+    accum_freq: int = _f(1, "micro-batches accumulated per optimiser step", "optimiser")
+    grad_clip_norm: float | None = _f(None, "clip gradient norm at this value", "optimiser")
+    precision: str = _f("fp32", "fp32 | amp (fp16 autocast, CUDA) | amp_bf16 (bf16 autocast)", "optimiser")
+    # loss
+    loss: str = _f("clip", "training objective", "loss")
+    # distributed
+    local_loss: bool = _f(False, "contrast local features against the gathered batch", "distributed")
+    gather_with_grad: bool = _f(False, "all-gather features with gradient", "distributed")
+    # run
+    name: str | None = _f(None, "run name: logs/<name>/ (default: date and time)", "run")
+    logs: str = _f("logs", "folder holding run folders", "run")
+    seed: int = _f(0, "random seed (init, data order, augmentation)", "run")
+    device: str = _f("auto", "auto | cpu | cuda | cuda:N", "run")
+    resume: str | None = _f(None, "'latest' or a checkpoint path to continue from", "run")
+    save_every_steps: int = _f(200, "write checkpoints/latest.pt every N steps (0: end only)", "run")
+    log_every_steps: int = _f(10, "log train/* metrics every N steps", "run")
+    val_frequency: int = _f(1, "zero-shot eval on --val-data every N epochs (0: never)", "run")
+    stop_after_steps: int | None = _f(
+        None, "stop after this many optimiser steps as if interrupted (for tests)", "run"
+    )
+    progress: bool = _f(True, "show a progress bar", "run")
+
+    def validate(self) -> TrainConfig:
+        """Raise ``ValueError`` naming the bad value and the fix; return self."""
+
+        def bad(name: str, why: str) -> None:
+            raise ValueError(f"--{name.replace('_', '-')}={getattr(self, name)!r}: {why}")
+
+        if not self.train_data:
+            bad("train_data", "required; pass a CSV/TSV file or WebDataset shards")
+        for name, allowed in (
+            ("precision", PRECISIONS),
+            ("dataset_type", DATASET_TYPES),
+            ("loss", LOSSES),
+        ):
+            if getattr(self, name) not in allowed:
+                bad(name, f"choose one of {', '.join(allowed)}")
+        for name in ("batch_size", "epochs", "accum_freq", "log_every_steps"):
+            if getattr(self, name) < 1:
+                bad(name, "must be at least 1")
+        for name in ("warmup", "save_every_steps", "workers", "val_frequency"):
+            if getattr(self, name) < 0:
+                bad(name, "must be 0 or more")
+        if self.lr <= 0:
+            bad("lr", "must be positive")
+        if self.wd < 0:
+            bad("wd", "must be 0 or more")
+        if self.local_loss and not self.gather_with_grad:
+            bad("local_loss", "needs --gather-with-grad (local logits need gathered gradients)")
+        from .models import list_models
+
+        if self.model not in list_models():
+            bad("model", f"choose one of {', '.join(list_models())}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------------------
+# YAML + flags
+# --------------------------------------------------------------------------------------
+
+
+def _base_type(annotation: Any) -> tuple[type, bool]:
+    """(type, optional) of a field annotation such as ``int | None``."""
+    hint = annotation
+    if isinstance(hint, str):
+        hint = eval(hint, {**vars(typing), "types": types})  # annotations are ours
+    args = typing.get_args(hint)
+    if args:
+        non_none = [a for a in args if a is not type(None)]
+        return non_none[0], len(non_none) < len(args)
+    return hint, False
+
+
+def _coerce(name: str, value: Any, annotation: Any) -> Any:
+    kind, optional = _base_type(annotation)
+    if optional and isinstance(value, str) and value.lower() in ("none", "null"):
+        value = None
+    if value is None:
+        if optional:
+            return None
+        raise ValueError(f"config key '{name}' cannot be null")
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+    elif kind is int and not isinstance(value, bool):
+        if isinstance(value, int) or (isinstance(value, str) and value.lstrip("-").isdigit()):
+            return int(value)
+    elif kind is float and not isinstance(value, bool):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            pass
+    elif kind is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise ValueError(
+        f"config key '{name}' expects {kind.__name__}{' or null' if optional else ''}, "
+        f"got {value!r} ({type(value).__name__})"
+    )
+
+
+def _fields(cls: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def load_yaml(path: str | Path, cls: type = TrainConfig) -> dict[str, Any]:
+    """Read a YAML mapping of config keys (``batch_size`` or ``batch-size``), strictly."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--config {path}: no such file")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"--config {path}: expected a mapping of keys to values")
+    fields = _fields(cls)
+    values = {}
+    for raw_key, value in data.items():
+        key = str(raw_key).replace("-", "_")
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ValueError(f"--config {path}: unknown key '{raw_key}'{hint}")
+        values[key] = _coerce(key, value, fields[key].type)
+    return values
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfig) -> None:
+    """One flag per field, grouped; defaults are suppressed so we know what was set."""
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in dataclasses.fields(cls):
+        group_name = f.metadata.get("group", "other")
+        group = groups.get(group_name) or parser.add_argument_group(group_name)
+        groups[group_name] = group
+        flag = "--" + f.name.replace("_", "-")
+        kind, _ = _base_type(f.type)
+        help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
+        if kind is bool:
+            group.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                help=help_text,
+            )
+        else:
+            group.add_argument(flag, default=argparse.SUPPRESS, help=help_text, metavar=kind.__name__.upper())
+
+
+def build_config(
+    config_file: str | None = None, overrides: dict[str, Any] | None = None, cls: type = TrainConfig
+):
+    """Defaults, then the YAML file, then ``overrides`` (parsed flags); validated."""
+    values: dict[str, Any] = {}
+    if config_file:
+        values.update(load_yaml(config_file, cls))
+    fields = _fields(cls)
+    for key, value in (overrides or {}).items():
+        if key not in fields:
+            raise ValueError(f"unknown setting '{key}'")
+        values[key] = _coerce(key, value, fields[key].type)
+    return cls(**values).validate()
+
+
+def save_yaml(config: Any, path: str | Path) -> None:
+    from .io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))

@@ -1,0 +1,96 @@
+"""Image transforms without torchvision: PIL in, ``(3, H, W)`` float tensor out.
+
+Training uses a random resized crop (scale 0.9-1.0, as open_clip's default) and
+evaluation a resize of the shorter side plus a centre crop, both followed by CLIP's
+mean/std normalisation. Randomness comes from an explicit ``numpy`` generator so
+that a sample's augmentation depends only on (seed, epoch, sample index): a resumed
+run, or a run with another number of workers, sees the same pixels.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB copy of ``image``; transparent pixels are composited on white, not black."""
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        canvas.alpha_composite(rgba)
+        return canvas.convert("RGB")
+    return image.convert("RGB")
+
+
+def _to_tensor(image: Image.Image, mean: tuple, std: tuple) -> torch.Tensor:
+    array = np.asarray(image, dtype=np.float32) / 255.0
+    tensor = torch.from_numpy(array).permute(2, 0, 1)
+    mean_t = torch.tensor(mean).view(3, 1, 1)
+    std_t = torch.tensor(std).view(3, 1, 1)
+    return (tensor - mean_t) / std_t
+
+
+@dataclass
+class EvalTransform:
+    """Resize the shorter side to ``image_size`` (bicubic), centre crop, normalise."""
+
+    image_size: int
+    mean: tuple = CLIP_MEAN
+    std: tuple = CLIP_STD
+
+    def __call__(self, image: Image.Image, rng: np.random.Generator | None = None) -> torch.Tensor:
+        image = to_rgb(image)
+        w, h = image.size
+        scale = self.image_size / min(w, h)
+        new_w, new_h = max(self.image_size, round(w * scale)), max(self.image_size, round(h * scale))
+        image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
+        left, top = (new_w - self.image_size) // 2, (new_h - self.image_size) // 2
+        image = image.crop((left, top, left + self.image_size, top + self.image_size))
+        return _to_tensor(image, self.mean, self.std)
+
+
+@dataclass
+class TrainTransform:
+    """Random resized crop (area ``scale``, aspect ``ratio``), then normalise.
+
+    ``rng`` makes the draw reproducible; without it a fresh generator is used.
+    """
+
+    image_size: int
+    scale: tuple = (0.9, 1.0)
+    ratio: tuple = (3 / 4, 4 / 3)
+    mean: tuple = CLIP_MEAN
+    std: tuple = CLIP_STD
+
+    def crop_box(self, width: int, height: int, rng: np.random.Generator) -> tuple:
+        area = width * height
+        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        for _ in range(10):
+            target = area * rng.uniform(*self.scale)
+            aspect = math.exp(rng.uniform(*log_ratio))
+            w = round(math.sqrt(target * aspect))
+            h = round(math.sqrt(target / aspect))
+            if 0 < w <= width and 0 < h <= height:
+                left = int(rng.integers(0, width - w + 1))
+                top = int(rng.integers(0, height - h + 1))
+                return left, top, left + w, top + h
+        side = min(width, height)  # fall back to a centre crop
+        left, top = (width - side) // 2, (height - side) // 2
+        return left, top, left + side, top + side
+
+    def __call__(self, image: Image.Image, rng: np.random.Generator | None = None) -> torch.Tensor:
+        rng = rng if rng is not None else np.random.default_rng()
+        image = to_rgb(image)
+        box = self.crop_box(*image.size, rng)
+        image = image.resize(
+            (self.image_size, self.image_size), Image.Resampling.BICUBIC, box=box
+        )
+        return _to_tensor(image, self.mean, self.std)

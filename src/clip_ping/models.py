@@ -1,0 +1,260 @@
+"""Student CLIP models on ``transformers``' CLIP classes: size registry, export and loading.
+
+A student is a plain :class:`transformers.CLIPModel` inside :class:`ClipStudent`, which adds
+open_clip's interface (``encode_image``, ``encode_text``, ``forward -> features + scale``).
+Because the weights *are* a CLIPModel, a finished run exports a directory that
+``CLIPModel.from_pretrained`` loads with no code of ours.
+
+Sizes (exact widths, depths and parameter counts in docs/models.md):
+
+- ``vit-ti-16``, ``vit-xs-16``, ``vit-s-16``: 224 px, patch 16 — GPU recipes.
+- ``cpu-micro-32``, ``cpu-mini-32``, ``cpu-small-64``: 32-64 px, patch 8 — laptops and tests.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data.transforms import CLIP_MEAN, CLIP_STD, EvalTransform
+from .tokenizer import Tokenizer, get_tokenizer
+
+MAX_LOGIT_SCALE = 100.0  # CLIP clamps exp(theta) at 100 so the softmax cannot collapse
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Shape of a student: a ViT image tower and a causal text transformer."""
+
+    image_size: int
+    patch_size: int
+    vision_width: int
+    vision_layers: int
+    vision_heads: int
+    text_width: int
+    text_layers: int
+    text_heads: int
+    embed_dim: int
+    context_length: int = 77
+    mlp_ratio: int = 4
+
+
+MODEL_SPECS: dict[str, ModelSpec] = {
+    # 224 px students for GPUs. vit-s-16 follows open_clip's ViT-S-16 towers; vit-ti-16 uses
+    # DeiT-Tiny's image tower; vit-xs-16 is our own definition between the two (the
+    # CLIP-PING paper does not publish its ViT-XS).
+    "vit-ti-16": ModelSpec(224, 16, 192, 12, 3, 256, 6, 4, 256),
+    "vit-xs-16": ModelSpec(224, 16, 256, 12, 4, 256, 8, 4, 256),
+    "vit-s-16": ModelSpec(224, 16, 384, 12, 6, 384, 12, 6, 384),
+    # CPU students for 32-64 px inputs (the demo corpus and the test suite).
+    "cpu-micro-32": ModelSpec(32, 8, 64, 2, 2, 64, 2, 2, 64, context_length=16),
+    "cpu-mini-32": ModelSpec(32, 8, 192, 6, 3, 128, 4, 2, 128, context_length=32),
+    "cpu-small-64": ModelSpec(64, 8, 128, 4, 2, 128, 4, 2, 128, context_length=32),
+}
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`create_model` and ``--model``."""
+    return sorted(MODEL_SPECS)
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    if name not in MODEL_SPECS:
+        raise ValueError(f"unknown model '{name}'; choose one of {', '.join(list_models())}")
+    return MODEL_SPECS[name]
+
+
+def clip_config(spec: ModelSpec, tokenizer: Tokenizer):
+    """The ``transformers.CLIPConfig`` of ``spec`` for ``tokenizer``'s vocabulary."""
+    from transformers import CLIPConfig
+
+    text = dict(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=spec.text_width,
+        intermediate_size=spec.text_width * spec.mlp_ratio,
+        num_hidden_layers=spec.text_layers,
+        num_attention_heads=spec.text_heads,
+        max_position_embeddings=spec.context_length,
+        # The text tower pools at the first eos token: our tokenizers end captions with [SEP].
+        pad_token_id=tokenizer.pad_id,
+        bos_token_id=tokenizer.bos_id,
+        eos_token_id=tokenizer.eos_id,
+    )
+    vision = dict(
+        hidden_size=spec.vision_width,
+        intermediate_size=spec.vision_width * spec.mlp_ratio,
+        num_hidden_layers=spec.vision_layers,
+        num_attention_heads=spec.vision_heads,
+        image_size=spec.image_size,
+        patch_size=spec.patch_size,
+    )
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=spec.embed_dim)
+
+
+class ClipStudent(nn.Module):
+    """open_clip-style wrapper around a ``transformers.CLIPModel``.
+
+    Args:
+        clip: the CLIPModel holding every weight (exported as is).
+        pad_id: padding token id, masked out of text attention.
+
+    Examples:
+        >>> model, tokenizer = create_model("cpu-micro-32")
+        >>> model.encode_text(tokenizer(["a red circle"]), normalize=True).shape
+        torch.Size([1, 64])
+    """
+
+    def __init__(self, clip, pad_id: int):
+        super().__init__()
+        self.clip = clip
+        self.pad_id = pad_id
+
+    @property
+    def image_size(self) -> int:
+        return self.clip.config.vision_config.image_size
+
+    @property
+    def embed_dim(self) -> int:
+        return self.clip.config.projection_dim
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """``(B, 3, H, W)`` pixels → ``(B, embed_dim)`` embeddings."""
+        features = self.clip.get_image_features(pixel_values=images).pooler_output
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """``(B, L)`` token ids → ``(B, embed_dim)`` embeddings."""
+        mask = (tokens != self.pad_id).long()
+        features = self.clip.get_text_features(input_ids=tokens, attention_mask=mask).pooler_output
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def logit_scale(self) -> torch.Tensor:
+        """exp(theta), at most :data:`MAX_LOGIT_SCALE`."""
+        return self.clip.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
+
+    def forward(self, images: torch.Tensor, texts: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {
+            "image_features": self.encode_image(images, normalize=True),
+            "text_features": self.encode_text(texts, normalize=True),
+            "logit_scale": self.logit_scale(),
+        }
+
+    @torch.no_grad()
+    def clamp_logit_scale(self) -> None:
+        """Keep theta in [0, ln 100] after each optimiser step, as CLIP does."""
+        self.clip.logit_scale.clamp_(0.0, float(torch.log(torch.tensor(MAX_LOGIT_SCALE))))
+
+
+def create_model(
+    name: str, tokenizer: Tokenizer | None = None, seed: int | None = None
+) -> tuple[ClipStudent, Tokenizer]:
+    """A freshly initialised student ``name`` and its tokenizer (default: the offline
+    MiniLM WordPiece, truncated to the model's context length)."""
+    from transformers import CLIPModel
+
+    spec = get_model_spec(name)
+    tokenizer = tokenizer or get_tokenizer(context_length=spec.context_length)
+    if tokenizer.context_length != spec.context_length:
+        tokenizer = Tokenizer.from_str(tokenizer.to_str(), spec.context_length)
+    if seed is not None:
+        torch.manual_seed(seed)
+    return ClipStudent(CLIPModel(clip_config(spec, tokenizer)), tokenizer.pad_id), tokenizer
+
+
+# --------------------------------------------------------------------------------------
+# Export and loading
+# --------------------------------------------------------------------------------------
+
+
+def export_hf(model: ClipStudent, tokenizer: Tokenizer, out_dir: str | os.PathLike) -> Path:
+    """Write ``out_dir`` as a transformers CLIP directory: weights (safetensors), config,
+    ``CLIPImageProcessor`` and tokenizer. Written beside and swapped in whole, so a
+    reader never sees half an export."""
+    from transformers import CLIPImageProcessor
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        model.clip.save_pretrained(str(staging))
+        size = model.image_size
+        CLIPImageProcessor(
+            size={"shortest_edge": size},
+            crop_size={"height": size, "width": size},
+            image_mean=list(CLIP_MEAN),
+            image_std=list(CLIP_STD),
+        ).save_pretrained(str(staging))
+        tokenizer.save_pretrained(staging)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _load_hf_dir(path: Path) -> tuple[ClipStudent, Tokenizer]:
+    from transformers import CLIPModel
+
+    clip = CLIPModel.from_pretrained(str(path))
+    context_length = clip.config.text_config.max_position_embeddings
+    tokenizer = get_tokenizer(str(path), context_length=context_length)
+    return ClipStudent(clip, tokenizer.pad_id), tokenizer
+
+
+def model_from_checkpoint(state: dict) -> tuple[ClipStudent, Tokenizer]:
+    """Rebuild the student stored in a training checkpoint dict (see ``train.py``)."""
+    from transformers import CLIPConfig, CLIPModel
+
+    tokenizer = Tokenizer.from_str(state["tokenizer"], state["context_length"])
+    clip = CLIPModel(CLIPConfig.from_dict(state["clip_config"]))
+    model = ClipStudent(clip, tokenizer.pad_id)
+    model.load_state_dict(state["model"])
+    return model, tokenizer
+
+
+def load_checkpoint_file(path: str | os.PathLike) -> dict:
+    """``torch.load`` with ``weights_only=True``: a crafted pickle cannot run code."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(
+            f"could not load checkpoint {path}: {exc}. Only checkpoints written by clip-ping "
+            "(plain tensors and containers) are accepted."
+        ) from exc
+
+
+def load(path: str | os.PathLike, device: str | torch.device = "cpu"):
+    """``model, preprocess, tokenizer = load(path)``.
+
+    ``path`` is a run directory (``logs/<name>``: its ``hf/`` export, else its latest
+    checkpoint), a checkpoint ``.pt`` file, or a transformers CLIP directory.
+    ``preprocess(PIL.Image) -> (3, H, W)`` tensor; ``tokenizer(list[str]) -> (B, L)``.
+    """
+    path = Path(path)
+    if path.is_dir() and (path / "hf" / "config.json").is_file():
+        model, tokenizer = _load_hf_dir(path / "hf")
+    elif path.is_dir() and (path / "config.json").is_file():
+        model, tokenizer = _load_hf_dir(path)
+    elif path.is_dir() and (path / "checkpoints" / "latest.pt").is_file():
+        model, tokenizer = model_from_checkpoint(
+            load_checkpoint_file(path / "checkpoints" / "latest.pt")
+        )
+    elif path.is_file():
+        model, tokenizer = model_from_checkpoint(load_checkpoint_file(path))
+    else:
+        raise FileNotFoundError(
+            f"cannot load a model from {path}: expected a run directory (with hf/ or "
+            "checkpoints/latest.pt), a checkpoint .pt file, or a transformers CLIP directory"
+        )
+    model = model.to(device).eval()
+    return model, EvalTransform(model.image_size), tokenizer
+

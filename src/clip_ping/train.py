@@ -1,0 +1,382 @@
+"""The training loop: one process or torchrun, CPU or GPU.
+
+    clip-ping train --train-data shapes/train.csv --val-data shapes/val.csv \\
+        --model cpu-small-64 --epochs 4 --batch-size 64 --name shapes
+    torchrun --nproc_per_node 8 -m clip_ping.cli train --config configs/cc3m-vit-xs.yaml
+
+A run lives in ``logs/<name>/``: ``config.yaml`` (resolved), ``out.log``,
+``metrics.jsonl``, ``tensorboard/``, ``checkpoints/latest.pt`` (every
+``--save-every-steps`` and at the end of each epoch), ``hf/`` (the exported
+``transformers.CLIPModel``) and ``results/``.
+
+``--resume latest`` continues mid-epoch exactly: weights, AdamW moments, step count (the
+learning rate is a function of it), the AMP scaler, RNG states and the data position are
+all in the checkpoint, and a sample's augmentation depends only on (seed, epoch, index).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import random
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .config import TrainConfig, save_yaml
+from .data.loader import DataSpec, build_train_data
+from .data.transforms import TrainTransform
+from .distributed import DistInfo, barrier, cleanup, init_distributed
+from .io import atomic_torch_save, atomic_write_text
+from .losses import ClipLoss
+from .models import create_model, export_hf, load_checkpoint_file
+from .tokenizer import get_tokenizer
+
+log = logging.getLogger("clip_ping")
+
+
+# --------------------------------------------------------------------------------------
+# Pieces the loop is assembled from
+# --------------------------------------------------------------------------------------
+
+
+def cosine_lr(step: int, base_lr: float, warmup: int, total_steps: int) -> float:
+    """Linear warm-up to ``base_lr`` over ``warmup`` steps, then cosine decay to 0."""
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    return 0.5 * base_lr * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def create_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; no weight decay on gains, biases, embeddings' norms or the logit scale
+    (1-d parameters), as in CLIP and open_clip."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim < 2 or "logit_scale" in name else decay).append(param)
+    groups = [{"params": decay, "weight_decay": cfg.wd}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+
+
+def autocast_context(precision: str, device: torch.device):
+    if precision == "amp":
+        if device.type != "cuda":
+            raise ValueError("--precision amp (fp16) needs CUDA; use amp_bf16 or fp32 on CPU")
+        return torch.autocast("cuda", dtype=torch.float16)
+    if precision == "amp_bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy(), *rest))
+    random.setstate(state["python"])
+
+
+def setup_logging(run_dir: Path, is_main: bool) -> None:
+    log.handlers.clear()
+    log.setLevel(logging.INFO if is_main else logging.WARNING)
+    log.propagate = False
+    fmt = logging.Formatter("%(asctime)s | %(levelname)s | %(message)s", "%Y-%m-%d %H:%M:%S")
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if is_main:
+        handlers.append(logging.FileHandler(run_dir / "out.log"))
+    for handler in handlers:
+        handler.setFormatter(fmt)
+        log.addHandler(handler)
+
+
+class MetricsLog:
+    """``metrics.jsonl`` (one JSON object per logged step or eval) and TensorBoard."""
+
+    def __init__(self, run_dir: Path, resumed_step: int | None):
+        self.path = run_dir / "metrics.jsonl"
+        if resumed_step is not None and self.path.exists():
+            # A killed run may have logged steps after its last checkpoint: drop them so the
+            # resumed run's lines are not duplicated.
+            kept = [
+                line
+                for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= resumed_step
+            ]
+            atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def write(self, step: int, values: dict[str, float], **extra) -> None:
+        record = {"step": step, **extra, **values}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        for key, value in values.items():
+            self.tensorboard.add_scalar(key, value, step)
+        self.tensorboard.flush()
+
+    def close(self) -> None:
+        self.tensorboard.close()
+
+
+def resolve_run_dir(cfg: TrainConfig) -> tuple[Path, Path | None]:
+    """(run folder, checkpoint to resume from or None), with the errors a user can act on."""
+    if cfg.resume == "latest" and not cfg.name:
+        raise ValueError("--resume latest needs --name of the run to continue")
+    name = cfg.name or datetime.now().strftime("%Y_%m_%d-%H_%M_%S")
+    run_dir = Path(cfg.logs) / name
+    if cfg.resume is None:
+        if (run_dir / "config.yaml").exists():
+            raise ValueError(
+                f"run folder {run_dir} already exists; pass --resume latest to continue it "
+                "or choose another --name"
+            )
+        return run_dir, None
+    if cfg.resume == "latest":
+        latest = run_dir / "checkpoints" / "latest.pt"
+        return run_dir, latest if latest.is_file() else None
+    checkpoint = Path(cfg.resume)
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"--resume {cfg.resume}: no such checkpoint file")
+    return run_dir, checkpoint
+
+
+# --------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train a student with ``cfg``; return the run folder."""
+    info = init_distributed(cfg.device)
+    try:
+        return _train(cfg, info)
+    finally:
+        cleanup()
+
+
+def _train(cfg: TrainConfig, info: DistInfo) -> Path:
+    run_dir, resume_from = resolve_run_dir(cfg)
+    if info.is_main:
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    barrier()
+    setup_logging(run_dir, info.is_main)
+    device = info.device
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    random.seed(cfg.seed)
+
+    checkpoint = load_checkpoint_file(resume_from) if resume_from else None
+    if checkpoint is not None and checkpoint["model_name"] != cfg.model:
+        raise ValueError(
+            f"--resume {resume_from} holds a '{checkpoint['model_name']}' model but --model is "
+            f"'{cfg.model}'; resume with --model {checkpoint['model_name']} or start a new run"
+        )
+    from .models import get_model_spec
+
+    context_length = get_model_spec(cfg.model).context_length
+    tokenizer = get_tokenizer(cfg.tokenizer, context_length=context_length)
+    model, tokenizer = create_model(cfg.model, tokenizer, seed=cfg.seed)
+    model.to(device)
+
+    spec = DataSpec(
+        train_data=cfg.train_data,
+        dataset_type=cfg.dataset_type,
+        csv_img_key=cfg.csv_img_key,
+        csv_caption_key=cfg.csv_caption_key,
+        csv_separator=cfg.csv_separator,
+        train_num_samples=cfg.train_num_samples,
+    )
+    data = build_train_data(
+        spec, TrainTransform(model.image_size), tokenizer, cfg.seed, info.rank, info.world_size
+    )
+    steps_per_epoch = data.batches_per_epoch(cfg.batch_size) // cfg.accum_freq
+    if steps_per_epoch < 1:
+        raise ValueError(
+            f"--batch-size {cfg.batch_size} × --accum-freq {cfg.accum_freq} × {info.world_size} "
+            f"process(es) needs more than the {data.num_samples} training samples; lower them"
+        )
+    total_steps = steps_per_epoch * cfg.epochs
+
+    optimizer = create_optimizer(model, cfg)
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "amp")
+    step, epoch, batch_in_epoch = 0, 0, 0
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        set_rng_state(checkpoint["rng"])
+        step, epoch, batch_in_epoch = checkpoint["step"], checkpoint["epoch"], checkpoint["batch"]
+        log.info("resumed from %s at step %d (epoch %d, batch %d)", resume_from, step, epoch, batch_in_epoch)
+    elif cfg.resume == "latest":
+        log.info("no checkpoint in %s yet: starting a new run", run_dir / "checkpoints")
+
+    if info.is_main:
+        save_yaml(cfg, run_dir / "config.yaml")
+    metrics = MetricsLog(run_dir, step if checkpoint else None) if info.is_main else None
+    log.info(
+        "model %s (%.2fM params), %d samples, %d steps/epoch × %d epochs, device %s, world %d",
+        cfg.model, sum(p.numel() for p in model.parameters()) / 1e6, data.num_samples,
+        steps_per_epoch, cfg.epochs, device, info.world_size,
+    )  # fmt: skip
+
+    step_model = model
+    if info.world_size > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        step_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if cfg.torch_compile:
+        step_model = torch.compile(step_model)
+    loss_fn = ClipLoss(cfg.local_loss, cfg.gather_with_grad)
+
+    def save_checkpoint(next_epoch: int, next_batch: int) -> None:
+        if not info.is_main:
+            return
+        state = {
+            "model": model.state_dict(),
+            "model_name": cfg.model,
+            "clip_config": model.clip.config.to_dict(),
+            "tokenizer": tokenizer.to_str(),
+            "context_length": tokenizer.context_length,
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "rng": rng_state(),
+            "step": step,
+            "epoch": next_epoch,
+            "batch": next_batch,
+            "config": cfg.to_dict(),
+        }
+        atomic_torch_save(state, run_dir / "checkpoints" / "latest.pt")
+
+    global_batch = cfg.batch_size * cfg.accum_freq * info.world_size
+    progress = tqdm(
+        total=total_steps, initial=step, unit="step", dynamic_ncols=True,
+        disable=not (info.is_main and cfg.progress), desc=run_dir.name,
+    )  # fmt: skip
+    model.train()
+    stopped_early = False
+    while epoch < cfg.epochs and not stopped_early:
+        batches = data.loader(epoch, batch_in_epoch * cfg.accum_freq, cfg.batch_size, cfg.workers)
+        window_start, window_samples = time.perf_counter(), 0
+        micro = 0
+        for batch in batches:
+            images = batch["image"].to(device, non_blocking=True)
+            texts = batch["text"].to(device, non_blocking=True)
+            with autocast_context(cfg.precision, device):
+                out = step_model(images, texts)
+                terms = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
+                loss = sum(terms.values())
+            scaler.scale(loss / cfg.accum_freq).backward()
+            micro += 1
+            if micro < cfg.accum_freq:
+                continue
+            micro = 0
+            lr = cosine_lr(step, cfg.lr, cfg.warmup, total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            if cfg.grad_clip_norm is not None:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            model.clamp_logit_scale()
+            step += 1
+            batch_in_epoch += 1
+            window_samples += global_batch
+            progress.update(1)
+
+            if step % cfg.log_every_steps == 0 or batch_in_epoch == steps_per_epoch:
+                elapsed = time.perf_counter() - window_start
+                values = {f"train/{k}": v.item() for k, v in terms.items()}
+                values.update({
+                    "train/loss": loss.item(),
+                    "train/lr": lr,
+                    "train/scale": out["logit_scale"].item(),
+                    "train/samples_per_second": window_samples / max(elapsed, 1e-9),
+                })  # fmt: skip
+                progress.set_postfix(
+                    loss=f"{values['train/loss']:.3f}",
+                    samples_s=f"{values['train/samples_per_second']:.0f}",
+                )
+                if metrics:
+                    metrics.write(step, values, epoch=epoch, samples=step * global_batch)
+                log.debug("step %d %s", step, values)
+                window_start, window_samples = time.perf_counter(), 0
+            if batch_in_epoch == steps_per_epoch:
+                break
+            if cfg.save_every_steps and step % cfg.save_every_steps == 0:
+                save_checkpoint(epoch, batch_in_epoch)
+            if cfg.stop_after_steps is not None and step >= cfg.stop_after_steps:
+                save_checkpoint(epoch, batch_in_epoch)
+                stopped_early = True
+                break
+        if stopped_early:
+            break
+        epoch, batch_in_epoch = epoch + 1, 0
+        if metrics and cfg.val_data and cfg.val_frequency and epoch % cfg.val_frequency == 0:
+            evaluate_zero_shot(model, tokenizer, cfg, device, metrics, step, epoch)
+        save_checkpoint(epoch, 0)
+        if cfg.stop_after_steps is not None and step >= cfg.stop_after_steps:
+            stopped_early = True
+    progress.close()
+
+    if info.is_main and not stopped_early:
+        export_hf(model, tokenizer, run_dir / "hf")
+        log.info("finished %d steps; exported %s", step, run_dir / "hf")
+    elif stopped_early:
+        log.info("stopped after step %d as asked; continue with --resume latest", step)
+    if metrics:
+        metrics.close()
+    barrier()
+    return run_dir
+
+
+def evaluate_zero_shot(model, tokenizer, cfg: TrainConfig, device, metrics, step, epoch) -> dict:
+    """Zero-shot on ``--val-data`` (a CSV with a ``label`` column); logs and saves JSON."""
+    from .data.datasets import CsvDataset
+    from .data.transforms import EvalTransform
+    from .evaluation.zeroshot import DEFAULT_TEMPLATES, read_lines, zero_shot_eval
+
+    val_path = Path(cfg.val_data)
+    dataset = CsvDataset(
+        val_path,
+        img_key=cfg.csv_img_key,
+        caption_key=cfg.csv_caption_key,
+        separator=cfg.csv_separator,
+        transform=EvalTransform(model.image_size),
+        tokenizer=tokenizer,
+    )
+    if dataset.labels is None:
+        log.warning("--val-data %s has no 'label' column: skipping zero-shot eval", val_path)
+        return {}
+    classnames = read_lines(cfg.zeroshot_classnames or val_path.parent / "classnames.txt")
+    templates_file = Path(cfg.zeroshot_templates or val_path.parent / "templates.txt")
+    templates = read_lines(templates_file) if templates_file.is_file() else DEFAULT_TEMPLATES
+    scores = zero_shot_eval(model, tokenizer, dataset, dataset.labels, classnames, templates, device=device)
+    name = val_path.stem
+    values = {f"zeroshot/{name}/{k}": v for k, v in scores.items()}
+    metrics.write(step, values, epoch=epoch)
+    log.info("epoch %d zero-shot %s: %s", epoch, name, json.dumps(scores))
+    result = {"dataset": name, "model": cfg.model, "task": "zeroshot_classification", "metrics": scores}
+    atomic_write_text(metrics.path.parent / "results" / f"zeroshot_{name}.json", json.dumps(result, indent=2))
+    return scores
