@@ -1,0 +1,48 @@
+import pytest
+import yaml
+
+from clip_ping.cli import build_parser
+from clip_ping.config import TrainConfig, build_config
+
+
+def parse_train(argv):
+    args = build_parser().parse_args(["train", *argv])
+    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "func", "config")}
+    return build_config(args.config, overrides)
+
+
+def test_flags_override_yaml_which_overrides_defaults(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"train-data": "a.csv", "batch_size": 32, "lr": 0.01, "epochs": 3}))
+    cfg = parse_train(["--config", str(path), "--batch-size", "8", "--gather-with-grad"])
+    assert cfg.batch_size == 8  # flag beats YAML
+    assert cfg.lr == 0.01 and cfg.epochs == 3  # YAML beats defaults
+    assert cfg.wd == TrainConfig.wd  # default kept
+    assert cfg.gather_with_grad is True
+
+
+def test_unknown_yaml_key_is_an_error_with_a_suggestion(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("train_data: a.csv\nbatch_sise: 32\n")
+    with pytest.raises(ValueError, match="unknown key 'batch_sise'.*batch_size"):
+        parse_train(["--config", str(path)])
+
+
+def test_wrong_types_and_impossible_values_name_the_setting(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("train_data: a.csv\nbatch_size: many\n")
+    with pytest.raises(ValueError, match="batch_size.*expects int.*'many'"):
+        parse_train(["--config", str(path)])
+    with pytest.raises(ValueError, match="--batch-size=0"):
+        parse_train(["--train-data", "a.csv", "--batch-size", "0"])
+    with pytest.raises(ValueError, match="--model='vit-huge'.*cpu-micro-32"):
+        parse_train(["--train-data", "a.csv", "--model", "vit-huge"])
+    with pytest.raises(ValueError, match="--local-loss.*--gather-with-grad"):
+        parse_train(["--train-data", "a.csv", "--local-loss"])
+    with pytest.raises(ValueError, match="--train-data.*required"):
+        parse_train([])
+
+
+def test_optional_values_accept_null():
+    cfg = parse_train(["--train-data", "a.csv", "--grad-clip-norm", "none", "--csv-separator", ";"])
+    assert cfg.grad_clip_norm is None and cfg.csv_separator == ";"
