@@ -13,7 +13,9 @@ def parse_train(argv):
 
 def test_flags_override_yaml_which_overrides_defaults(tmp_path):
     path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump({"train-data": "a.csv", "batch_size": 32, "lr": 0.01, "epochs": 3}))
+    path.write_text(
+        yaml.safe_dump({"train-data": "a.csv", "batch_size": 32, "lr": 0.01, "epochs": 3})
+    )
     cfg = parse_train(["--config", str(path), "--batch-size", "8", "--gather-with-grad"])
     assert cfg.batch_size == 8  # flag beats YAML
     assert cfg.lr == 0.01 and cfg.epochs == 3  # YAML beats defaults

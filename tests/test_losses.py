@@ -13,8 +13,12 @@ def reference_clip_loss(image, text, scale):
     for i in range(n):
         image_logits = [scale * torch.dot(image[i], text[j]) for j in range(n)]
         text_logits = [scale * torch.dot(text[i], image[j]) for j in range(n)]
-        total = total - torch.log(torch.exp(image_logits[i]) / sum(torch.exp(x) for x in image_logits))
-        total = total - torch.log(torch.exp(text_logits[i]) / sum(torch.exp(x) for x in text_logits))
+        total = total - torch.log(
+            torch.exp(image_logits[i]) / sum(torch.exp(x) for x in image_logits)
+        )
+        total = total - torch.log(
+            torch.exp(text_logits[i]) / sum(torch.exp(x) for x in text_logits)
+        )
     return total / (2 * n)
 
 
@@ -35,6 +39,8 @@ def test_clip_loss_matches_the_loop_reference_in_value_and_gradient():
 def test_clip_loss_is_log_batch_size_at_zero_scale_and_small_when_aligned():
     z = F.normalize(torch.randn(16, 8), dim=-1)
     loss = ClipLoss()
-    assert math.isclose(loss(z, z, torch.tensor(0.0))["clip_loss"].item(), math.log(16), rel_tol=1e-6)
+    assert math.isclose(
+        loss(z, z, torch.tensor(0.0))["clip_loss"].item(), math.log(16), rel_tol=1e-6
+    )
     eye = torch.eye(16)
     assert loss(eye, eye, torch.tensor(100.0))["clip_loss"].item() < 1e-6

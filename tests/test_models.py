@@ -70,7 +70,12 @@ def test_tokenizer_truncates_keeping_sep():
 
 
 def test_trained_tokenizer_is_small_and_round_trips(tmp_path):
-    captions = [f"a {s} {c} {k}" for s in ("small", "large") for c in ("red", "blue") for k in ("circle", "square")]
+    captions = [
+        f"a {s} {c} {k}"
+        for s in ("small", "large")
+        for c in ("red", "blue")
+        for k in ("circle", "square")
+    ]
     tokenizer = train_tokenizer(captions * 10, vocab_size=200, context_length=12)
     assert tokenizer.vocab_size <= 200
     ids = tokenizer(["a small red circle"])[0].tolist()
@@ -97,13 +102,23 @@ def test_hf_export_gives_the_same_embeddings_as_load(tmp_path):
     captions = ["a red square", "a large green circle at the top"]
     pixels = processor(images=image, return_tensors="pt")["pixel_values"]
     torch.testing.assert_close(pixels[0], preprocess(image), atol=1e-5, rtol=0)
-    enc = hf_tokenizer(captions, padding="max_length", max_length=tokenizer.context_length, return_tensors="pt")
+    enc = hf_tokenizer(
+        captions, padding="max_length", max_length=tokenizer.context_length, return_tensors="pt"
+    )
     assert torch.equal(enc["input_ids"], our_tokenizer(captions))
     with torch.no_grad():
-        ref_image = torch.nn.functional.normalize(theirs.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
-        ref_text = torch.nn.functional.normalize(theirs.get_text_features(**enc).pooler_output, dim=-1)
-        torch.testing.assert_close(ours.encode_image(preprocess(image)[None], normalize=True), ref_image)
-        torch.testing.assert_close(ours.encode_text(our_tokenizer(captions), normalize=True), ref_text)
+        ref_image = torch.nn.functional.normalize(
+            theirs.get_image_features(pixel_values=pixels).pooler_output, dim=-1
+        )
+        ref_text = torch.nn.functional.normalize(
+            theirs.get_text_features(**enc).pooler_output, dim=-1
+        )
+        torch.testing.assert_close(
+            ours.encode_image(preprocess(image)[None], normalize=True), ref_image
+        )
+        torch.testing.assert_close(
+            ours.encode_text(our_tokenizer(captions), normalize=True), ref_text
+        )
         torch.testing.assert_close(model.encode_image(pixels, normalize=True), ref_image)
 
     classify = pipeline("zero-shot-image-classification", model=str(tmp_path / "hf"))

@@ -36,8 +36,12 @@ class TrainConfig:
     dataset_type: str = _f("auto", "csv | webdataset | auto (by extension)", "data")
     csv_img_key: str = _f("filepath", "CSV column with image paths", "data")
     csv_caption_key: str = _f("title", "CSV column with captions", "data")
-    csv_separator: str | None = _f(None, "CSV separator (default: tab for .tsv, else comma)", "data")
-    train_num_samples: int | None = _f(None, "samples per epoch for shards without sizes.json", "data")
+    csv_separator: str | None = _f(
+        None, "CSV separator (default: tab for .tsv, else comma)", "data"
+    )
+    train_num_samples: int | None = _f(
+        None, "samples per epoch for shards without sizes.json", "data"
+    )
     zeroshot_classnames: str | None = _f(
         None, "class names file for zero-shot eval on --val-data (default: beside it)", "data"
     )
@@ -51,18 +55,24 @@ class TrainConfig:
     batch_size: int = _f(64, "batch size per process", "optimiser")
     epochs: int = _f(1, "passes over the training data", "optimiser")
     lr: float = _f(5e-4, "peak learning rate", "optimiser")
-    wd: float = _f(0.1, "AdamW weight decay (not applied to gains, biases, logit scale)", "optimiser")
+    wd: float = _f(
+        0.1, "AdamW weight decay (not applied to gains, biases, logit scale)", "optimiser"
+    )
     beta1: float = _f(0.9, "AdamW beta1", "optimiser")
     beta2: float = _f(0.98, "AdamW beta2", "optimiser")
     eps: float = _f(1e-6, "AdamW epsilon", "optimiser")
     warmup: int = _f(100, "linear warm-up steps before the cosine decay", "optimiser")
     accum_freq: int = _f(1, "micro-batches accumulated per optimiser step", "optimiser")
     grad_clip_norm: float | None = _f(None, "clip gradient norm at this value", "optimiser")
-    precision: str = _f("fp32", "fp32 | amp (fp16 autocast, CUDA) | amp_bf16 (bf16 autocast)", "optimiser")
+    precision: str = _f(
+        "fp32", "fp32 | amp (fp16 autocast, CUDA) | amp_bf16 (bf16 autocast)", "optimiser"
+    )
     # loss
     loss: str = _f("clip", "training objective", "loss")
     # distributed
-    local_loss: bool = _f(False, "contrast local features against the gathered batch", "distributed")
+    local_loss: bool = _f(
+        False, "contrast local features against the gathered batch", "distributed"
+    )
     gather_with_grad: bool = _f(False, "all-gather features with gradient", "distributed")
     # run
     name: str | None = _f(None, "run name: logs/<name>/ (default: date and time)", "run")
@@ -70,7 +80,9 @@ class TrainConfig:
     seed: int = _f(0, "random seed (init, data order, augmentation)", "run")
     device: str = _f("auto", "auto | cpu | cuda | cuda:N", "run")
     resume: str | None = _f(None, "'latest' or a checkpoint path to continue from", "run")
-    save_every_steps: int = _f(200, "write checkpoints/latest.pt every N steps (0: end only)", "run")
+    save_every_steps: int = _f(
+        200, "write checkpoints/latest.pt every N steps (0: end only)", "run"
+    )
     log_every_steps: int = _f(10, "log train/* metrics every N steps", "run")
     val_frequency: int = _f(1, "zero-shot eval on --val-data every N epochs (0: never)", "run")
     stop_after_steps: int | None = _f(
@@ -198,11 +210,15 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfig) -> N
         help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
         if kind is bool:
             group.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                flag,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
                 help=help_text,
             )
         else:
-            group.add_argument(flag, default=argparse.SUPPRESS, help=help_text, metavar=kind.__name__.upper())
+            group.add_argument(
+                flag, default=argparse.SUPPRESS, help=help_text, metavar=kind.__name__.upper()
+            )
 
 
 def build_config(

@@ -257,4 +257,3 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu"):
         )
     model = model.to(device).eval()
     return model, EvalTransform(model.image_size), tokenizer
-

@@ -134,4 +134,3 @@ def train_tokenizer(
         single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
     )
     return Tokenizer(backend, context_length)
-

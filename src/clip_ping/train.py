@@ -227,7 +227,13 @@ def _train(cfg: TrainConfig, info: DistInfo) -> Path:
         scaler.load_state_dict(checkpoint["scaler"])
         set_rng_state(checkpoint["rng"])
         step, epoch, batch_in_epoch = checkpoint["step"], checkpoint["epoch"], checkpoint["batch"]
-        log.info("resumed from %s at step %d (epoch %d, batch %d)", resume_from, step, epoch, batch_in_epoch)
+        log.info(
+            "resumed from %s at step %d (epoch %d, batch %d)",
+            resume_from,
+            step,
+            epoch,
+            batch_in_epoch,
+        )
     elif cfg.resume == "latest":
         log.info("no checkpoint in %s yet: starting a new run", run_dir / "checkpoints")
 
@@ -372,11 +378,20 @@ def evaluate_zero_shot(model, tokenizer, cfg: TrainConfig, device, metrics, step
     classnames = read_lines(cfg.zeroshot_classnames or val_path.parent / "classnames.txt")
     templates_file = Path(cfg.zeroshot_templates or val_path.parent / "templates.txt")
     templates = read_lines(templates_file) if templates_file.is_file() else DEFAULT_TEMPLATES
-    scores = zero_shot_eval(model, tokenizer, dataset, dataset.labels, classnames, templates, device=device)
+    scores = zero_shot_eval(
+        model, tokenizer, dataset, dataset.labels, classnames, templates, device=device
+    )
     name = val_path.stem
     values = {f"zeroshot/{name}/{k}": v for k, v in scores.items()}
     metrics.write(step, values, epoch=epoch)
     log.info("epoch %d zero-shot %s: %s", epoch, name, json.dumps(scores))
-    result = {"dataset": name, "model": cfg.model, "task": "zeroshot_classification", "metrics": scores}
-    atomic_write_text(metrics.path.parent / "results" / f"zeroshot_{name}.json", json.dumps(result, indent=2))
+    result = {
+        "dataset": name,
+        "model": cfg.model,
+        "task": "zeroshot_classification",
+        "metrics": scores,
+    }
+    atomic_write_text(
+        metrics.path.parent / "results" / f"zeroshot_{name}.json", json.dumps(result, indent=2)
+    )
     return scores

@@ -80,7 +80,9 @@ def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, fl
         return [(cx - s, cy - s), (cx + s, cy - s), (cx + s, cy + s), (cx - s, cy + s)]
     if shape == "triangle":
         angles = [-90, 30, 150]
-        return [(cx + r * math.cos(math.radians(a)), cy + r * math.sin(math.radians(a))) for a in angles]
+        return [
+            (cx + r * math.cos(math.radians(a)), cy + r * math.sin(math.radians(a))) for a in angles
+        ]
     if shape == "star":
         points = []
         for i in range(10):

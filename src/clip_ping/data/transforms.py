@@ -50,7 +50,10 @@ class EvalTransform:
         image = to_rgb(image)
         w, h = image.size
         scale = self.image_size / min(w, h)
-        new_w, new_h = max(self.image_size, round(w * scale)), max(self.image_size, round(h * scale))
+        new_w, new_h = (
+            max(self.image_size, round(w * scale)),
+            max(self.image_size, round(h * scale)),
+        )
         image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
         left, top = (new_w - self.image_size) // 2, (new_h - self.image_size) // 2
         image = image.crop((left, top, left + self.image_size, top + self.image_size))
@@ -90,7 +93,5 @@ class TrainTransform:
         rng = rng if rng is not None else np.random.default_rng()
         image = to_rgb(image)
         box = self.crop_box(*image.size, rng)
-        image = image.resize(
-            (self.image_size, self.image_size), Image.Resampling.BICUBIC, box=box
-        )
+        image = image.resize((self.image_size, self.image_size), Image.Resampling.BICUBIC, box=box)
         return _to_tensor(image, self.mean, self.std)

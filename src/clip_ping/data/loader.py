@@ -1,0 +1,198 @@
+"""One training-data interface over CSV files and WebDataset shards.
+
+The training loop asks for ``batches_per_epoch(batch_size)`` and for
+``loader(epoch, start_batch, batch_size, workers)``, which yields this rank's batches::
+
+    {"image": (B, 3, H, W) float, "text": (B, L) long, "index": (B,) long}
+
+Batches are a function of (seed, epoch, rank, world_size, batch_size) and, for shards only,
+the worker count; resuming at ``start_batch`` yields exactly the rest of the epoch.
+
+Examples:
+    >>> data = build_train_data(DataSpec("shapes/train.csv"), TrainTransform(32), tokenizer, seed=0)
+    >>> for batch in data.loader(epoch=0, start_batch=0, batch_size=64, workers=2):
+    ...     batch["image"].shape  # torch.Size([64, 3, 32, 32])
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch.utils.data import DataLoader
+
+from .datasets import CsvDataset, ShardDataset, Tokenizer, Transform, build_key_index, expand_urls
+
+DATASET_TYPES = ("csv", "webdataset", "auto")
+
+
+@dataclass
+class DataSpec:
+    """Where the training pairs are and how to read them (open_clip's flag names)."""
+
+    train_data: str
+    dataset_type: str = "auto"  # csv | webdataset | auto (.tar, {..} or '::' → webdataset)
+    csv_img_key: str = "filepath"
+    csv_caption_key: str = "title"
+    csv_separator: str | None = None  # None: tab for .tsv, else comma
+    train_num_samples: int | None = None  # webdataset: samples per epoch (default: all)
+
+    def resolved_type(self) -> str:
+        if self.dataset_type not in DATASET_TYPES:
+            raise ValueError(
+                f"--dataset-type {self.dataset_type!r}: choose one of {', '.join(DATASET_TYPES)}"
+            )
+        if self.dataset_type != "auto":
+            return self.dataset_type
+        data = self.train_data
+        looks_sharded = ".tar" in data or "{" in data or "::" in data
+        return "webdataset" if looks_sharded else "csv"
+
+
+class TrainData(Protocol):
+    """What the training loop needs from a dataset (see the module docstring)."""
+
+    num_samples: int
+
+    def batches_per_epoch(self, batch_size: int) -> int: ...
+
+    def loader(
+        self, epoch: int, start_batch: int, batch_size: int, workers: int
+    ) -> Iterable[dict]: ...
+
+
+def _check_sizes(num_samples: int, batch_size: int, world_size: int, source: str) -> int:
+    """Full global batches per epoch (drop_last); an error if there is none."""
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be positive, got {batch_size}")
+    global_batch = batch_size * world_size
+    if num_samples < global_batch:
+        raise ValueError(
+            f"--batch-size {batch_size} x {world_size} ranks = {global_batch} exceeds the "
+            f"{num_samples} samples of {source}; lower --batch-size or use more data"
+        )
+    return num_samples // global_batch
+
+
+def _check_start(start_batch: int, num_batches: int) -> None:
+    if not 0 <= start_batch <= num_batches:
+        raise ValueError(
+            f"start_batch {start_batch} is outside the epoch's {num_batches} batches; was the "
+            "checkpoint written with another --batch-size or number of ranks?"
+        )
+
+
+class CsvTrainData:
+    """CSV pairs: a permutation of all rows per epoch, dealt round-robin to ranks.
+
+    Exact for any worker count: the sampler fixes which rows form each batch and each row's
+    augmentation depends only on (seed, epoch, row).
+    """
+
+    def __init__(self, dataset: CsvDataset, seed: int, rank: int = 0, world_size: int = 1):
+        self.dataset, self.seed, self.rank, self.world_size = dataset, seed, rank, world_size
+        self.num_samples = len(dataset)
+
+    def batches_per_epoch(self, batch_size: int) -> int:
+        return _check_sizes(self.num_samples, batch_size, self.world_size, str(self.dataset.path))
+
+    def rank_indices(self, epoch: int, batch_size: int) -> list[int]:
+        """Rows this rank reads in ``epoch``, in order (``batches_per_epoch * batch_size``)."""
+        used = self.batches_per_epoch(batch_size) * batch_size * self.world_size
+        generator = torch.Generator().manual_seed(self.seed + epoch)
+        order = torch.randperm(self.num_samples, generator=generator)[:used]
+        return order[self.rank :: self.world_size].tolist()
+
+    def loader(self, epoch: int, start_batch: int, batch_size: int, workers: int) -> DataLoader:
+        _check_start(start_batch, self.batches_per_epoch(batch_size))
+        rows = self.rank_indices(epoch, batch_size)[start_batch * batch_size :]
+        return DataLoader(
+            self.dataset,
+            batch_size=batch_size,
+            sampler=[(epoch, row) for row in rows],  # (epoch, row): the dataset seeds from both
+            num_workers=workers,
+            drop_last=True,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+
+class ShardTrainData:
+    """WebDataset shards through :class:`ShardDataset`.
+
+    Exact resume needs the same ``workers`` as the interrupted run: the worker count decides
+    which samples share a shuffle buffer. Each sample is still read once per epoch, whatever
+    the count.
+    """
+
+    def __init__(self, dataset: ShardDataset):
+        self.dataset = dataset
+        self.num_samples = dataset.num_samples
+
+    def batches_per_epoch(self, batch_size: int) -> int:
+        source = f"{len(self.dataset.urls)} shards ({self.dataset.urls[0]}, ...)"
+        return _check_sizes(self.num_samples, batch_size, self.dataset.world_size, source)
+
+    def loader(self, epoch: int, start_batch: int, batch_size: int, workers: int) -> DataLoader:
+        _check_start(start_batch, self.batches_per_epoch(batch_size))
+        # A copy per loader: an earlier loader not yet iterated keeps its own epoch.
+        dataset = copy.copy(self.dataset)
+        dataset.batch_size = batch_size
+        dataset.set_epoch(epoch, start_batch)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            num_workers=workers,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+
+def build_train_data(
+    spec: DataSpec,
+    transform: Transform,
+    tokenizer: Tokenizer,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+) -> CsvTrainData | ShardTrainData:
+    """Open ``spec.train_data`` as CSV or WebDataset shards for ``rank`` of ``world_size``."""
+    if spec.resolved_type() == "csv":
+        if os.path.isdir(spec.train_data):
+            raise ValueError(
+                f"--train-data {spec.train_data} is a folder; pass its CSV file (e.g. "
+                f"{spec.train_data}/train.csv) or its shards ({spec.train_data}/{{00000..00009}}.tar)"
+            )
+        dataset = CsvDataset(
+            spec.train_data,
+            img_key=spec.csv_img_key,
+            caption_key=spec.csv_caption_key,
+            separator=spec.csv_separator,
+            transform=transform,
+            tokenizer=tokenizer,
+            seed=seed,
+        )
+        if len(dataset) == 0:
+            raise ValueError(f"--train-data {spec.train_data} has no rows")
+        return CsvTrainData(dataset, seed, rank, world_size)
+
+    urls = expand_urls(spec.train_data)
+    key_index = build_key_index(urls)
+    if len(key_index) == 0:
+        raise ValueError(
+            f"--train-data {spec.train_data}: the {len(urls)} shards hold no samples (a sample "
+            "is KEY.jpg|png|webp with KEY.txt)"
+        )
+    dataset = ShardDataset(
+        urls,
+        transform,
+        tokenizer,
+        key_index,
+        seed=seed,
+        num_samples=spec.train_num_samples,
+        rank=rank,
+        world_size=world_size,
+    )
+    return ShardTrainData(dataset)

