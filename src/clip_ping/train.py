@@ -176,6 +176,7 @@ def train(cfg: TrainConfig) -> Path:
 
 
 def _train(cfg: TrainConfig, info: DistInfo) -> Path:
+    autocast_context(cfg.precision, info.device)  # fail on an impossible precision before any work
     run_dir, resume_from = resolve_run_dir(cfg)
     if info.is_main:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
