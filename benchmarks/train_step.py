@@ -193,12 +193,12 @@ def flop_check_table(rows: list[dict]) -> str:
         "| model | fwd MFLOP/sample (formula) | fwd MFLOP/sample (FlopCounterMode) | ratio |\n"
         "|---|---:|---:|---:|"
     )
-    first = {r["model"]: r for r in reversed(rows)}  # one row per model
+    per_model = {r["model"]: r for r in rows}  # the count does not depend on the batch
     lines = [
         f"| {r['model']} | {r['forward_flops_per_sample'] / 1e6:.1f} "
         f"| {r['counted_forward_flops_per_sample'] / 1e6:.1f} "
         f"| {r['counted_forward_flops_per_sample'] / r['forward_flops_per_sample']:.4f} |"
-        for r in reversed(first.values())
+        for r in per_model.values()
     ]
     return "\n".join([header, *lines])
 
@@ -223,8 +223,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps-per-round", type=int, default=1)
     parser.add_argument("--matmul-repeats", type=int, default=1, help="torch.mm timings a round")
     parser.add_argument(
-        "--profile", metavar="MODEL", help="also print a torch.profiler top-ops table"
-    )
+        "--profile", metavar="MODEL", choices=sorted(MODEL_SPECS),
+        help="also print a torch.profiler top-ops table",
+    )  # fmt: skip
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--out", type=Path, help="write the results as JSON")
     args = parser.parse_args(argv)
@@ -283,7 +284,10 @@ def main(argv: list[str] | None = None) -> None:
         "processor": platform.processor() or platform.machine(),
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
-        "settings": {k: v for k, v in vars(args).items() if k not in {"out", "profile"}},
+        "settings": {
+            **{k: v for k, v in vars(args).items() if k not in {"out", "profile"}},
+            "extra": [f"{name}:{batch}" for name, batch in args.extra],
+        },
         "timed_seconds": timed_seconds,
         "matmul": {"size": MATMUL_SIZE, "gflops_median": peak, "gflops_runs": peaks},
         "results": rows,
@@ -306,8 +310,6 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        settings = result["settings"]
-        settings["extra"] = [f"{n}:{b}" for n, b in settings["extra"]]
         args.out.write_text(json.dumps(result, indent=2) + "\n")
         print(f"\nwrote {args.out}")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import __version__
@@ -24,7 +25,8 @@ def _train(args: argparse.Namespace) -> None:
 
     overrides = {k: v for k, v in vars(args).items() if k not in ("command", "func", "config")}
     run_dir = train(build_config(args.config, overrides))
-    print(f"run folder: {run_dir}")
+    if os.environ.get("RANK", "0") == "0":
+        print(f"run folder: {run_dir}")
 
 
 def _demo(args: argparse.Namespace) -> None:

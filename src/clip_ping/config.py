@@ -76,7 +76,9 @@ class TrainConfig:
     gather_with_grad: bool = _f(False, "all-gather features with gradient", "distributed")
     # run
     name: str | None = _f(None, "run name: logs/<name>/ (default: date and time)", "run")
-    logs: str = _f("logs", "folder holding run folders", "run")
+    # --logs-dir is the spelling that works after torchrun, whose parser takes --logs as an
+    # ambiguous abbreviation of its own --logs-specs.
+    logs: str = _f("logs", "folder holding run folders", "run", aliases=("--logs-dir",))
     seed: int = _f(0, "random seed (init, data order, augmentation)", "run")
     device: str = _f("auto", "auto | cpu | cuda | cuda:N", "run")
     resume: str | None = _f(None, "'latest' or a checkpoint path to continue from", "run")
@@ -205,19 +207,24 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfig) -> N
         group_name = f.metadata.get("group", "other")
         group = groups.get(group_name) or parser.add_argument_group(group_name)
         groups[group_name] = group
-        flag = "--" + f.name.replace("_", "-")
+        flags = ["--" + f.name.replace("_", "-"), *f.metadata.get("aliases", ())]
         kind, _ = _base_type(f.type)
         help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
         if kind is bool:
             group.add_argument(
-                flag,
+                *flags,
+                dest=f.name,
                 action=argparse.BooleanOptionalAction,
                 default=argparse.SUPPRESS,
                 help=help_text,
             )
         else:
             group.add_argument(
-                flag, default=argparse.SUPPRESS, help=help_text, metavar=kind.__name__.upper()
+                *flags,
+                dest=f.name,
+                default=argparse.SUPPRESS,
+                help=help_text,
+                metavar=kind.__name__.upper(),
             )
 
 
