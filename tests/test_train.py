@@ -75,9 +75,15 @@ def test_resume_refuses_another_model(shapes_corpus, tmp_path):
         raise AssertionError("resuming with another --model must fail")
 
 
-def test_cli_train_writes_the_run_folder_and_exports(shapes_corpus, tmp_path):
+def test_cli_trains_with_a_trained_tokenizer_and_exports(shapes_corpus, tmp_path):
+    cli = [sys.executable, "-m", "clip_ping.cli"]
+    train_csv = str(shapes_corpus / "train.csv")
+    subprocess.run(
+        [*cli, "tokenizer", "train", "--train-data", train_csv, "--out", str(tmp_path / "tok")],
+        check=True, capture_output=True,
+    )  # fmt: skip
     cmd = [
-        sys.executable, "-m", "clip_ping.cli", "train", "--train-data", str(shapes_corpus / "train.csv"),
+        *cli, "train", "--train-data", train_csv, "--tokenizer", str(tmp_path / "tok"),
         "--model", "cpu-micro-32", "--epochs", "1", "--batch-size", "128", "--workers", "1",
         "--logs", str(tmp_path), "--name", "cli", "--no-progress",
     ]  # fmt: skip
@@ -93,8 +99,11 @@ def test_cli_train_writes_the_run_folder_and_exports(shapes_corpus, tmp_path):
         assert (run_dir / part).exists(), part
     assert list((run_dir / "tensorboard").iterdir())
     model, _, tokenizer = clip_ping.load(run_dir)
+    assert tokenizer.vocab_size < 500  # the captions' own small vocabulary, not MiniLM's 30,522
+    assert model.clip.config.text_config.vocab_size == tokenizer.vocab_size
     from_checkpoint, _, _ = clip_ping.load(run_dir / "checkpoints" / "latest.pt")
     tokens = tokenizer(["a small red circle on the left"])
+    assert tokenizer.unk_id not in tokens[0].tolist()
     with torch.no_grad():
         torch.testing.assert_close(model.encode_text(tokens), from_checkpoint.encode_text(tokens))
     again = subprocess.run(cmd, capture_output=True, text=True)

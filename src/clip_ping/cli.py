@@ -29,6 +29,22 @@ def _train(args: argparse.Namespace) -> None:
         print(f"run folder: {run_dir}")
 
 
+def _tokenizer_train(args: argparse.Namespace) -> None:
+    from .data.loader import DataSpec, read_captions
+    from .tokenizer import train_tokenizer
+
+    spec = DataSpec(
+        args.train_data, args.dataset_type, csv_caption_key=args.csv_caption_key,
+        csv_img_key=args.csv_img_key, csv_separator=args.csv_separator,
+    )  # fmt: skip
+    captions = read_captions(spec)
+    tokenizer = train_tokenizer(captions, vocab_size=args.vocab_size)
+    tokenizer.save_pretrained(args.out)
+    print(
+        f"{tokenizer.vocab_size}-token WordPiece vocabulary from {len(captions)} captions in {args.out}"
+    )
+
+
 def _demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
@@ -54,6 +70,22 @@ def build_parser() -> argparse.ArgumentParser:
     shapes.add_argument("--image-size", type=int, default=64)
     shapes.add_argument("--seed", type=int, default=0)
     shapes.set_defaults(func=_data_shapes)
+
+    tokenizer = commands.add_parser("tokenizer", help="student tokenizers").add_subparsers(
+        dest="action", required=True
+    )
+    tok_train = tokenizer.add_parser(
+        "train",
+        help="a small WordPiece vocabulary from the training captions (use: --tokenizer OUT)",
+    )
+    tok_train.add_argument("--train-data", required=True, help="CSV/TSV or WebDataset shards")
+    tok_train.add_argument("--dataset-type", default="auto", help="csv | webdataset | auto")
+    tok_train.add_argument("--csv-img-key", default="filepath")
+    tok_train.add_argument("--csv-caption-key", default="title")
+    tok_train.add_argument("--csv-separator", default=None)
+    tok_train.add_argument("--vocab-size", type=int, default=2000)
+    tok_train.add_argument("--out", required=True, help="output folder")
+    tok_train.set_defaults(func=_tokenizer_train)
 
     train = commands.add_parser(
         "train", help="train a student", description="Flags override values from --config."

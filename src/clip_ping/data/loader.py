@@ -25,7 +25,15 @@ from typing import Protocol
 import torch
 from torch.utils.data import DataLoader
 
-from .datasets import CsvDataset, ShardDataset, Tokenizer, Transform, build_key_index, expand_urls
+from .datasets import (
+    CsvDataset,
+    ShardDataset,
+    Tokenizer,
+    Transform,
+    build_key_index,
+    expand_urls,
+    iter_shard,
+)
 
 DATASET_TYPES = ("csv", "webdataset", "auto")
 
@@ -196,3 +204,20 @@ def build_train_data(
         world_size=world_size,
     )
     return ShardTrainData(dataset)
+
+
+def read_captions(spec: DataSpec) -> list[str]:
+    """Every training caption, in stable-index order (for training a tokenizer)."""
+    if spec.resolved_type() == "csv":
+        dataset = CsvDataset(
+            spec.train_data,
+            img_key=spec.csv_img_key,
+            caption_key=spec.csv_caption_key,
+            separator=spec.csv_separator,
+        )
+        return list(dataset.captions)
+    captions = []
+    for url in expand_urls(spec.train_data):
+        for _, _, files in iter_shard(url):
+            captions.append(files["txt"].decode("utf-8"))
+    return captions
