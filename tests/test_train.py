@@ -58,6 +58,13 @@ def test_resumed_run_ends_with_the_same_weights(shapes_corpus, tmp_path):
     full = load_checkpoint_file(full_dir / "checkpoints" / "latest.pt")
     again = load_checkpoint_file(resumed / "checkpoints" / "latest.pt")
     assert again["step"] == full["step"] == 24
+    assert sorted(p.name for p in (resumed / "checkpoints").iterdir()) == [
+        "epoch_1.pt", "epoch_2.pt", "latest.pt",
+    ]  # fmt: skip
+    assert torch.equal(
+        load_checkpoint_file(resumed / "checkpoints" / "epoch_2.pt")["model"]["clip.logit_scale"],
+        again["model"]["clip.logit_scale"],
+    )
     for key, value in full["model"].items():
         assert torch.equal(value, again["model"][key]), key
     # metrics.jsonl has each step once, as an uninterrupted run would

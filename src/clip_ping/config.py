@@ -82,6 +82,7 @@ class TrainConfig:
     seed: int = _f(0, "random seed (init, data order, augmentation)", "run")
     device: str = _f("auto", "auto | cpu | cuda | cuda:N", "run")
     resume: str | None = _f(None, "'latest' or a checkpoint path to continue from", "run")
+    save_frequency: int = _f(1, "keep checkpoints/epoch_N.pt every N epochs (0: never)", "run")
     save_every_steps: int = _f(
         200, "write checkpoints/latest.pt every N steps (0: end only)", "run"
     )
@@ -110,7 +111,7 @@ class TrainConfig:
         for name in ("batch_size", "epochs", "accum_freq", "log_every_steps"):
             if getattr(self, name) < 1:
                 bad(name, "must be at least 1")
-        for name in ("warmup", "save_every_steps", "workers", "val_frequency"):
+        for name in ("warmup", "save_every_steps", "save_frequency", "workers", "val_frequency"):
             if getattr(self, name) < 0:
                 bad(name, "must be 0 or more")
         if self.lr <= 0:

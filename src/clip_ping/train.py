@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import random
 import sys
 import time
@@ -34,7 +35,7 @@ from .config import TrainConfig, save_yaml
 from .data.loader import DataSpec, build_train_data
 from .data.transforms import TrainTransform
 from .distributed import DistInfo, barrier, cleanup, init_distributed
-from .io import atomic_torch_save, atomic_write_text
+from .io import atomic_torch_save, atomic_write, atomic_write_text
 from .losses import ClipLoss
 from .models import create_model, export_hf, load_checkpoint_file
 from .tokenizer import get_tokenizer
@@ -100,6 +101,18 @@ def set_rng_state(state: dict) -> None:
     name, keys, *rest = state["numpy"]
     np.random.set_state((name, keys.numpy(), *rest))
     random.setstate(state["python"])
+
+
+def keep_copy(checkpoint: Path, name: str) -> Path:
+    """Keep ``checkpoint`` under ``name`` too: a hard link (free; ``latest.pt`` is later
+    replaced, not rewritten in place), or an atomic copy where links are not supported."""
+    target = checkpoint.with_name(name)
+    target.unlink(missing_ok=True)
+    try:
+        os.link(checkpoint, target)
+    except OSError:
+        atomic_write(target, lambda f: f.write(checkpoint.read_bytes()))
+    return target
 
 
 def setup_logging(run_dir: Path, is_main: bool) -> None:
@@ -349,6 +362,8 @@ def _train(cfg: TrainConfig, info: DistInfo) -> Path:
         if metrics and cfg.val_data and cfg.val_frequency and epoch % cfg.val_frequency == 0:
             evaluate_zero_shot(model, tokenizer, cfg, device, metrics, step, epoch)
         save_checkpoint(epoch, 0)
+        if info.is_main and cfg.save_frequency and epoch % cfg.save_frequency == 0:
+            keep_copy(run_dir / "checkpoints" / "latest.pt", f"epoch_{epoch}.pt")
         if cfg.stop_after_steps is not None and step >= cfg.stop_after_steps:
             stopped_early = True
     progress.close()
