@@ -1,4 +1,5 @@
-"""Contrastive losses. Each returns a dict of named terms that the loop sums and logs.
+"""Contrastive losses. Each returns a dict of named terms; the loop sums the
+:data:`TOTAL_TERMS` and logs every term.
 
 CLIP (Radford et al., 2021): for L2-normalised image and text embeddings
 ``Z_I, Z_T`` of shape ``(B, d)`` and scale ``s``,
@@ -11,6 +12,8 @@ sums to the same gradient at a fraction of the logit memory.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -63,3 +66,175 @@ class ClipLoss(nn.Module):
             labels = torch.arange(all_image.shape[0], device=image_features.device)
         loss = 0.5 * (F.cross_entropy(logits_image, labels) + F.cross_entropy(logits_text, labels))
         return {"clip_loss": loss}
+
+
+# --------------------------------------------------------------------------------------
+# Neighbour guidance (CLIP-PING)
+# --------------------------------------------------------------------------------------
+
+#: Terms the training loop adds up; the others are logged components.
+TOTAL_TERMS = ("clip_loss", "nn_loss", "xnn_loss")
+TARGET_MODES = ("bank", "memory")
+
+
+@dataclass
+class NeighborTargets:
+    """What each anchor of the local batch is guided towards, ``B`` anchors.
+
+    ``image_neighbors``/``text_neighbors``: ``(B,)`` sample index of the drawn image
+    neighbour n_I(k) and caption neighbour n_T(k). The four targets, ``(B, D)``:
+
+    - ``nn_image``: image-side target of n_I(k)   (NN, image)
+    - ``nn_text``: caption-side target of n_T(k)  (NN, text)
+    - ``xnn_image``: caption-side target of n_I(k) (XNN, image)
+    - ``xnn_text``: image-side target of n_T(k)   (XNN, text)
+
+    In ``bank`` mode a target is the neighbour's frozen teacher feature; in ``memory``
+    mode its latest student embedding. ``*_valid``: ``(B,)`` bool, False where a memory
+    row was never written (``None``: all valid).
+    """
+
+    image_neighbors: torch.Tensor
+    text_neighbors: torch.Tensor
+    nn_image: torch.Tensor
+    nn_text: torch.Tensor
+    xnn_image: torch.Tensor
+    xnn_text: torch.Tensor
+    nn_image_valid: torch.Tensor | None = None
+    nn_text_valid: torch.Tensor | None = None
+    xnn_image_valid: torch.Tensor | None = None
+    xnn_text_valid: torch.Tensor | None = None
+
+
+def neighbor_contrast(
+    queries: torch.Tensor,
+    targets: torch.Tensor,
+    target_ids: torch.Tensor,
+    valid: torch.Tensor | None,
+    scale: torch.Tensor | float,
+    local_loss: bool = False,
+    gather_with_grad: bool = False,
+) -> torch.Tensor:
+    """One-directional InfoNCE: query ``a`` must pick out target ``a`` among the batch's
+    targets.
+
+    Args:
+        queries: ``(B, D)`` normalised, with gradient.
+        targets: ``(B, D)`` normalised constants (no gradient flows into them).
+        target_ids: ``(B,)`` sample index of each target. A column holding the same sample
+            as a row's positive is not a negative for that row (two anchors often share a
+            neighbour).
+        valid: ``(B,)`` bool or None. Invalid targets are neither positives (their row is
+            skipped) nor negatives.
+        scale: logit scale (1 / temperature).
+
+    Returns the mean over valid anchors of the global batch (per-rank shares under
+    ``local_loss`` that the DDP gradient average turns into the same mean).
+    """
+    if valid is None:
+        valid = torch.ones_like(target_ids, dtype=torch.bool)
+    all_targets = gather_batch(targets.detach(), with_grad=False)
+    all_ids = gather_batch(target_ids, with_grad=False)
+    all_valid = gather_batch(valid.to(torch.uint8), with_grad=False).bool()
+    if local_loss:
+        rows, row_ids, row_valid = queries, target_ids, valid
+        labels = local_targets(queries.shape[0], queries.device, True)
+    else:
+        rows, row_ids, row_valid = gather_batch(queries, gather_with_grad), all_ids, all_valid
+        labels = torch.arange(rows.shape[0], device=queries.device)
+    logits = scale * rows @ all_targets.to(rows.dtype).T
+    excluded = (row_ids[:, None] == all_ids[None, :]) | ~all_valid[None, :]
+    excluded[torch.arange(len(labels), device=labels.device), labels] = False
+    logits = logits.masked_fill(excluded, float("-inf"))
+    per_row = F.cross_entropy(logits, labels, reduction="none")
+    world = torch.distributed.get_world_size() if (local_loss and is_distributed()) else 1
+    return per_row[row_valid].sum() * world / all_valid.sum().clamp(min=1)
+
+
+class NeighborLoss(nn.Module):
+    """CLIP-PING's neighbour guidance: NN (intra-modal) and XNN (cross-modal) terms.
+
+    The anchor's image embedding must pick out the target of its image neighbour (NN) and
+    the caption-side target of its image neighbour (XNN); its text embedding the target
+    of its caption neighbour (NN) and the image-side target of its caption neighbour (XNN).
+    Each term is a one-directional cross-entropy over the (gathered) batch
+    (:func:`neighbor_contrast`).
+
+        nn_loss  = nn_weight  * w * (nn_image_loss  + nn_text_loss)  / 2
+        xnn_loss = xnn_weight * w * (xnn_image_loss + xnn_text_loss) / 2
+
+    with ``w`` the warm-up ramp passed to :meth:`forward`.
+
+    ``bank`` targets live in the teachers' spaces: linear heads map the student
+    embedding there (h_I: d→D_I and h_T: d→D_T for NN, g_I: d→D_T and g_T: d→D_I for XNN)
+    and the scale is 1 / ``aux_temperature``. ``memory`` targets are student embeddings:
+    no heads, the shared CLIP logit scale.
+
+    Examples:
+        >>> loss = NeighborLoss(embed_dim=64, image_bank_dim=1280, text_bank_dim=384)
+        >>> sorted(loss.heads)
+        ['nn_image', 'nn_text', 'xnn_image', 'xnn_text']
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        image_bank_dim: int | None = None,
+        text_bank_dim: int | None = None,
+        target: str = "bank",
+        nn_weight: float = 1.0,
+        xnn_weight: float = 1.0,
+        aux_temperature: float = 0.1,
+        local_loss: bool = False,
+        gather_with_grad: bool = False,
+    ):
+        super().__init__()
+        if target not in TARGET_MODES:
+            raise ValueError(f"--neighbor-target {target!r}: choose one of {TARGET_MODES}")
+        if target == "bank" and not (image_bank_dim and text_bank_dim):
+            raise ValueError("bank targets need image_bank_dim and text_bank_dim")
+        self.target, self.nn_weight, self.xnn_weight = target, nn_weight, xnn_weight
+        self.aux_temperature = aux_temperature
+        self.local_loss, self.gather_with_grad = local_loss, gather_with_grad
+        self.heads = nn.ModuleDict()
+        if target == "bank":
+            out_dims = {
+                "nn_image": image_bank_dim, "nn_text": text_bank_dim,
+                "xnn_image": text_bank_dim, "xnn_text": image_bank_dim,
+            }  # fmt: skip
+            for name, out_dim in out_dims.items():
+                self.heads[name] = nn.Linear(embed_dim, out_dim, bias=False)
+
+    def _term(
+        self, name: str, query: torch.Tensor, targets: NeighborTargets, scale
+    ) -> torch.Tensor:
+        ids = targets.image_neighbors if name.endswith("_image") else targets.text_neighbors
+        if self.target == "bank":
+            query, scale = F.normalize(self.heads[name](query), dim=-1), 1.0 / self.aux_temperature
+        target = F.normalize(getattr(targets, name).to(query.dtype), dim=-1)
+        valid = getattr(targets, f"{name}_valid")
+        return neighbor_contrast(
+            query, target, ids, valid, scale, self.local_loss, self.gather_with_grad
+        )
+
+    def forward(
+        self,
+        image_features: torch.Tensor,
+        text_features: torch.Tensor,
+        logit_scale: torch.Tensor,
+        targets: NeighborTargets,
+        ramp: float = 1.0,
+    ) -> dict[str, torch.Tensor]:
+        """``image_features, text_features``: ``(B, d)`` normalised student embeddings."""
+        terms: dict[str, torch.Tensor] = {}
+        zero = image_features.new_zeros(())
+        for kind, weight in (("nn", self.nn_weight), ("xnn", self.xnn_weight)):
+            if weight == 0:
+                terms[f"{kind}_loss"] = zero
+                continue
+            image_term = self._term(f"{kind}_image", image_features, targets, logit_scale)
+            text_term = self._term(f"{kind}_text", text_features, targets, logit_scale)
+            terms[f"{kind}_image_loss"] = image_term.detach()
+            terms[f"{kind}_text_loss"] = text_term.detach()
+            terms[f"{kind}_loss"] = weight * ramp * 0.5 * (image_term + text_term)
+        return terms
