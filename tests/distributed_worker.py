@@ -1,0 +1,135 @@
+"""Run by tests/test_distributed.py, once alone and once under torchrun with 2 processes.
+
+Computes CLIP and CLIP-PING losses and gradients on one fixed global batch of 8 pairs,
+each process taking its slice, and saves rank 0's view to the output file:
+
+    python tests/distributed_worker.py OUT.pt
+    torchrun --nproc_per_node 2 tests/distributed_worker.py OUT.pt
+"""
+
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clip_ping.distributed import cleanup, init_distributed
+from clip_ping.losses import TOTAL_TERMS, ClipLoss, NeighborLoss, NeighborTargets
+from clip_ping.memory import StudentMemory
+from clip_ping.models import create_model
+
+GLOBAL_BATCH, IMAGE_DIM, TEXT_DIM, NUM_SAMPLES = 8, 12, 10, 20
+CASES = [  # (name, neighbour target mode or None, local_loss)
+    ("clip", None, False), ("clip-local", None, True),
+    ("bank", "bank", False), ("bank-local", "bank", True),
+    ("memory", "memory", False), ("memory-local", "memory", True),
+]  # fmt: skip
+
+
+class Step(nn.Module):
+    """Student + neighbour heads in one module, so DDP averages every gradient."""
+
+    def __init__(self, model, clip_loss, neighbor_loss):
+        super().__init__()
+        self.model, self.clip_loss, self.neighbor_loss = model, clip_loss, neighbor_loss
+
+    def forward(self, images, texts, targets):
+        out = self.model(images, texts)
+        terms = self.clip_loss(out["image_features"], out["text_features"], out["logit_scale"])
+        if self.neighbor_loss is not None:
+            terms.update(
+                self.neighbor_loss(
+                    out["image_features"], out["text_features"], out["logit_scale"], targets
+                )
+            )
+        return terms, out
+
+
+def global_inputs(tokenizer, model):
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(GLOBAL_BATCH, 3, 32, 32, generator=g)
+    words = ["red", "blue", "green", "circle", "square", "small", "large", "left"]
+    texts = tokenizer([f"a {words[i]} {words[(3 * i + 1) % 8]}" for i in range(GLOBAL_BATCH)])
+    indices = torch.randperm(NUM_SAMPLES, generator=g)[:GLOBAL_BATCH]
+    image_neighbors = torch.randint(0, NUM_SAMPLES, (GLOBAL_BATCH,), generator=g)
+    text_neighbors = torch.randint(0, NUM_SAMPLES, (GLOBAL_BATCH,), generator=g)
+    image_bank = F.normalize(torch.randn(NUM_SAMPLES, IMAGE_DIM, generator=g), dim=-1)
+    text_bank = F.normalize(torch.randn(NUM_SAMPLES, TEXT_DIM, generator=g), dim=-1)
+    memory = StudentMemory(NUM_SAMPLES, model.embed_dim)
+    written = torch.arange(0, NUM_SAMPLES, 3)  # a third of the rows, so masking is exercised
+    memory.image[written] = F.normalize(
+        torch.randn(len(written), model.embed_dim, generator=g), dim=-1
+    ).half()
+    memory.text[written] = F.normalize(
+        torch.randn(len(written), model.embed_dim, generator=g), dim=-1
+    ).half()
+    memory.written[written] = True
+    return images, texts, indices, image_neighbors, text_neighbors, image_bank, text_bank, memory
+
+
+def neighbor_targets(mode, image_neighbors, text_neighbors, image_bank, text_bank, memory):
+    if mode == "bank":
+        return NeighborTargets(
+            image_neighbors, text_neighbors,
+            nn_image=image_bank[image_neighbors], nn_text=text_bank[text_neighbors],
+            xnn_image=text_bank[image_neighbors], xnn_text=image_bank[text_neighbors],
+        )  # fmt: skip
+    nn_image, nn_image_valid = memory.lookup("image", image_neighbors)
+    nn_text, nn_text_valid = memory.lookup("text", text_neighbors)
+    xnn_image, xnn_image_valid = memory.lookup("text", image_neighbors)
+    xnn_text, xnn_text_valid = memory.lookup("image", text_neighbors)
+    return NeighborTargets(
+        image_neighbors, text_neighbors, nn_image, nn_text, xnn_image, xnn_text,
+        nn_image_valid, nn_text_valid, xnn_image_valid, xnn_text_valid,
+    )  # fmt: skip
+
+
+def main(out_path):
+    info = init_distributed("cpu")
+    per_rank = GLOBAL_BATCH // info.world_size
+    part = slice(info.rank * per_rank, (info.rank + 1) * per_rank)
+    results = {}
+    for name, mode, local_loss in CASES:
+        model, tokenizer = create_model("cpu-micro-32", seed=0)
+        torch.manual_seed(1)  # the same head initialisation in every process
+        neighbor_loss = None
+        if mode is not None:
+            neighbor_loss = NeighborLoss(
+                model.embed_dim, IMAGE_DIM, TEXT_DIM, target=mode, nn_weight=0.8, xnn_weight=0.6,
+                local_loss=local_loss, gather_with_grad=True,
+            )  # fmt: skip
+        step = Step(model, ClipLoss(local_loss, gather_with_grad=True), neighbor_loss)
+        if info.world_size > 1:
+            step = nn.parallel.DistributedDataParallel(step)
+        images, texts, indices, img_nbr, txt_nbr, image_bank, text_bank, memory = global_inputs(
+            tokenizer, model
+        )
+        targets = None
+        if mode is not None:
+            targets = neighbor_targets(
+                mode, img_nbr[part], txt_nbr[part], image_bank, text_bank, memory
+            )
+        terms, out = step(images[part], texts[part], targets)
+        loss = sum(v for k, v in terms.items() if k in TOTAL_TERMS)
+        loss.backward()
+        memory.update(indices[part], out["image_features"], out["text_features"])
+        module = step.module if info.world_size > 1 else step
+        values = {k: v.detach().clone() for k, v in terms.items()}
+        if local_loss and info.world_size > 1:  # per-rank shares: average them like DDP does
+            for v in values.values():
+                torch.distributed.all_reduce(v)
+                v /= info.world_size
+        results[name] = {
+            "terms": values,
+            "grads": {
+                k: p.grad.clone() for k, p in module.named_parameters() if p.grad is not None
+            },
+            "memory": {k: v.clone() for k, v in memory.state_dict().items()},
+        }
+    if info.rank == 0:
+        torch.save(results, out_path)
+    cleanup()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
