@@ -17,6 +17,7 @@ from clip_ping.distributed import cleanup, init_distributed
 from clip_ping.losses import TOTAL_TERMS, ClipLoss, NeighborLoss, NeighborTargets
 from clip_ping.memory import StudentMemory
 from clip_ping.models import create_model
+from clip_ping.train import TrainStep
 
 GLOBAL_BATCH, IMAGE_DIM, TEXT_DIM, NUM_SAMPLES = 8, 12, 10, 20
 CASES = [  # (name, neighbour target mode or None, local_loss)
@@ -24,25 +25,6 @@ CASES = [  # (name, neighbour target mode or None, local_loss)
     ("bank", "bank", False), ("bank-local", "bank", True),
     ("memory", "memory", False), ("memory-local", "memory", True),
 ]  # fmt: skip
-
-
-class Step(nn.Module):
-    """Student + neighbour heads in one module, so DDP averages every gradient."""
-
-    def __init__(self, model, clip_loss, neighbor_loss):
-        super().__init__()
-        self.model, self.clip_loss, self.neighbor_loss = model, clip_loss, neighbor_loss
-
-    def forward(self, images, texts, targets):
-        out = self.model(images, texts)
-        terms = self.clip_loss(out["image_features"], out["text_features"], out["logit_scale"])
-        if self.neighbor_loss is not None:
-            terms.update(
-                self.neighbor_loss(
-                    out["image_features"], out["text_features"], out["logit_scale"], targets
-                )
-            )
-        return terms, out
 
 
 def global_inputs(tokenizer, model):
@@ -98,7 +80,7 @@ def main(out_path):
                 model.embed_dim, IMAGE_DIM, TEXT_DIM, target=mode, nn_weight=0.8, xnn_weight=0.6,
                 local_loss=local_loss, gather_with_grad=True,
             )  # fmt: skip
-        step = Step(model, ClipLoss(local_loss, gather_with_grad=True), neighbor_loss)
+        step = TrainStep(model, ClipLoss(local_loss, gather_with_grad=True), neighbor_loss)
         if info.world_size > 1:
             step = nn.parallel.DistributedDataParallel(step)
         images, texts, indices, img_nbr, txt_nbr, image_bank, text_bank, memory = global_inputs(

@@ -21,7 +21,9 @@ import yaml
 
 PRECISIONS = ("fp32", "amp", "amp_bf16")
 DATASET_TYPES = ("auto", "csv", "webdataset")
-LOSSES = ("clip",)
+LOSSES = ("clip", "clip-ping")
+NEIGHBOR_TARGETS = ("bank", "memory")
+NEIGHBOR_SOURCES = ("offline",)
 
 
 def _f(default: Any, help: str, group: str, **kw: Any) -> Any:
@@ -32,7 +34,9 @@ def _f(default: Any, help: str, group: str, **kw: Any) -> Any:
 class TrainConfig:
     # data
     train_data: str | None = _f(None, "training CSV/TSV or WebDataset shards", "data")
-    val_data: str | None = _f(None, "validation CSV (with a label column for zero-shot)", "data")
+    val_data: str | None = _f(
+        None, "held-out image-caption CSV: retrieval (and zero-shot if labelled) each eval", "data"
+    )
     dataset_type: str = _f("auto", "csv | webdataset | auto (by extension)", "data")
     csv_img_key: str = _f("filepath", "CSV column with image paths", "data")
     csv_caption_key: str = _f("title", "CSV column with captions", "data")
@@ -42,8 +46,14 @@ class TrainConfig:
     train_num_samples: int | None = _f(
         None, "samples per epoch for shards without sizes.json", "data"
     )
+    zeroshot_data: str | None = _f(
+        None,
+        "zero-shot eval set: labelled CSV, class folder, or built-in digits | mnist5k "
+        "(default: --val-data if it has a label column)",
+        "data",
+    )
     zeroshot_classnames: str | None = _f(
-        None, "class names file for zero-shot eval on --val-data (default: beside it)", "data"
+        None, "class names file for zero-shot eval (default: classnames.txt beside the CSV)", "data"
     )
     zeroshot_templates: str | None = _f(None, "prompt templates file (default: beside it)", "data")
     workers: int = _f(2, "data loader workers per process", "data")
@@ -68,7 +78,16 @@ class TrainConfig:
         "fp32", "fp32 | amp (fp16 autocast, CUDA) | amp_bf16 (bf16 autocast)", "optimiser"
     )
     # loss
-    loss: str = _f("clip", "training objective", "loss")
+    loss: str = _f("clip", "clip | clip-ping (neighbour guidance, needs the banks)", "loss")
+    image_bank: str | None = _f(None, "image feature bank folder with neighbours", "loss")
+    text_bank: str | None = _f(None, "text feature bank folder with neighbours", "loss")
+    nn_weight: float = _f(1.0, "lambda_NN: weight of the intra-modal neighbour terms", "loss")
+    xnn_weight: float = _f(1.0, "lambda_XNN: weight of the cross-modal neighbour terms", "loss")
+    neighbor_k: int = _f(5, "draw each step's neighbour among the top K", "loss")
+    neighbor_target: str = _f("bank", "bank (teacher features) | memory (student)", "loss")
+    neighbor_source: str = _f("offline", "offline (precomputed tables)", "loss")
+    aux_temperature: float = _f(0.1, "temperature of bank-mode neighbour logits", "loss")
+    neighbor_warmup: int = _f(0, "ramp the neighbour weights up over N steps", "loss")
     # distributed
     local_loss: bool = _f(
         False, "contrast local features against the gathered batch", "distributed"
@@ -87,7 +106,9 @@ class TrainConfig:
         200, "write checkpoints/latest.pt every N steps (0: end only)", "run"
     )
     log_every_steps: int = _f(10, "log train/* metrics every N steps", "run")
-    val_frequency: int = _f(1, "zero-shot eval on --val-data every N epochs (0: never)", "run")
+    val_frequency: int = _f(
+        1, "evaluate on --val-data / --zeroshot-data every N epochs (0: never)", "run"
+    )
     stop_after_steps: int | None = _f(
         None, "stop after this many optimiser steps as if interrupted (for tests)", "run"
     )
@@ -105,6 +126,8 @@ class TrainConfig:
             ("precision", PRECISIONS),
             ("dataset_type", DATASET_TYPES),
             ("loss", LOSSES),
+            ("neighbor_target", NEIGHBOR_TARGETS),
+            ("neighbor_source", NEIGHBOR_SOURCES),
         ):
             if getattr(self, name) not in allowed:
                 bad(name, f"choose one of {', '.join(allowed)}")
@@ -114,6 +137,18 @@ class TrainConfig:
         for name in ("warmup", "save_every_steps", "save_frequency", "workers", "val_frequency"):
             if getattr(self, name) < 0:
                 bad(name, "must be 0 or more")
+        if self.loss == "clip-ping":
+            for name in ("image_bank", "text_bank"):
+                if not getattr(self, name):
+                    bad(name, "--loss clip-ping needs it; build one with clip-ping bank build")
+            if self.neighbor_k < 1:
+                bad("neighbor_k", "must be at least 1")
+            if self.nn_weight < 0 or self.xnn_weight < 0:
+                bad("nn_weight" if self.nn_weight < 0 else "xnn_weight", "must be 0 or more")
+            if self.aux_temperature <= 0:
+                bad("aux_temperature", "must be positive")
+            if self.neighbor_warmup < 0:
+                bad("neighbor_warmup", "must be 0 or more")
         if self.lr <= 0:
             bad("lr", "must be positive")
         if self.wd < 0:
@@ -124,6 +159,12 @@ class TrainConfig:
 
         if self.model not in list_models():
             bad("model", f"choose one of {', '.join(list_models())}")
+        from .evaluation.datasets import builtin_datasets
+
+        builtins = builtin_datasets()
+        if self.zeroshot_data and self.zeroshot_data not in builtins:
+            if not Path(self.zeroshot_data).exists():  # fail now, not after the first epoch
+                bad("zeroshot_data", f"no such file or folder, nor a built-in ({builtins})")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -202,8 +202,10 @@ class NeighborLoss(nn.Module):
                 "nn_image": image_bank_dim, "nn_text": text_bank_dim,
                 "xnn_image": text_bank_dim, "xnn_text": image_bank_dim,
             }  # fmt: skip
+            weights = {"nn": nn_weight, "xnn": xnn_weight}
             for name, out_dim in out_dims.items():
-                self.heads[name] = nn.Linear(embed_dim, out_dim, bias=False)
+                if weights[name.split("_")[0]] > 0:  # no unused parameters (DDP refuses them)
+                    self.heads[name] = nn.Linear(embed_dim, out_dim, bias=False)
 
     def _term(
         self, name: str, query: torch.Tensor, targets: NeighborTargets, scale

@@ -36,7 +36,7 @@ from .data.loader import DataSpec, build_train_data
 from .data.transforms import TrainTransform
 from .distributed import DistInfo, barrier, cleanup, init_distributed
 from .io import atomic_torch_save, atomic_write, atomic_write_text
-from .losses import ClipLoss
+from .losses import TOTAL_TERMS, ClipLoss, NeighborLoss, NeighborTargets
 from .models import create_model, export_hf, load_checkpoint_file
 from .tokenizer import get_tokenizer
 
@@ -54,6 +54,58 @@ def cosine_lr(step: int, base_lr: float, warmup: int, total_steps: int) -> float
         return base_lr * (step + 1) / warmup
     progress = (step - warmup) / max(1, total_steps - warmup)
     return 0.5 * base_lr * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+class TrainStep(torch.nn.Module):
+    """Student and losses in one module, so DDP, ``torch.compile``, the optimiser and the
+    checkpoint see every trained parameter (the neighbour heads too)."""
+
+    def __init__(self, model, clip_loss: ClipLoss, neighbor_loss: NeighborLoss | None = None):
+        super().__init__()
+        self.model, self.clip_loss, self.neighbor_loss = model, clip_loss, neighbor_loss
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        texts: torch.Tensor,
+        targets: NeighborTargets | None = None,
+        ramp: float = 1.0,
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """``(named loss terms, model outputs)``; the loop sums ``TOTAL_TERMS``."""
+        out = self.model(images, texts)
+        features = (out["image_features"], out["text_features"], out["logit_scale"])
+        terms = self.clip_loss(*features)
+        if self.neighbor_loss is not None:
+            terms.update(self.neighbor_loss(*features, targets, ramp))
+        return terms, out
+
+
+def build_guidance(cfg: TrainConfig, spec: DataSpec, num_samples: int, embed_dim: int, device):
+    """``(NeighborLoss, NeighborGuidance)`` for ``--loss clip-ping``; banks are validated
+    against the training data before any step."""
+    from .bank import Bank
+    from .guidance import NeighborGuidance
+    from .memory import StudentMemory
+
+    image_bank, text_bank = Bank(cfg.image_bank), Bank(cfg.text_bank)
+    for bank, modality in ((image_bank, "image"), (text_bank, "text")):
+        if bank.modality != modality:
+            raise ValueError(
+                f"--{modality}-bank {bank.path} holds {bank.modality} features; pass the "
+                f"{modality} bank"
+            )
+        bank.check_dataset(spec)
+    memory = None
+    if cfg.neighbor_target == "memory":
+        memory = StudentMemory(num_samples, embed_dim).to(device)
+    loss = NeighborLoss(
+        embed_dim, image_bank.dim, text_bank.dim, cfg.neighbor_target, cfg.nn_weight,
+        cfg.xnn_weight, cfg.aux_temperature, cfg.local_loss, cfg.gather_with_grad,
+    )  # fmt: skip
+    guidance = NeighborGuidance(
+        image_bank, text_bank, cfg.neighbor_k, cfg.neighbor_target, memory, cfg.seed
+    )
+    return loss.to(device), guidance
 
 
 def create_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -238,11 +290,22 @@ def _train(cfg: TrainConfig, info: DistInfo) -> Path:
         )
     total_steps = steps_per_epoch * cfg.epochs
 
-    optimizer = create_optimizer(model, cfg)
+    neighbor_loss, guidance = None, None
+    if cfg.loss == "clip-ping":
+        neighbor_loss, guidance = build_guidance(
+            cfg, spec, data.num_samples, model.embed_dim, device
+        )
+    memory = guidance.memory if guidance else None
+    train_step = TrainStep(model, ClipLoss(cfg.local_loss, cfg.gather_with_grad), neighbor_loss)
+    optimizer = create_optimizer(train_step, cfg)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "amp")
     step, epoch, batch_in_epoch = 0, 0, 0
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
+        if neighbor_loss is not None:
+            neighbor_loss.load_state_dict(checkpoint["neighbor_loss"])
+        if memory is not None:
+            memory.load_state_dict(checkpoint["memory"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scaler.load_state_dict(checkpoint["scaler"])
         set_rng_state(checkpoint["rng"])
@@ -266,13 +329,12 @@ def _train(cfg: TrainConfig, info: DistInfo) -> Path:
         steps_per_epoch, cfg.epochs, device, info.world_size,
     )  # fmt: skip
 
-    step_model = model
+    step_model = train_step
     if info.world_size > 1:
         ids = [device.index] if device.type == "cuda" else None
-        step_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        step_model = torch.nn.parallel.DistributedDataParallel(train_step, device_ids=ids)
     if cfg.torch_compile:
         step_model = torch.compile(step_model)
-    loss_fn = ClipLoss(cfg.local_loss, cfg.gather_with_grad)
 
     def save_checkpoint(next_epoch: int, next_batch: int) -> None:
         if not info.is_main:
@@ -291,6 +353,10 @@ def _train(cfg: TrainConfig, info: DistInfo) -> Path:
             "batch": next_batch,
             "config": cfg.to_dict(),
         }
+        if neighbor_loss is not None:
+            state["neighbor_loss"] = neighbor_loss.state_dict()
+        if memory is not None:
+            state["memory"] = memory.state_dict()
         atomic_torch_save(state, run_dir / "checkpoints" / "latest.pt")
 
     global_batch = cfg.batch_size * cfg.accum_freq * info.world_size
@@ -307,11 +373,16 @@ def _train(cfg: TrainConfig, info: DistInfo) -> Path:
         for batch in batches:
             images = batch["image"].to(device, non_blocking=True)
             texts = batch["text"].to(device, non_blocking=True)
+            targets, ramp = None, 1.0
+            if guidance is not None:
+                targets = guidance.targets(batch["index"], step, device)
+                ramp = min(1.0, (step + 1) / cfg.neighbor_warmup) if cfg.neighbor_warmup else 1.0
             with autocast_context(cfg.precision, device):
-                out = step_model(images, texts)
-                terms = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
-                loss = sum(terms.values())
+                terms, out = step_model(images, texts, targets, ramp)
+                loss = sum(v for k, v in terms.items() if k in TOTAL_TERMS)
             scaler.scale(loss / cfg.accum_freq).backward()
+            if memory is not None:  # after the loss: this batch's targets were the old rows
+                memory.update(batch["index"], out["image_features"], out["text_features"])
             micro += 1
             if micro < cfg.accum_freq:
                 continue
@@ -321,7 +392,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> Path:
                 group["lr"] = lr
             if cfg.grad_clip_norm is not None:
                 scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip_norm)
+                torch.nn.utils.clip_grad_norm_(train_step.parameters(), cfg.grad_clip_norm)
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
@@ -359,8 +430,9 @@ def _train(cfg: TrainConfig, info: DistInfo) -> Path:
         if stopped_early:
             break
         epoch, batch_in_epoch = epoch + 1, 0
-        if metrics and cfg.val_data and cfg.val_frequency and epoch % cfg.val_frequency == 0:
-            evaluate_zero_shot(model, tokenizer, cfg, device, metrics, step, epoch)
+        evaluating = cfg.val_data or cfg.zeroshot_data
+        if metrics and evaluating and cfg.val_frequency and epoch % cfg.val_frequency == 0:
+            evaluate_during_training(model, tokenizer, cfg, device, metrics, step, epoch)
         save_checkpoint(epoch, 0)
         if info.is_main and cfg.save_frequency and epoch % cfg.save_frequency == 0:
             keep_copy(run_dir / "checkpoints" / "latest.pt", f"epoch_{epoch}.pt")
@@ -379,41 +451,48 @@ def _train(cfg: TrainConfig, info: DistInfo) -> Path:
     return run_dir
 
 
-def evaluate_zero_shot(model, tokenizer, cfg: TrainConfig, device, metrics, step, epoch) -> dict:
-    """Zero-shot on ``--val-data`` (a CSV with a ``label`` column); logs and saves JSON."""
-    from .data.datasets import CsvDataset
-    from .data.transforms import EvalTransform
-    from .evaluation.zeroshot import DEFAULT_TEMPLATES, read_lines, zero_shot_eval
+def evaluate_during_training(
+    model, tokenizer, cfg: TrainConfig, device, metrics: MetricsLog, step: int, epoch: int
+) -> dict[str, float]:
+    """Periodic eval: retrieval on ``--val-data`` (when it has captions) and zero-shot on
+    ``--zeroshot-data`` (default: ``--val-data`` when it has a ``label`` column).
 
-    val_path = Path(cfg.val_data)
-    dataset = CsvDataset(
-        val_path,
-        img_key=cfg.csv_img_key,
-        caption_key=cfg.csv_caption_key,
-        separator=cfg.csv_separator,
-        transform=EvalTransform(model.image_size),
-        tokenizer=tokenizer,
-    )
-    if dataset.labels is None:
-        log.warning("--val-data %s has no 'label' column: skipping zero-shot eval", val_path)
-        return {}
-    classnames = read_lines(cfg.zeroshot_classnames or val_path.parent / "classnames.txt")
-    templates_file = Path(cfg.zeroshot_templates or val_path.parent / "templates.txt")
-    templates = read_lines(templates_file) if templates_file.is_file() else DEFAULT_TEMPLATES
-    scores = zero_shot_eval(
-        model, tokenizer, dataset, dataset.labels, classnames, templates, device=device
-    )
-    name = val_path.stem
-    values = {f"zeroshot/{name}/{k}": v for k, v in scores.items()}
-    metrics.write(step, values, epoch=epoch)
-    log.info("epoch %d zero-shot %s: %s", epoch, name, json.dumps(scores))
-    result = {
-        "dataset": name,
-        "model": cfg.model,
-        "task": "zeroshot_classification",
-        "metrics": scores,
-    }
-    atomic_write_text(
-        metrics.path.parent / "results" / f"zeroshot_{name}.json", json.dumps(result, indent=2)
-    )
-    return scores
+    Logs ``retrieval/<dataset>/...`` and ``zeroshot/<dataset>/...`` to ``metrics.jsonl`` and
+    TensorBoard, writes the latest result of each to ``results/<task>_<dataset>.json``, and
+    returns the logged values.
+    """
+    from .data.transforms import EvalTransform
+    from .evaluation.datasets import load_eval_dataset
+    from .evaluation.run import TASKS, evaluate_dataset, result_record
+
+    preprocess = EvalTransform(model.image_size)
+    options = dict(
+        classnames=cfg.zeroshot_classnames, templates=cfg.zeroshot_templates,
+        csv_img_key=cfg.csv_img_key, csv_caption_key=cfg.csv_caption_key,
+        csv_separator=cfg.csv_separator,
+    )  # fmt: skip
+    jobs = []  # (dataset, tasks): each dataset's images are encoded once for all its tasks
+    if cfg.val_data:
+        val = load_eval_dataset(cfg.val_data, preprocess, **options)
+        tasks = ["retrieval"] if val.captions is not None else []
+        if cfg.zeroshot_data is None and val.labels is not None:
+            tasks.append("zeroshot")
+        jobs.append((val, tasks))
+    if cfg.zeroshot_data:
+        jobs.append((load_eval_dataset(cfg.zeroshot_data, preprocess, **options), ["zeroshot"]))
+    values: dict[str, float] = {}
+    for data, tasks in jobs:
+        if not tasks:
+            log.warning("%s has neither captions nor labels: nothing to evaluate", data.name)
+            continue
+        for task, scores in evaluate_dataset(model, tokenizer, tasks, data, device=device).items():
+            record = {**result_record(task, data.name, cfg.model, scores), "step": step}
+            values.update(record["metric_names"])
+            log.info("epoch %d %s %s: %s", epoch, task, data.name, json.dumps(scores))
+            atomic_write_text(
+                metrics.path.parent / "results" / f"{TASKS[task][1]}_{data.name}.json",
+                json.dumps(record, indent=2),
+            )
+    if values:
+        metrics.write(step, values, epoch=epoch)
+    return values

@@ -1,8 +1,13 @@
 """Zero-shot classification, CLIP_benchmark protocol.
 
-Each class is embedded as the mean of its normalised prompt embeddings (one per
-template, e.g. "a photo of a {}."), renormalised; an image is assigned the class with
-the highest cosine similarity.
+Each class is embedded as the mean of its normalised prompt embeddings (one per template,
+e.g. "a photo of a {}."), renormalised; an image is assigned the class with the highest
+cosine similarity. Ties count against the image (see :mod:`.ranking`).
+
+Examples:
+    >>> classes = class_embeddings(model, tokenizer, ["red circle", "blue star"])  # (2, D)
+    >>> zero_shot_metrics(torch.eye(3)[[0, 1, 1]], torch.eye(3), labels=[0, 1, 2])
+    {'acc1': 0.6666666865348816, 'acc5': 1.0, 'mean_per_class_recall': 0.6666666865348816}
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from .ranking import DEFAULT_MAX_BLOCK_ELEMENTS, hits_at, negatives_outranking
 
 DEFAULT_TEMPLATES = ("a photo of a {}.", "a {}.", "an image of a {}.")
 
@@ -24,60 +31,56 @@ def read_lines(path: str | Path) -> list[str]:
 
 @torch.no_grad()
 def class_embeddings(
-    model, tokenizer, classnames: Sequence[str], templates: Sequence[str], device: torch.device
-) -> torch.Tensor:
-    """``(C, d)`` normalised class embeddings: mean over templates of normalised prompts."""
-    bad = [t for t in templates if "{}" not in t]
-    if bad:
-        raise ValueError(f"prompt templates must contain '{{}}' for the class name: {bad}")
-    rows = []
-    for name in classnames:
-        tokens = tokenizer([t.format(name) for t in templates]).to(device)
-        prompts = model.encode_text(tokens, normalize=True)
-        rows.append(F.normalize(prompts.mean(dim=0), dim=-1))
-    return torch.stack(rows)
-
-
-def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """``acc1``, ``acc5`` and ``mean_per_class_recall`` of ``(N, C)`` scores.
-
-    Ties are broken towards the lower class index (``torch.topk`` order), the same for
-    every method compared.
-    """
-    num_classes = logits.shape[1]
-    topk = logits.topk(min(5, num_classes), dim=1).indices
-    hits = topk == labels[:, None]
-    recalls = [hits[labels == c, 0].float().mean() for c in labels.unique()]
-    return {
-        "acc1": hits[:, 0].float().mean().item(),
-        "acc5": hits.any(dim=1).float().mean().item(),
-        "mean_per_class_recall": torch.stack(recalls).mean().item(),
-    }
-
-
-@torch.no_grad()
-def zero_shot_eval(
     model,
     tokenizer,
-    images: torch.utils.data.Dataset,
-    labels: Sequence[int],
     classnames: Sequence[str],
     templates: Sequence[str] = DEFAULT_TEMPLATES,
-    batch_size: int = 256,
     device: torch.device | str = "cpu",
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """``(C, D)`` normalised class embeddings: mean over templates of normalised prompts."""
+    from .features import encode_texts
+
+    bad = [t for t in templates if "{}" not in t]
+    if bad or not templates:
+        raise ValueError(
+            f"prompt templates must be a non-empty list, each with '{{}}' for the class name; "
+            f"bad: {bad or list(templates)}"
+        )
+    prompts = [t.format(name) for name in classnames for t in templates]
+    texts = encode_texts(model, tokenizer, prompts, batch_size, device)  # (C * T, D)
+    means = texts.view(len(classnames), len(templates), -1).mean(dim=1)
+    return F.normalize(means, dim=-1)
+
+
+def zero_shot_metrics(
+    image_features: torch.Tensor,
+    class_features: torch.Tensor,
+    labels: Sequence[int] | torch.Tensor,
+    max_block_elements: int = DEFAULT_MAX_BLOCK_ELEMENTS,
 ) -> dict[str, float]:
-    """Zero-shot metrics of ``model`` on ``images`` (items with an ``"image"`` tensor and an
-    ``"index"`` into ``labels``)."""
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    classes = class_embeddings(model, tokenizer, classnames, templates, device)
-    loader = torch.utils.data.DataLoader(images, batch_size=batch_size)
-    all_logits, all_labels = [], []
-    labels_t = torch.as_tensor(labels)
-    for batch in loader:
-        features = model.encode_image(batch["image"].to(device), normalize=True)
-        all_logits.append((features @ classes.T).float().cpu())
-        all_labels.append(labels_t[batch["index"]])
-    model.train(was_training)
-    return classification_metrics(torch.cat(all_logits), torch.cat(all_labels))
+    """``acc1``, ``acc5`` and ``mean_per_class_recall`` (top-1 recall averaged over the
+    classes present in ``labels``, i.e. balanced accuracy).
+
+    Args:
+        image_features: ``(N, D)`` image embeddings.
+        class_features: ``(C, D)`` class embeddings (:func:`class_embeddings`).
+        labels: ``(N,)`` class indices in ``[0, C)``.
+    """
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    num_classes = class_features.shape[0]
+    if labels.numel() and not 0 <= int(labels.min()) <= int(labels.max()) < num_classes:
+        raise ValueError(
+            f"labels span {int(labels.min())}..{int(labels.max())} but there are "
+            f"{num_classes} class names; the class-name file must list one name per label"
+        )
+    counts = negatives_outranking(
+        image_features, class_features, labels[:, None], max_block_elements
+    )
+    top1 = hits_at(counts, 1).float()
+    recalls = [top1[labels == c].mean() for c in labels.unique()]
+    return {
+        "acc1": top1.mean().item(),
+        "acc5": hits_at(counts, 5).float().mean().item(),
+        "mean_per_class_recall": torch.stack(recalls).mean().item(),
+    }

@@ -1,0 +1,106 @@
+"""Per-step cost of CLIP-PING over plain CLIP: same student, batch and data, interleaved.
+
+    .venv/bin/python benchmarks/overhead.py [--model cpu-small-64] [--batch-size 64]
+
+Builds (once, cached under --work) a shapes corpus, its EfficientNet-Lite0 / MiniLM banks and
+top-5 neighbour tables, loads a few real batches into memory, then times full training steps —
+neighbour draw and target fetch from the memory-mapped banks (or the student memory),
+forward, all loss terms, backward, AdamW — for `clip`, `clip-ping` with bank targets and with
+memory targets. Variants take turns step by step (round-robin) so machine noise hits them
+alike; prints the median ms/step and the ratio to CLIP. Data loading is excluded: it is
+the same for every variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from clip_ping.bank import build_bank
+from clip_ping.config import build_config
+from clip_ping.data.loader import DataSpec, build_train_data
+from clip_ping.data.shapes import build_shapes
+from clip_ping.data.transforms import TrainTransform
+from clip_ping.losses import TOTAL_TERMS, ClipLoss
+from clip_ping.models import create_model
+from clip_ping.neighbors import mine_bank
+from clip_ping.train import TrainStep, build_guidance, create_optimizer
+
+
+def prepare(work: Path, image_size: int, num_train: int) -> DataSpec:
+    corpus = work / "shapes"
+    build_shapes(corpus, num_train=num_train, num_val=64, image_size=image_size, seed=0)
+    spec = DataSpec(str(corpus / "train.csv"))
+    for modality in ("image", "text"):
+        bank = work / modality
+        build_bank(spec, modality, bank, image_size=128 if modality == "image" else None)
+        if not (bank / "neighbors.json").exists():
+            mine_bank(bank, k=5, backend="exact")
+    return spec
+
+
+def variant(name: str, spec: DataSpec, work: Path, args, num_samples: int):
+    overrides = dict(train_data=spec.train_data, model=args.model, batch_size=args.batch_size)
+    if name != "clip":
+        overrides.update(
+            loss="clip-ping", image_bank=str(work / "image"), text_bank=str(work / "text"),
+            neighbor_target=name.split("-")[-1],
+        )  # fmt: skip
+    cfg = build_config(overrides=overrides)
+    model, _ = create_model(args.model, seed=0)
+    neighbor_loss, guidance = None, None
+    if cfg.loss == "clip-ping":
+        neighbor_loss, guidance = build_guidance(cfg, spec, num_samples, model.embed_dim, "cpu")
+    step = TrainStep(model, ClipLoss(), neighbor_loss)
+    return step, create_optimizer(step, cfg), guidance
+
+
+def run_step(step, optimizer, guidance, batch, step_index: int) -> None:
+    targets = (
+        guidance.targets(batch["index"], step_index, torch.device("cpu")) if guidance else None
+    )
+    terms, out = step(batch["image"], batch["text"], targets)
+    sum(v for k, v in terms.items() if k in TOTAL_TERMS).backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if guidance is not None and guidance.memory is not None:
+        guidance.memory.update(batch["index"], out["image_features"], out["text_features"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="cpu-small-64")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--warmup-rounds", type=int, default=2)
+    parser.add_argument("--work", default="/tmp/clip_ping_overhead")
+    args = parser.parse_args()
+    work = Path(args.work)
+    model, tokenizer = create_model(args.model)
+    spec = prepare(work, model.image_size, num_train=2048)
+    data = build_train_data(spec, TrainTransform(model.image_size), tokenizer, seed=0)
+    loader = data.loader(0, 0, args.batch_size, workers=0)
+    batches = [b for _, b in zip(range(8), loader, strict=False)]
+    names = ["clip", "clip-ping-bank", "clip-ping-memory"]
+    variants = {n: variant(n, spec, work, args, data.num_samples) for n in names}
+    seconds: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(args.rounds):
+        for name, (step, optimizer, guidance) in variants.items():
+            batch = batches[r % len(batches)]
+            start = time.perf_counter()
+            run_step(step, optimizer, guidance, batch, r)
+            seconds[name].append(time.perf_counter() - start)
+    base = statistics.median(seconds["clip"][args.warmup_rounds :])
+    print(f"{args.model}, batch {args.batch_size}, {args.rounds - args.warmup_rounds} rounds")
+    print("| variant | ms/step (median) | vs CLIP |\n|---|---:|---:|")
+    for name, values in seconds.items():
+        median = statistics.median(values[args.warmup_rounds :])
+        print(f"| {name} | {1000 * median:.0f} | {median / base:.3f}× |")
+
+
+if __name__ == "__main__":
+    main()

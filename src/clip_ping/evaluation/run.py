@@ -1,0 +1,250 @@
+"""``clip-ping eval``: one task on one dataset for any model ``clip_ping.load`` opens → JSON.
+
+    clip-ping eval --model logs/shapes --task zeroshot --dataset shapes/val.csv --out zs.json
+    clip-ping eval --model logs/shapes/hf --task retrieval --dataset shapes/val.csv --out r.json
+    clip-ping eval --model logs/shapes/checkpoints/latest.pt --task linear-probe \\
+        --dataset digits --out lp.json
+
+The JSON has CLIP_benchmark's fields ``dataset``, ``model``, ``task`` and ``metrics`` (short
+names: ``acc1``, ``image_to_text_R@1``, ``lp_acc1`` ...), plus ``metric_names``: the same
+values under the run-log names (``zeroshot/<dataset>/acc1``). A linear probe also records the
+chosen ``weight_decay``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from ..io import atomic_torch_save, atomic_write_text
+from .datasets import EvalDataset, builtin_datasets, load_eval_dataset
+from .features import encode_images, encode_texts
+from .linear_probe import DEFAULT_WEIGHT_DECAYS, linear_probe
+from .ranking import DEFAULT_MAX_BLOCK_ELEMENTS
+from .retrieval import retrieval_metrics
+from .zeroshot import class_embeddings, zero_shot_metrics
+
+# CLI task → (CLIP_benchmark task name, prefix of the run-log metric names)
+TASKS = {
+    "zeroshot": ("zeroshot_classification", "zeroshot"),
+    "retrieval": ("zeroshot_retrieval", "retrieval"),
+    "linear-probe": ("linear_probe", "linear_probe"),
+}
+# Values a task returns that describe the fit rather than measure the model.
+NOT_METRICS = ("weight_decay", "val_acc1")
+
+
+def zeroshot(
+    model,
+    tokenizer,
+    data: EvalDataset,
+    image_features: torch.Tensor,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    max_block_elements: int = DEFAULT_MAX_BLOCK_ELEMENTS,
+) -> dict[str, float]:
+    """``acc1``, ``acc5``, ``mean_per_class_recall`` of ``(N, D)`` ``image_features``."""
+    labels = data.require_labels("zero-shot")
+    classnames = data.require_classnames()
+    classes = class_embeddings(model, tokenizer, classnames, data.templates, device, batch_size)
+    return zero_shot_metrics(image_features, classes, labels, max_block_elements)
+
+
+def retrieval(
+    model,
+    tokenizer,
+    data: EvalDataset,
+    image_features: torch.Tensor,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    max_block_elements: int = DEFAULT_MAX_BLOCK_ELEMENTS,
+) -> dict[str, float]:
+    """Recall@{1,5,10} both ways between ``(I, D)`` ``image_features`` and the captions."""
+    captions, caption_image = data.require_captions()
+    texts = encode_texts(model, tokenizer, captions, batch_size, device)
+    return retrieval_metrics(
+        image_features, texts, caption_image, max_block_elements=max_block_elements
+    )
+
+
+def evaluate_dataset(
+    model,
+    tokenizer,
+    tasks: list[str],
+    data: EvalDataset,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    workers: int = 0,
+    max_block_elements: int = DEFAULT_MAX_BLOCK_ELEMENTS,
+) -> dict[str, dict[str, float]]:
+    """Zero-shot and/or retrieval on one dataset, its images encoded once: ``{task: metrics}``."""
+    for task in tasks:
+        if task not in ("zeroshot", "retrieval"):
+            raise ValueError(f"evaluate_dataset runs zeroshot and retrieval, not {task!r}")
+    features = encode_images(model, data.images, batch_size, device, workers)
+    options = dict(batch_size=batch_size, device=device, max_block_elements=max_block_elements)
+    run = {"zeroshot": zeroshot, "retrieval": retrieval}
+    return {task: run[task](model, tokenizer, data, features, **options) for task in tasks}
+
+
+def _fingerprint(model, *parts: str) -> str:
+    """Hash of the weights and ``parts``: cached features are reused only for the same ones."""
+    digest = hashlib.sha1()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy())
+    for part in parts:
+        digest.update(part.encode())
+    return digest.hexdigest()
+
+
+def probe_features(
+    model,
+    train: EvalDataset,
+    test: EvalDataset,
+    cache: str | os.PathLike | None = None,
+    **encode_options,
+) -> dict[str, torch.Tensor]:
+    """Frozen ``(N, D)`` train and ``(M, D)`` test features, encoded once; with ``cache``
+    (a .pt file) they are reloaded while the weights and datasets are the same."""
+    key = None
+    if cache is not None:
+        key = _fingerprint(model, train.name, str(len(train)), test.name, str(len(test)))
+        if Path(cache).is_file():
+            stored = torch.load(cache, map_location="cpu", weights_only=True)
+            if stored.get("fingerprint") == key:
+                return {"train": stored["train"], "test": stored["test"]}
+    features = {
+        "train": encode_images(model, train.images, **encode_options),
+        "test": encode_images(model, test.images, **encode_options),
+    }
+    if cache is not None:
+        atomic_torch_save({"fingerprint": key, **features}, cache)
+    return features
+
+
+def run_eval(
+    model_path: str | os.PathLike,
+    task: str,
+    dataset: str,
+    out: str | os.PathLike | None = None,
+    train_dataset: str | None = None,
+    classnames: str | None = None,
+    templates: str | None = None,
+    batch_size: int = 256,
+    device: str = "auto",
+    workers: int = 0,
+    csv_img_key: str = "filepath",
+    csv_caption_key: str = "title",
+    csv_separator: str | None = None,
+    weight_decays: tuple[float, ...] = DEFAULT_WEIGHT_DECAYS,
+    feature_cache: str | None = None,
+) -> dict:
+    """Load ``model_path``, run ``task`` on ``dataset``, return (and write to ``out``) the
+    result record. ``train_dataset`` is the probe's training set (built-ins: their own
+    train split)."""
+    from ..models import load
+
+    if task not in TASKS:
+        raise ValueError(f"--task {task!r}: choose one of {', '.join(TASKS)}")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, preprocess, tokenizer = load(model_path, device=device)
+    options = dict(
+        classnames=classnames, templates=templates, csv_img_key=csv_img_key,
+        csv_caption_key=csv_caption_key, csv_separator=csv_separator,
+    )  # fmt: skip
+    data = load_eval_dataset(dataset, preprocess, split="test", **options)
+    encode = dict(batch_size=batch_size, device=device, workers=workers)
+    extra = {}
+    if task == "linear-probe":
+        if train_dataset is None and dataset not in builtin_datasets():
+            raise ValueError(
+                f"--task linear-probe on {dataset} needs --train-dataset, the labelled set the "
+                f"probe is fitted on (built-ins {', '.join(builtin_datasets())} bring their own)"
+            )
+        train = load_eval_dataset(train_dataset or dataset, preprocess, split="train", **options)
+        features = probe_features(model, train, data, feature_cache, **encode)
+        result = linear_probe(
+            features["train"], train.require_labels("linear probe"),
+            features["test"], data.require_labels("linear probe"), weight_decays,
+        )  # fmt: skip
+        extra = {k: result.pop(k) for k in NOT_METRICS}
+        extra.update(train_dataset=train.name, train_size=len(train), weight_decays=weight_decays)
+        metrics = result
+    else:
+        metrics = evaluate_dataset(model, tokenizer, [task], data, **encode)[task]
+    record = result_record(task, data.name, str(model_path), metrics)
+    record.update(num_images=len(data), **extra)
+    if out is not None:
+        atomic_write_text(out, json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def result_record(task: str, dataset: str, model: str, metrics: dict[str, float]) -> dict:
+    """CLIP_benchmark's fields plus the run-log metric names (DESIGN.md §4)."""
+    benchmark_task, prefix = TASKS[task]
+    return {
+        "dataset": dataset,
+        "model": model,
+        "task": benchmark_task,
+        "metrics": metrics,
+        "metric_names": {f"{prefix}/{dataset}/{k}": v for k, v in metrics.items()},
+    }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``clip-ping eval`` flags."""
+    parser.add_argument("--model", required=True, help="run folder, checkpoint .pt or hf/ folder")
+    parser.add_argument("--task", required=True, choices=list(TASKS))
+    parser.add_argument(
+        "--dataset",
+        required=True,
+        help=f"built-in ({', '.join(builtin_datasets())}), .csv/.tsv file, or class folder",
+    )
+    parser.add_argument("--out", default=None, help="result JSON file (default: print only)")
+    parser.add_argument(
+        "--train-dataset", default=None, help="linear probe: labelled set to fit the probe on"
+    )
+    parser.add_argument(
+        "--classnames", default=None, help="class names file (default: classnames.txt beside)"
+    )
+    parser.add_argument(
+        "--templates", default=None, help="prompt templates file (default: templates.txt beside)"
+    )
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--workers", type=int, default=0, help="data loader workers")
+    parser.add_argument("--csv-img-key", default="filepath")
+    parser.add_argument("--csv-caption-key", default="title")
+    parser.add_argument("--csv-separator", default=None)
+    parser.add_argument(
+        "--wd",
+        type=float,
+        nargs="+",
+        default=list(DEFAULT_WEIGHT_DECAYS),
+        help="linear probe: weight decays to sweep",
+    )
+    parser.add_argument(
+        "--feature-cache", default=None, help="linear probe: .pt file caching frozen features"
+    )
+
+
+def main(args: argparse.Namespace) -> dict:
+    """Run ``clip-ping eval`` from parsed flags and print the metrics."""
+    record = run_eval(
+        args.model, args.task, args.dataset, out=args.out, train_dataset=args.train_dataset,
+        classnames=args.classnames, templates=args.templates, batch_size=args.batch_size,
+        device=args.device, workers=args.workers, csv_img_key=args.csv_img_key,
+        csv_caption_key=args.csv_caption_key, csv_separator=args.csv_separator,
+        weight_decays=tuple(args.wd), feature_cache=args.feature_cache,
+    )  # fmt: skip
+    print(json.dumps(record["metric_names"], indent=2))
+    if args.out:
+        print(f"result: {args.out}")
+    return record

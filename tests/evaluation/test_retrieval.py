@@ -1,0 +1,69 @@
+"""Retrieval recall@k on hand-made embeddings with several captions per image."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from clip_ping.evaluation.retrieval import group_captions, retrieval_metrics
+
+
+def test_group_captions_by_image_key():
+    keys, caption_image = group_captions(["b.png", "a.png", "b.png", "c.png", "a.png"])
+    assert keys == ["b.png", "a.png", "c.png"]
+    assert caption_image == [0, 1, 0, 2, 1]
+
+
+def test_any_positive_caption_in_the_top_k_is_a_hit():
+    # Image i points at axis i. Image 0 has two captions: one far off (axis 2), one close.
+    images = torch.eye(3)
+    texts = F.normalize(
+        torch.tensor([
+            [0.0, 0.2, 1.0],  # caption 0, image 0: closest to image 2, not image 0
+            [1.0, 0.1, 0.0],  # caption 1, image 0
+            [0.0, 1.0, 0.0],  # caption 2, image 1
+            [0.0, 0.9, 0.2],  # caption 3, image 2: closest to image 1
+        ]),
+        dim=-1,
+    )  # fmt: skip
+    caption_image = [0, 0, 1, 2]
+    m = retrieval_metrics(images, texts, caption_image, ks=(1, 2, 3))
+    # image → text: image 0's best caption is caption 1 (rank 1) ✓; image 1 → caption 2 ✓;
+    # image 2's only caption (3) ranks below caption 0 (score 0.98 vs 0.22): rank 2.
+    assert m["image_to_text_R@1"] == pytest.approx(2 / 3)
+    assert m["image_to_text_R@2"] == 1.0
+    # text → image: captions 1 and 2 rank their image first; caption 0 ranks image 0 last
+    # (score 0 vs 0.98 and 0.2), caption 3 ranks image 2 second.
+    assert m["text_to_image_R@1"] == pytest.approx(2 / 4)
+    assert m["text_to_image_R@2"] == pytest.approx(3 / 4)
+    assert m["text_to_image_R@3"] == 1.0
+    assert set(m) == {f"{d}_R@{k}" for d in ("image_to_text", "text_to_image") for k in (1, 2, 3)}
+
+
+def test_ties_count_against_the_query():
+    # Two identical images, each with one identical caption: every query ties with a negative.
+    images = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    texts = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    m = retrieval_metrics(images, texts, [0, 1], ks=(1, 2))
+    assert m["image_to_text_R@1"] == m["text_to_image_R@1"] == 0.0
+    assert m["image_to_text_R@2"] == m["text_to_image_R@2"] == 1.0
+    # Two identical captions of the *same* image: the tie is between positives, so no penalty.
+    m = retrieval_metrics(torch.eye(2), torch.eye(2)[[0, 0, 1]], [0, 0, 1], ks=(1,))
+    assert m == {"image_to_text_R@1": 1.0, "text_to_image_R@1": 1.0}
+
+
+def test_blocked_equals_unblocked_with_five_captions_per_image():
+    gen = torch.Generator().manual_seed(0)
+    images = F.normalize(torch.randn(40, 16, generator=gen), dim=-1)
+    caption_image = torch.arange(40).repeat_interleave(5)
+    texts = F.normalize(images[caption_image] + 0.8 * torch.randn(200, 16, generator=gen), dim=-1)
+    unblocked = retrieval_metrics(images, texts, caption_image, max_block_elements=10**9)
+    for block in (1, 199, 1000):  # 1 query per block; 199 < one image row; several rows
+        assert (
+            retrieval_metrics(images, texts, caption_image, max_block_elements=block) == unblocked
+        )
+    assert 0.0 < unblocked["image_to_text_R@1"] < unblocked["image_to_text_R@10"] <= 1.0
+
+
+def test_uncaptioned_image_is_an_error():
+    with pytest.raises(ValueError, match="1 images have no caption"):
+        retrieval_metrics(torch.eye(3), torch.eye(3)[:2], [0, 1])

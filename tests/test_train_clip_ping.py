@@ -1,0 +1,72 @@
+"""CLIP-PING training end to end on the shapes corpus with real teacher banks."""
+
+import json
+
+import pytest
+import torch
+
+from clip_ping.config import build_config
+from clip_ping.models import load_checkpoint_file
+from clip_ping.train import train
+
+TERMS = ("clip_loss", "nn_loss", "xnn_loss", "nn_image_loss", "nn_text_loss",
+         "xnn_image_loss", "xnn_text_loss")  # fmt: skip
+
+
+def config(corpus, banks, logs, **overrides):
+    values = dict(
+        train_data=str(corpus / "train.csv"), loss="clip-ping",
+        image_bank=str(banks / "image"), text_bank=str(banks / "text"),
+        model="cpu-micro-32", batch_size=32, epochs=1, lr=2e-3, warmup=5, workers=0,
+        logs=str(logs), seed=0, save_every_steps=5, log_every_steps=4, progress=False,
+    )  # fmt: skip
+    values.update(overrides)
+    return build_config(overrides=values)
+
+
+@pytest.mark.parametrize("target", ["bank", "memory"])
+def test_metrics_carry_every_named_term(small_corpus, shapes_banks, tmp_path, target):
+    run_dir = train(
+        config(small_corpus, shapes_banks, tmp_path, name=target, neighbor_target=target)
+    )
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    last = records[-1]
+    for term in TERMS:
+        assert f"train/{term}" in last, term
+    total = last["train/clip_loss"] + last["train/nn_loss"] + last["train/xnn_loss"]
+    assert last["train/loss"] == pytest.approx(total, rel=1e-5)
+    assert last["train/nn_loss"] > 0 and last["train/xnn_loss"] > 0
+    checkpoint = load_checkpoint_file(run_dir / "checkpoints" / "latest.pt")
+    if target == "bank":
+        assert set(checkpoint["neighbor_loss"]) == {f"heads.{n}.weight" for n in
+                                                   ("nn_image", "nn_text", "xnn_image", "xnn_text")}  # fmt: skip
+    else:  # every sample was written once in the epoch (drop_last leaves 512 % 32 = 0)
+        assert bool(checkpoint["memory"]["written"].all())
+
+
+def test_memory_mode_resumes_to_identical_weights_and_memory(small_corpus, shapes_banks, tmp_path):
+    common = dict(neighbor_target="memory", epochs=2, neighbor_warmup=10)
+    full = train(config(small_corpus, shapes_banks, tmp_path, name="full", **common))
+    train(config(small_corpus, shapes_banks, tmp_path, name="cut", stop_after_steps=21, **common))
+    cut = train(config(small_corpus, shapes_banks, tmp_path, name="cut", resume="latest", **common))
+    a = load_checkpoint_file(full / "checkpoints" / "latest.pt")
+    b = load_checkpoint_file(cut / "checkpoints" / "latest.pt")
+    assert a["step"] == b["step"] == 32
+    for part in ("model", "memory"):
+        for key, value in a[part].items():
+            assert torch.equal(value, b[part][key]), (part, key)
+
+
+def test_banks_are_checked_before_training(small_corpus, shapes_banks, tmp_path):
+    swapped = config(small_corpus, shapes_banks, tmp_path, name="swap",
+                     image_bank=str(shapes_banks / "text"))  # fmt: skip
+    with pytest.raises(ValueError, match="--image-bank .* holds text features"):
+        train(swapped)
+    too_many = config(small_corpus, shapes_banks, tmp_path, name="k", neighbor_k=9)
+    with pytest.raises(ValueError, match="--neighbor-k 9 .* lists 5 neighbours"):
+        train(too_many)
+    other_data = config(small_corpus, shapes_banks, tmp_path, name="other",
+                        train_data=str(small_corpus / "val.csv"))  # fmt: skip
+    with pytest.raises(ValueError, match="rows but --train-data"):
+        train(other_data)
+    assert not (tmp_path / "swap" / "checkpoints" / "latest.pt").exists()
