@@ -51,6 +51,116 @@ def _demo(args: argparse.Namespace) -> None:
     run_demo(args.out, quick=args.quick)
 
 
+def _bank_build(args: argparse.Namespace) -> None:
+    from .bank import build_bank
+    from .data.loader import DataSpec
+    from .distributed import cleanup, init_distributed
+
+    spec = DataSpec(
+        args.train_data, args.dataset_type, csv_img_key=args.csv_img_key,
+        csv_caption_key=args.csv_caption_key, csv_separator=args.csv_separator,
+    )  # fmt: skip
+    info = init_distributed(args.device)
+    try:
+        out = build_bank(
+            spec, args.modality, args.out, teacher=args.teacher, image_size=args.image_size,
+            batch_size=args.batch_size, workers=args.workers, chunk_rows=args.chunk_rows,
+            device=info.device,
+        )  # fmt: skip
+    finally:
+        cleanup()
+    if info.is_main:
+        print(f"{args.modality} bank in {out}")
+
+
+def _bank_neighbors(args: argparse.Namespace) -> None:
+    from .neighbors import mine_bank
+
+    result = mine_bank(
+        args.bank, args.k, backend=args.backend, device=args.device, nlist=args.nlist,
+        nprobe=args.nprobe, recall_sample=args.recall_sample,
+    )  # fmt: skip
+    rate = len(result.neighbors) / max(result.seconds, 1e-9)
+    print(
+        f"top-{args.k} neighbours of {len(result.neighbors):,} rows with {result.backend} in "
+        f"{result.seconds:.1f} s ({rate:,.0f} rows/s) → {args.bank}/neighbors.npy"
+    )
+
+
+def _bank_show(args: argparse.Namespace) -> None:
+    from .contact_sheet import contact_sheet
+    from .data.loader import DataSpec
+
+    spec = DataSpec(
+        args.train_data, args.dataset_type, csv_img_key=args.csv_img_key,
+        csv_caption_key=args.csv_caption_key, csv_separator=args.csv_separator,
+    )  # fmt: skip
+    contact_sheet(
+        args.image_bank, args.text_bank, spec, args.out,
+        num_anchors=args.num_anchors, num_neighbors=args.num_neighbors, seed=args.seed,
+    )  # fmt: skip
+    print(f"contact sheet in {args.out}")
+
+
+def _add_data_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--train-data", required=True, help="CSV/TSV or WebDataset shards")
+    parser.add_argument("--dataset-type", default="auto", help="csv | webdataset | auto")
+    parser.add_argument("--csv-img-key", default="filepath")
+    parser.add_argument("--csv-caption-key", default="title")
+    parser.add_argument("--csv-separator", default=None)
+
+
+def _add_bank_commands(commands: argparse._SubParsersAction) -> None:
+    bank = commands.add_parser(
+        "bank", help="teacher feature banks and neighbour tables"
+    ).add_subparsers(dest="action", required=True)
+    build = bank.add_parser(
+        "build", help="embed the training set with a frozen teacher (resumable; torchrun shards)"
+    )
+    _add_data_flags(build)
+    build.add_argument("--modality", required=True, choices=("image", "text"))
+    build.add_argument(
+        "--teacher", default=None,
+        help="efficientnet-lite0 (image default) | minilm (text default) | hf:NAME_OR_DIR | "
+        "sentence-transformers:DIR | npy:FILE",
+    )  # fmt: skip
+    build.add_argument("--out", required=True, help="bank folder")
+    build.add_argument(
+        "--image-size", type=int, default=None, help="efficientnet-lite0 input size (224)"
+    )
+    build.add_argument("--batch-size", type=int, default=64)
+    build.add_argument("--workers", type=int, default=2, help="data loader workers")
+    build.add_argument(
+        "--chunk-rows", type=int, default=4096, help="rows per flushed, resumable chunk"
+    )
+    build.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    build.set_defaults(func=_bank_build)
+
+    neighbors = bank.add_parser("neighbors", help="top-K neighbours of every bank row")
+    neighbors.add_argument("bank", help="bank folder")
+    neighbors.add_argument("--k", type=int, default=10)
+    neighbors.add_argument(
+        "--backend", default="auto", choices=("auto", "exact", "faiss-flat", "faiss-ivf")
+    )
+    neighbors.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    neighbors.add_argument("--nlist", type=int, default=None, help="faiss-ivf lists (4·√N)")
+    neighbors.add_argument("--nprobe", type=int, default=32, help="faiss-ivf lists probed")
+    neighbors.add_argument(
+        "--recall-sample", type=int, default=1000, help="queries for the recall check"
+    )
+    neighbors.set_defaults(func=_bank_neighbors)
+
+    show = bank.add_parser("show", help="contact sheet PNG of anchors and their neighbours")
+    show.add_argument("--image-bank", required=True)
+    show.add_argument("--text-bank", required=True)
+    _add_data_flags(show)
+    show.add_argument("--out", required=True, help="PNG file")
+    show.add_argument("--num-anchors", type=int, default=8)
+    show.add_argument("--num-neighbors", type=int, default=4, help="per modality")
+    show.add_argument("--seed", type=int, default=0)
+    show.set_defaults(func=_bank_show)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .config import add_arguments
 
@@ -93,6 +203,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", default=None, help="YAML file of settings (flags override it)")
     add_arguments(train)
     train.set_defaults(func=_train)
+
+    from .evaluation import run as evaluation_run  # its flags live beside the code using them
+
+    evaluate = commands.add_parser(
+        "eval",
+        help="zero-shot, retrieval or linear probe of a run, checkpoint or hf/ folder → JSON",
+        description=evaluation_run.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    evaluation_run.add_arguments(evaluate)
+    evaluate.set_defaults(func=evaluation_run.main)
+
+    _add_bank_commands(commands)
 
     demo = commands.add_parser("demo", help="the main job: corpus → training → evaluation")
     demo.add_argument("--out", default="runs/demo", help="output folder")

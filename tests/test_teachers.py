@@ -1,0 +1,114 @@
+"""Teachers: offline defaults, hf: / sentence-transformers: loading from local folders, errors."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from clip_ping.data.datasets import CsvDataset
+from clip_ping.teachers import create_teacher, minilm_path
+
+CAPTIONS = [
+    "a small red circle on the left",
+    "a large blue square in the centre",
+    "at the top there is a green star which is small",
+]
+
+
+def _encode(teacher, items):
+    return teacher.encode(teacher.collate([teacher.preprocess(x) for x in items]))
+
+
+def test_efficientnet_lite0_features(shapes_corpus):
+    dataset = CsvDataset(shapes_corpus / "train.csv")
+    images = [dataset[i]["image"] for i in range(4)]
+    teacher = create_teacher("efficientnet-lite0", "image", image_size=64)
+    assert (teacher.dim, teacher.modality, teacher.info["image_size"]) == (1280, "image", 64)
+    assert teacher.preprocess(images[0]).shape == (3, 64, 64)
+    features = _encode(teacher, images)
+    assert features.shape == (4, 1280) and features.dtype == torch.float32
+    torch.testing.assert_close(features.norm(dim=1), torch.ones(4))
+    # One image alone gives its row of the batch (eval mode: no batch statistics).
+    torch.testing.assert_close(_encode(teacher, images[2:3])[0], features[2], atol=1e-5, rtol=0)
+    # Pretrained weights, not random ones: a white image and a shape differ clearly.
+    blank = _encode(teacher, [Image.new("RGB", (32, 32), "white")])[0]
+    assert float(blank @ features[0]) < 0.95
+
+
+def test_minilm_equals_sentence_transformers():
+    from sentence_transformers import SentenceTransformer
+
+    teacher = create_teacher(None, "text")  # the offline text default
+    assert (teacher.name, teacher.dim) == ("minilm", 384)
+    ours = _encode(teacher, CAPTIONS)
+    reference = SentenceTransformer(minilm_path(), device="cpu").encode(
+        CAPTIONS, convert_to_tensor=True, normalize_embeddings=True
+    )
+    torch.testing.assert_close(ours, reference.cpu(), atol=2e-5, rtol=0)
+    st_teacher = create_teacher(f"sentence-transformers:{minilm_path()}", "text")
+    torch.testing.assert_close(_encode(st_teacher, CAPTIONS), ours, atol=2e-5, rtol=0)
+
+
+def test_hf_vision_teacher_from_local_folder(tmp_path):
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    config = ViTConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        image_size=32, patch_size=8,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    ViTModel(config).save_pretrained(tmp_path)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path)
+
+    teacher = create_teacher(f"hf:{tmp_path}", "image")
+    assert (teacher.modality, teacher.dim) == ("image", 32)
+    images = [Image.new("RGB", (40, 30), c) for c in ("red", "blue")]
+    features = _encode(teacher, images)
+    model = ViTModel.from_pretrained(tmp_path).eval()
+    pixels = torch.stack([teacher.preprocess(x) for x in images])
+    with torch.no_grad():
+        expected = torch.nn.functional.normalize(model(pixel_values=pixels).pooler_output, dim=1)
+    torch.testing.assert_close(features, expected, atol=1e-5, rtol=0)
+
+
+def test_hf_text_teacher_mean_pools(tmp_path):
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    tokenizer.save_pretrained(tmp_path)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1,
+        num_attention_heads=2, intermediate_size=32,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(tmp_path)
+
+    teacher = create_teacher(f"hf:{tmp_path}", "text")
+    assert teacher.dim == 16
+    batch = _encode(teacher, CAPTIONS)  # padded to the longest caption
+    alone = torch.cat([_encode(teacher, [c]) for c in CAPTIONS])  # no padding
+    torch.testing.assert_close(batch, alone, atol=1e-5, rtol=0)  # padding is masked out
+
+
+@pytest.mark.parametrize(
+    ("name", "modality", "image_size", "message"),
+    [
+        ("resnet-9000", "image", None, "unknown teacher"),
+        ("efficientnet-lite0", "text", None, "embeds images"),
+        ("minilm", "text", 128, "--image-size applies to"),
+        ("minilm", "audio", None, "--modality"),
+    ],
+)
+def test_teacher_errors(name, modality, image_size, message):
+    with pytest.raises(ValueError, match=message):
+        create_teacher(name, modality, image_size)
+
+
+def test_npy_teacher_passes_rows_through(tmp_path):
+    rows = np.random.default_rng(0).normal(size=(5, 7)).astype(np.float32)
+    np.save(tmp_path / "f.npy", rows)
+    teacher = create_teacher(f"npy:{tmp_path / 'f.npy'}", "image")
+    assert teacher.dim == 7
+    features = _encode(teacher, list(teacher.features[:2]))
+    expected = torch.nn.functional.normalize(torch.from_numpy(rows[:2]), dim=1)
+    torch.testing.assert_close(features, expected)
