@@ -4,6 +4,7 @@
 # vit-ti-16 run in bf16, an interrupted-and-resumed run on CUDA, and the test suite.
 #
 #   bash benchmarks/gpu_check.sh OUT_DIR
+#   QUICK=1 bash benchmarks/gpu_check.sh OUT_DIR   # ~3 min: no fp32 run, no test suite
 #
 # Prints one line per run (samples/s of the last logged window, final zero-shot top-1)
 # and writes OUT_DIR/gpu_check.txt.
@@ -24,14 +25,16 @@ PYEOF
 }
 $PY -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name())" | tee "$OUT/gpu_check.txt"
 $CLI data shapes --out "$WORK/s64" --num-train 8192 --num-val 1000 --image-size 64 >/dev/null
-COMMON="--train-data $WORK/s64/train.csv --val-data $WORK/s64/val.csv --model cpu-small-64 --device cuda --epochs 4 --batch-size 256 --lr 2e-3 --warmup 20 --workers 6 --logs $WORK/logs --no-progress --log-every-steps 8"
-for precision in fp32 amp_bf16 amp; do
+EPOCHS=4; PRECISIONS="fp32 amp_bf16 amp"
+if [ -n "${QUICK:-}" ]; then EPOCHS=2; PRECISIONS="amp_bf16 amp"; fi
+COMMON="--train-data $WORK/s64/train.csv --val-data $WORK/s64/val.csv --model cpu-small-64 --device cuda --epochs $EPOCHS --batch-size 256 --lr 2e-3 --warmup 20 --workers 6 --logs $WORK/logs --no-progress --log-every-steps 8"
+for precision in $PRECISIONS; do
   $CLI train $COMMON --precision "$precision" --name "$precision" 2>"$OUT/$precision.log" && report "cpu-small-64 $precision" "$WORK/logs/$precision"
 done
 $CLI train $COMMON --precision amp_bf16 --torch-compile --name compiled 2>"$OUT/compiled.log" && report "cpu-small-64 bf16+compile" "$WORK/logs/compiled"
 
 # interrupted and resumed on CUDA vs uninterrupted: report the largest weight difference
-$CLI train $COMMON --precision amp_bf16 --name cut --stop-after-steps 50 2>/dev/null
+$CLI train $COMMON --precision amp_bf16 --name cut --stop-after-steps 40 2>/dev/null
 $CLI train $COMMON --precision amp_bf16 --name cut --resume latest 2>/dev/null
 $PY - "$WORK/logs" <<'PYEOF' | tee -a "$OUT/gpu_check.txt"
 import sys, torch
@@ -40,9 +43,9 @@ b = torch.load(f"{sys.argv[1]}/cut/checkpoints/latest.pt", weights_only=True)["m
 print("resume on CUDA: max |w_resumed - w_full| =", max((a[k] - b[k]).abs().max().item() for k in a))
 PYEOF
 
-$CLI data shapes --out "$WORK/s224" --num-train 8192 --num-val 500 --image-size 224 >/dev/null
+$CLI data shapes --out "$WORK/s224" --num-train 4096 --num-val 500 --image-size 224 >/dev/null
 $CLI train --train-data "$WORK/s224/train.csv" --val-data "$WORK/s224/val.csv" --model vit-ti-16 \
-  --device cuda --precision amp_bf16 --epochs 2 --batch-size 256 --lr 1e-3 --warmup 10 --workers 12 \
+  --device cuda --precision amp_bf16 --epochs $EPOCHS --batch-size 256 --lr 1e-3 --warmup 10 --workers 12 \
   --logs "$WORK/logs" --name vit-ti --no-progress --log-every-steps 8 2>"$OUT/vit-ti.log" \
   && report "vit-ti-16 224px amp_bf16" "$WORK/logs/vit-ti"
-$PY -m pytest -q tests 2>&1 | tail -5 | tee -a "$OUT/gpu_check.txt"
+[ -n "${QUICK:-}" ] || $PY -m pytest -q tests 2>&1 | tail -5 | tee -a "$OUT/gpu_check.txt"
