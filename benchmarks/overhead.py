@@ -6,7 +6,8 @@ Builds (once, cached under --work) a shapes corpus, its EfficientNet-Lite0 / Min
 top-5 neighbour tables, loads a few real batches into memory, then times full training steps —
 neighbour draw and target fetch from the memory-mapped banks (or the student memory),
 forward, all loss terms, backward, AdamW — for `clip`, `clip-ping` with bank targets and with
-memory targets. Variants take turns step by step (round-robin) so machine noise hits them
+memory targets, and with the active source (teachers on the batch + online search).
+Variants take turns step by step (round-robin) so machine noise hits them
 alike; prints the median ms/step and the ratio to CLIP. Data loading is excluded: it is
 the same for every variant.
 """
@@ -48,7 +49,8 @@ def variant(name: str, spec: DataSpec, work: Path, args, num_samples: int):
     if name != "clip":
         overrides.update(
             loss="clip-ping", image_bank=str(work / "image"), text_bank=str(work / "text"),
-            neighbor_target=name.split("-")[-1],
+            neighbor_target="memory" if name.endswith("memory") else "bank",
+            neighbor_source="active" if name.endswith("active") else "offline",
         )  # fmt: skip
     cfg = build_config(overrides=overrides)
     model, _ = create_model(args.model, seed=0)
@@ -60,9 +62,9 @@ def variant(name: str, spec: DataSpec, work: Path, args, num_samples: int):
 
 
 def run_step(step, optimizer, guidance, batch, step_index: int) -> None:
-    targets = (
-        guidance.targets(batch["index"], step_index, torch.device("cpu")) if guidance else None
-    )
+    targets = None
+    if guidance is not None:
+        targets = guidance.targets(batch["index"], step_index, torch.device("cpu"), batch)
     terms, out = step(batch["image"], batch["text"], targets)
     sum(v for k, v in terms.items() if k in TOTAL_TERMS).backward()
     optimizer.step()
@@ -85,7 +87,7 @@ def main() -> None:
     data = build_train_data(spec, TrainTransform(model.image_size), tokenizer, seed=0)
     loader = data.loader(0, 0, args.batch_size, workers=0)
     batches = [b for _, b in zip(range(8), loader, strict=False)]
-    names = ["clip", "clip-ping-bank", "clip-ping-memory"]
+    names = ["clip", "clip-ping-bank", "clip-ping-memory", "clip-ping-bank-active"]
     variants = {n: variant(n, spec, work, args, data.num_samples) for n in names}
     seconds: dict[str, list[float]] = {n: [] for n in names}
     for r in range(args.rounds):

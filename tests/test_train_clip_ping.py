@@ -70,3 +70,39 @@ def test_banks_are_checked_before_training(small_corpus, shapes_banks, tmp_path)
     with pytest.raises(ValueError, match="rows but --train-data"):
         train(other_data)
     assert not (tmp_path / "swap" / "checkpoints" / "latest.pt").exists()
+
+
+def test_active_search_finds_the_offline_neighbours_of_unchanged_captions(
+    small_corpus, shapes_banks
+):
+    """Captions are not augmented, so the online text search must find neighbours as similar
+    as the precomputed table's (indices may differ among exact ties: repeated captions)."""
+    from clip_ping.bank import Bank
+    from clip_ping.guidance import ActiveTeachers, NeighborGuidance
+
+    image_bank, text_bank = Bank(shapes_banks / "image"), Bank(shapes_banks / "text")
+    active = ActiveTeachers(image_bank, text_bank, torch.device("cpu"))
+    guidance = NeighborGuidance(image_bank, text_bank, 5, "bank", active=active)
+    from clip_ping.data.datasets import CsvDataset
+    from clip_ping.data.transforms import TrainTransform
+
+    dataset = CsvDataset(small_corpus / "train.csv", transform=TrainTransform(32))
+    rows = [3, 50, 200, 511]
+    batch = torch.utils.data.default_collate([dataset[(0, i)] for i in rows])
+    _, text_query = active.encode(batch["image"], batch["caption"])
+    features = torch.from_numpy(text_bank.features[:].astype("float32"))
+    _, offline_similarities = text_bank.neighbors()
+    for k in range(5):
+        image_nbr, text_nbr = guidance.draw(torch.tensor(rows), step=k, batch=batch)
+        for b, row in enumerate(rows):
+            assert text_nbr[b] != row and image_nbr[b] != row
+            similarity = float(text_query[b] @ features[text_nbr[b]])
+            assert similarity >= float(offline_similarities[row].min()) - 2e-3
+
+
+def test_active_source_trains_and_logs_every_term(small_corpus, shapes_banks, tmp_path):
+    run_dir = train(config(small_corpus, shapes_banks, tmp_path, name="active",
+                           neighbor_source="active", stop_after_steps=4))  # fmt: skip
+    last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    for term in TERMS:
+        assert f"train/{term}" in last, term

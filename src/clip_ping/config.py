@@ -23,7 +23,7 @@ PRECISIONS = ("fp32", "amp", "amp_bf16")
 DATASET_TYPES = ("auto", "csv", "webdataset")
 LOSSES = ("clip", "clip-ping")
 NEIGHBOR_TARGETS = ("bank", "memory")
-NEIGHBOR_SOURCES = ("offline",)
+NEIGHBOR_SOURCES = ("offline", "active")
 
 
 def _f(default: Any, help: str, group: str, **kw: Any) -> Any:
@@ -85,7 +85,9 @@ class TrainConfig:
     xnn_weight: float = _f(1.0, "lambda_XNN: weight of the cross-modal neighbour terms", "loss")
     neighbor_k: int = _f(5, "draw each step's neighbour among the top K", "loss")
     neighbor_target: str = _f("bank", "bank (teacher features) | memory (student)", "loss")
-    neighbor_source: str = _f("offline", "offline (precomputed tables)", "loss")
+    neighbor_source: str = _f(
+        "offline", "offline (precomputed tables) | active (teachers on the batch)", "loss"
+    )
     aux_temperature: float = _f(0.1, "temperature of bank-mode neighbour logits", "loss")
     neighbor_warmup: int = _f(0, "ramp the neighbour weights up over N steps", "loss")
     # distributed

@@ -10,14 +10,20 @@ For a batch of anchors with stable sample indices ``(B,)`` this module
 
 The draw is a hash of (seed, step, sample index): a resumed run draws what the
 uninterrupted one drew, however the batch is split across ranks.
+
+``active`` source (our reading of A-CLIP-PING): instead of the precomputed tables, the
+teachers embed the *current* augmented image and the caption, and the top-K neighbours are
+searched in the banks at that moment (exact blocked search, the anchor itself excluded).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .bank import Bank
+from .data.transforms import CLIP_MEAN, CLIP_STD
 from .losses import NeighborTargets
 from .memory import StudentMemory
 
@@ -39,6 +45,61 @@ def _rows(table: np.ndarray, indices: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(table[indices.cpu().numpy()]))
 
 
+SEARCH_BLOCK_ROWS = 65536  # bank rows scored at once: bounds the memory of active search
+
+
+def search_bank(
+    bank: np.ndarray, queries: torch.Tensor, exclude: torch.Tensor, k: int
+) -> torch.Tensor:
+    """``(B, k)`` rows of ``bank`` ``(N, D)`` most similar to ``queries`` ``(B, D)``, each
+    query's own row ``exclude[b]`` left out; blocks of :data:`SEARCH_BLOCK_ROWS` rows."""
+    best_scores = torch.full((len(queries), k), float("-inf"))
+    best_rows = torch.zeros((len(queries), k), dtype=torch.long)
+    queries = queries.float().cpu()
+    for start in range(0, len(bank), SEARCH_BLOCK_ROWS):
+        block = torch.from_numpy(np.asarray(bank[start : start + SEARCH_BLOCK_ROWS], np.float32))
+        scores = queries @ block.T
+        own = exclude - start
+        inside = (own >= 0) & (own < len(block))
+        scores[inside.nonzero()[:, 0], own[inside]] = float("-inf")
+        rows = torch.arange(start, start + len(block)).expand(len(queries), -1)
+        merged_scores = torch.cat([best_scores, scores], dim=1)
+        merged_rows = torch.cat([best_rows, rows], dim=1)
+        top = merged_scores.topk(k, dim=1)
+        best_scores, best_rows = top.values, merged_rows.gather(1, top.indices)
+    return best_rows
+
+
+class ActiveTeachers:
+    """The banks' own teachers, run on the current batch (frozen, no gradients)."""
+
+    def __init__(self, image_bank: Bank, text_bank: Bank, device: torch.device):
+        from .teachers import create_teacher
+
+        image_size = image_bank.meta.get("preprocessing", {}).get("image_size")
+        if image_bank.teacher != "efficientnet-lite0":
+            image_size = None  # hf: teachers resize with their own processor
+        self.image = create_teacher(image_bank.teacher, "image", image_size, str(device))
+        self.text = create_teacher(text_bank.teacher, "text", None, str(device))
+        if not hasattr(self.image, "model") or image_size is None:
+            raise ValueError(
+                f"--neighbor-source active runs the image teacher on the augmented batch; "
+                f"it supports efficientnet-lite0 banks, not {image_bank.teacher}"
+            )
+        self.image_size = image_size
+
+    @torch.inference_mode()
+    def encode(self, images: torch.Tensor, captions: list[str]) -> tuple[torch.Tensor, ...]:
+        """Student-normalised ``(B, 3, s, s)`` pixels and captions → unit teacher features."""
+        mean = torch.tensor(CLIP_MEAN, device=images.device).view(1, 3, 1, 1)
+        std = torch.tensor(CLIP_STD, device=images.device).view(1, 3, 1, 1)
+        pixels = (images.float() * std + mean).clamp(0, 1)  # the augmented view in [0, 1]
+        pixels = F.interpolate(pixels, size=self.image_size, mode="bicubic", align_corners=False)
+        image = self.image.encode((pixels - 0.5) / 0.5)
+        text = self.text.encode(self.text.collate([self.text.preprocess(c) for c in captions]))
+        return image, text
+
+
 class NeighborGuidance:
     """Neighbour tables + targets for ``bank`` or ``memory`` mode.
 
@@ -58,11 +119,16 @@ class NeighborGuidance:
         target: str,
         memory: StudentMemory | None = None,
         seed: int = 0,
+        active: ActiveTeachers | None = None,
     ):
         self.image_bank, self.text_bank, self.k, self.target = image_bank, text_bank, k, target
-        self.memory, self.seed = memory, seed
+        self.memory, self.seed, self.active = memory, seed, active
         if target == "memory" and memory is None:
             raise ValueError("memory targets need a StudentMemory")
+        if active is not None:  # neighbours are searched online: no tables needed
+            if not 1 <= k < len(image_bank):
+                raise ValueError(f"--neighbor-k {k}: need 1 <= k < {len(image_bank)} samples")
+            return
         self.image_neighbors, _ = image_bank.neighbors()
         self.text_neighbors, _ = text_bank.neighbors()
         for bank, table in ((image_bank, self.image_neighbors), (text_bank, self.text_neighbors)):
@@ -73,17 +139,29 @@ class NeighborGuidance:
                     f"{table.shape[1]} or rerun clip-ping bank neighbors {bank.path} --k {k}"
                 )
 
-    def draw(self, indices: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(B,)`` image and caption neighbours of the anchors ``indices``."""
-        offsets = draw_offsets(indices.cpu(), step, self.seed, self.k).numpy()
-        rows = indices.cpu().numpy()
+    def draw(
+        self, indices: torch.Tensor, step: int, batch: dict | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B,)`` image and caption neighbours of the anchors ``indices``: from the tables,
+        or (active) from an online search with the teachers' features of ``batch``."""
+        offsets = draw_offsets(indices.cpu(), step, self.seed, self.k)
+        if self.active is not None:
+            image_query, text_query = self.active.encode(batch["image"], batch["caption"])
+            image_top = search_bank(self.image_bank.features, image_query, indices.cpu(), self.k)
+            text_top = search_bank(self.text_bank.features, text_query, indices.cpu(), self.k)
+            pick = offsets[:, None]
+            return image_top.gather(1, pick)[:, 0], text_top.gather(1, pick)[:, 0]
+        rows, offsets = indices.cpu().numpy(), offsets.numpy()
         image = self.image_neighbors[rows, offsets]
         text = self.text_neighbors[rows, offsets]
         return torch.from_numpy(image.astype(np.int64)), torch.from_numpy(text.astype(np.int64))
 
-    def targets(self, indices: torch.Tensor, step: int, device: torch.device) -> NeighborTargets:
-        """The anchors' :class:`NeighborTargets`, on ``device``."""
-        image_nbr, text_nbr = self.draw(indices, step)
+    def targets(
+        self, indices: torch.Tensor, step: int, device: torch.device, batch: dict | None = None
+    ) -> NeighborTargets:
+        """The anchors' :class:`NeighborTargets`, on ``device`` (``batch``: the current
+        images and captions, needed by the active source)."""
+        image_nbr, text_nbr = self.draw(indices, step, batch)
         if self.target == "bank":
             image_feats, text_feats = self.image_bank.features, self.text_bank.features
             return NeighborTargets(

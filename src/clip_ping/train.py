@@ -102,8 +102,13 @@ def build_guidance(cfg: TrainConfig, spec: DataSpec, num_samples: int, embed_dim
         embed_dim, image_bank.dim, text_bank.dim, cfg.neighbor_target, cfg.nn_weight,
         cfg.xnn_weight, cfg.aux_temperature, cfg.local_loss, cfg.gather_with_grad,
     )  # fmt: skip
+    active = None
+    if cfg.neighbor_source == "active":
+        from .guidance import ActiveTeachers
+
+        active = ActiveTeachers(image_bank, text_bank, device)
     guidance = NeighborGuidance(
-        image_bank, text_bank, cfg.neighbor_k, cfg.neighbor_target, memory, cfg.seed
+        image_bank, text_bank, cfg.neighbor_k, cfg.neighbor_target, memory, cfg.seed, active
     )
     return loss.to(device), guidance
 
@@ -375,7 +380,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> Path:
             texts = batch["text"].to(device, non_blocking=True)
             targets, ramp = None, 1.0
             if guidance is not None:
-                targets = guidance.targets(batch["index"], step, device)
+                targets = guidance.targets(batch["index"], step, device, batch)
                 ramp = min(1.0, (step + 1) / cfg.neighbor_warmup) if cfg.neighbor_warmup else 1.0
             with autocast_context(cfg.precision, device):
                 terms, out = step_model(images, texts, targets, ramp)

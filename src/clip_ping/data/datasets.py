@@ -66,7 +66,8 @@ def _make_sample(
     # what feature extractors with their own preprocessing want.
     pixels = transform(image, sample_rng(seed, epoch, index)) if transform else to_rgb(image)
     text = tokenizer([caption])[0] if tokenizer else caption
-    return {"image": pixels, "text": text, "index": index}
+    # The caption string rides along for online text teachers (--neighbor-source active).
+    return {"image": pixels, "text": text, "index": index, "caption": caption}
 
 
 def _split_item(item: int | tuple[int, int]) -> tuple[int, int]:
