@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from clip_ping.distributed import cleanup, init_distributed
-from clip_ping.losses import TOTAL_TERMS, ClipLoss, NeighborLoss, NeighborTargets
+from clip_ping.guidance import bank_targets, memory_targets
+from clip_ping.losses import TOTAL_TERMS, ClipLoss, NeighborLoss
 from clip_ping.memory import StudentMemory
 from clip_ping.models import create_model
 from clip_ping.train import TrainStep
@@ -51,19 +52,8 @@ def global_inputs(tokenizer, model):
 
 def neighbor_targets(mode, image_neighbors, text_neighbors, image_bank, text_bank, memory):
     if mode == "bank":
-        return NeighborTargets(
-            image_neighbors, text_neighbors,
-            nn_image=image_bank[image_neighbors], nn_text=text_bank[text_neighbors],
-            xnn_image=text_bank[image_neighbors], xnn_text=image_bank[text_neighbors],
-        )  # fmt: skip
-    nn_image, nn_image_valid = memory.lookup("image", image_neighbors)
-    nn_text, nn_text_valid = memory.lookup("text", text_neighbors)
-    xnn_image, xnn_image_valid = memory.lookup("text", image_neighbors)
-    xnn_text, xnn_text_valid = memory.lookup("image", text_neighbors)
-    return NeighborTargets(
-        image_neighbors, text_neighbors, nn_image, nn_text, xnn_image, xnn_text,
-        nn_image_valid, nn_text_valid, xnn_image_valid, xnn_text_valid,
-    )  # fmt: skip
+        return bank_targets(image_bank.numpy(), text_bank.numpy(), image_neighbors, text_neighbors)
+    return memory_targets(memory, image_neighbors, text_neighbors)
 
 
 def main(out_path):

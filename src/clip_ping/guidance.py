@@ -26,6 +26,7 @@ from .bank import Bank
 from .data.transforms import CLIP_MEAN, CLIP_STD
 from .losses import NeighborTargets
 from .memory import StudentMemory
+from .neighbors import search_vectors
 
 _MIX = (0x9E3779B1, 0x85EBCA77, 0xC2B2AE3D)  # odd constants of a multiplicative hash
 
@@ -45,29 +46,30 @@ def _rows(table: np.ndarray, indices: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(table[indices.cpu().numpy()]))
 
 
-SEARCH_BLOCK_ROWS = 65536  # bank rows scored at once: bounds the memory of active search
+def bank_targets(
+    image_bank: np.ndarray, text_bank: np.ndarray, image_nbr: torch.Tensor, text_nbr: torch.Tensor
+) -> NeighborTargets:
+    """Targets in ``bank`` mode: the neighbours' teacher features (``(N, D)`` bank rows)."""
+    return NeighborTargets(
+        image_nbr, text_nbr,
+        nn_image=_rows(image_bank, image_nbr), nn_text=_rows(text_bank, text_nbr),
+        xnn_image=_rows(text_bank, image_nbr), xnn_text=_rows(image_bank, text_nbr),
+    )  # fmt: skip
 
 
-def search_bank(
-    bank: np.ndarray, queries: torch.Tensor, exclude: torch.Tensor, k: int
-) -> torch.Tensor:
-    """``(B, k)`` rows of ``bank`` ``(N, D)`` most similar to ``queries`` ``(B, D)``, each
-    query's own row ``exclude[b]`` left out; blocks of :data:`SEARCH_BLOCK_ROWS` rows."""
-    best_scores = torch.full((len(queries), k), float("-inf"))
-    best_rows = torch.zeros((len(queries), k), dtype=torch.long)
-    queries = queries.float().cpu()
-    for start in range(0, len(bank), SEARCH_BLOCK_ROWS):
-        block = torch.from_numpy(np.asarray(bank[start : start + SEARCH_BLOCK_ROWS], np.float32))
-        scores = queries @ block.T
-        own = exclude - start
-        inside = (own >= 0) & (own < len(block))
-        scores[inside.nonzero()[:, 0], own[inside]] = float("-inf")
-        rows = torch.arange(start, start + len(block)).expand(len(queries), -1)
-        merged_scores = torch.cat([best_scores, scores], dim=1)
-        merged_rows = torch.cat([best_rows, rows], dim=1)
-        top = merged_scores.topk(k, dim=1)
-        best_scores, best_rows = top.values, merged_rows.gather(1, top.indices)
-    return best_rows
+def memory_targets(
+    memory: StudentMemory, image_nbr: torch.Tensor, text_nbr: torch.Tensor
+) -> NeighborTargets:
+    """Targets in ``memory`` mode: the neighbours' latest student embeddings and whether
+    their rows were ever written."""
+    nn_image, nn_image_valid = memory.lookup("image", image_nbr)
+    nn_text, nn_text_valid = memory.lookup("text", text_nbr)
+    xnn_image, xnn_image_valid = memory.lookup("text", image_nbr)
+    xnn_text, xnn_text_valid = memory.lookup("image", text_nbr)
+    return NeighborTargets(
+        image_nbr, text_nbr, nn_image, nn_text, xnn_image, xnn_text,
+        nn_image_valid, nn_text_valid, xnn_image_valid, xnn_text_valid,
+    )  # fmt: skip
 
 
 class ActiveTeachers:
@@ -147,8 +149,8 @@ class NeighborGuidance:
         offsets = draw_offsets(indices.cpu(), step, self.seed, self.k)
         if self.active is not None:
             image_query, text_query = self.active.encode(batch["image"], batch["caption"])
-            image_top = search_bank(self.image_bank.features, image_query, indices.cpu(), self.k)
-            text_top = search_bank(self.text_bank.features, text_query, indices.cpu(), self.k)
+            image_top = search_vectors(self.image_bank.features, image_query, indices, self.k)
+            text_top = search_vectors(self.text_bank.features, text_query, indices, self.k)
             pick = offsets[:, None]
             return image_top.gather(1, pick)[:, 0], text_top.gather(1, pick)[:, 0]
         rows, offsets = indices.cpu().numpy(), offsets.numpy()
@@ -163,22 +165,9 @@ class NeighborGuidance:
         images and captions, needed by the active source)."""
         image_nbr, text_nbr = self.draw(indices, step, batch)
         if self.target == "bank":
-            image_feats, text_feats = self.image_bank.features, self.text_bank.features
-            return NeighborTargets(
-                image_nbr.to(device), text_nbr.to(device),
-                nn_image=_rows(image_feats, image_nbr).to(device),
-                nn_text=_rows(text_feats, text_nbr).to(device),
-                xnn_image=_rows(text_feats, image_nbr).to(device),
-                xnn_text=_rows(image_feats, text_nbr).to(device),
-            )  # fmt: skip
-        memory = self.memory
-        nn_image, nn_image_valid = memory.lookup("image", image_nbr)
-        nn_text, nn_text_valid = memory.lookup("text", text_nbr)
-        xnn_image, xnn_image_valid = memory.lookup("text", image_nbr)
-        xnn_text, xnn_text_valid = memory.lookup("image", text_nbr)
-        return NeighborTargets(
-            image_nbr.to(device), text_nbr.to(device),
-            nn_image.to(device), nn_text.to(device), xnn_image.to(device), xnn_text.to(device),
-            nn_image_valid.to(device), nn_text_valid.to(device),
-            xnn_image_valid.to(device), xnn_text_valid.to(device),
-        )  # fmt: skip
+            targets = bank_targets(
+                self.image_bank.features, self.text_bank.features, image_nbr, text_nbr
+            )
+        else:
+            targets = memory_targets(self.memory, image_nbr, text_nbr)
+        return targets.to(device)

@@ -13,7 +13,7 @@ sums to the same gradient at a fraction of the logit memory.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -104,6 +104,11 @@ class NeighborTargets:
     nn_text_valid: torch.Tensor | None = None
     xnn_image_valid: torch.Tensor | None = None
     xnn_text_valid: torch.Tensor | None = None
+
+    def to(self, device: torch.device | str) -> NeighborTargets:
+        """A copy with every tensor on ``device``."""
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        return NeighborTargets(**{k: v if v is None else v.to(device) for k, v in moved.items()})
 
 
 def neighbor_contrast(

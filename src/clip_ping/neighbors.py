@@ -80,6 +80,37 @@ def _resident(features: np.ndarray, device: torch.device):
     return resident
 
 
+def _top_k(database, num_rows: int, query: torch.Tensor, query_rows: torch.Tensor, k: int, device):
+    """``(q, k)`` similarities and row indices of the top ``k`` database rows for each
+    ``(q, D)`` query, its own row ``query_rows[i]`` excluded; database blocks of
+    :data:`DATABASE_BLOCK_ROWS` rows bound the memory."""
+    best_sim = torch.full((len(query), k), -math.inf, device=device)
+    best_index = torch.full((len(query), k), -1, dtype=torch.long, device=device)
+    for d0 in range(0, num_rows, DATABASE_BLOCK_ROWS):
+        d1 = min(d0 + DATABASE_BLOCK_ROWS, num_rows)
+        scores = query @ _block(database, d0, d1, device).T  # (q, d)
+        own = (query_rows >= d0) & (query_rows < d1)  # queries whose own row is here
+        if own.any():
+            scores[own.nonzero()[:, 0], query_rows[own] - d0] = -math.inf
+        top_sim, top_index = scores.topk(min(k, d1 - d0), dim=1)
+        merged_sim = torch.cat([best_sim, top_sim], 1)
+        merged_index = torch.cat([best_index, top_index + d0], 1)
+        best_sim, order = merged_sim.topk(k, dim=1)
+        best_index = merged_index.gather(1, order)
+    return best_sim, best_index
+
+
+def search_vectors(
+    features: np.ndarray, queries: torch.Tensor, exclude: torch.Tensor, k: int
+) -> torch.Tensor:
+    """``(B, k)`` rows of ``features`` ``(N, D)`` most similar to the ``(B, D)`` query
+    vectors, row ``exclude[b]`` left out for query ``b`` (online search, on the CPU)."""
+    device = torch.device("cpu")
+    query = queries.float().to(device)
+    _, index = _top_k(features, len(features), query, exclude.long().to(device), k, device)
+    return index
+
+
 def exact_search(
     features: np.ndarray,
     k: int,
@@ -103,19 +134,7 @@ def exact_search(
     for q0 in range(0, len(rows), block_rows):
         query_rows = torch.from_numpy(rows[q0 : q0 + block_rows]).to(device)
         query = _gather_rows(features, rows[q0 : q0 + block_rows], device)
-        best_sim = torch.full((len(query), k), -math.inf, device=device)
-        best_index = torch.full((len(query), k), -1, dtype=torch.long, device=device)
-        for d0 in range(0, num_rows, DATABASE_BLOCK_ROWS):
-            d1 = min(d0 + DATABASE_BLOCK_ROWS, num_rows)
-            scores = query @ _block(database, d0, d1, device).T  # (q, d)
-            own = (query_rows >= d0) & (query_rows < d1)  # queries whose own row is here
-            if own.any():
-                scores[own.nonzero()[:, 0], query_rows[own] - d0] = -math.inf
-            top_sim, top_index = scores.topk(min(k, d1 - d0), dim=1)
-            merged_sim = torch.cat([best_sim, top_sim], 1)
-            merged_index = torch.cat([best_index, top_index + d0], 1)
-            best_sim, order = merged_sim.topk(k, dim=1)
-            best_index = merged_index.gather(1, order)
+        best_sim, best_index = _top_k(database, num_rows, query, query_rows, k, device)
         out_index[q0 : q0 + len(query)] = best_index.cpu().numpy()
         out_sim[q0 : q0 + len(query)] = best_sim.cpu().numpy()
         bar.update(len(query))
