@@ -19,6 +19,22 @@ def _data_shapes(args: argparse.Namespace) -> None:
     print(f"shapes corpus in {args.out}: {paths}")
 
 
+def _data_demo(args: argparse.Namespace) -> None:
+    from .data.demo_corpus import build_demo_corpus
+
+    info = build_demo_corpus(
+        args.out, assets=args.assets, max_concepts=args.max_concepts,
+        max_clipart=args.max_clipart, seed=args.seed,
+    )  # fmt: skip
+    counts = info["counts"]
+    print(
+        f"demo corpus in {args.out}{' (already built)' if info['cached'] else ''}: "
+        f"{counts['concepts']:,} emoji concepts, {counts['train_rows']:,} train / "
+        f"{counts['val_concepts_rows']:,} val-concept / {counts['val_clipart_rows']:,} "
+        f"val-clip-art rows, {counts['zeroshot_concepts_classes']:,} zero-shot classes"
+    )
+
+
 def _train(args: argparse.Namespace) -> None:
     from .config import build_config
     from .train import train
@@ -180,6 +196,21 @@ def build_parser() -> argparse.ArgumentParser:
     shapes.add_argument("--image-size", type=int, default=64)
     shapes.add_argument("--seed", type=int, default=0)
     shapes.set_defaults(func=_data_shapes)
+    demo_data = data.add_parser(
+        "demo", help="offline emoji + clip-art corpus from npm/Debian packages (make assets)"
+    )
+    demo_data.add_argument("--out", required=True, help="output folder")
+    demo_data.add_argument(
+        "--assets", default=None, help="asset folder (default: $CLIP_PING_ASSETS, else .assets)"
+    )
+    demo_data.add_argument(
+        "--max-concepts", type=int, default=None, help="emoji concepts kept (default: all)"
+    )
+    demo_data.add_argument(
+        "--max-clipart", type=int, default=None, help="clip-art drawings kept (default: all)"
+    )
+    demo_data.add_argument("--seed", type=int, default=0, help="salts the split hashes")
+    demo_data.set_defaults(func=_data_demo)
 
     tokenizer = commands.add_parser("tokenizer", help="student tokenizers").add_subparsers(
         dest="action", required=True
@@ -228,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, FileExistsError) as exc:
         print(f"clip-ping: error: {exc}", file=sys.stderr)
         return 2
     return 0
