@@ -14,11 +14,18 @@ from PIL import Image
 
 from clip_ping.data.clipart import _title_problem
 from clip_ping.data.datasets import CsvDataset
-from clip_ping.data.demo_corpus import SOURCES, build_demo_corpus, package_dir, resolve_assets
+from clip_ping.data.demo_corpus import (
+    ASSETS_ENV,
+    SOURCES,
+    build_demo_corpus,
+    package_dir,
+    resolve_assets,
+)
 from clip_ping.data.emoji import EMOJI_STYLES, caption, load_concepts
 from clip_ping.data.transforms import EvalTransform
 from clip_ping.evaluation.datasets import load_eval_dataset
 
+REPO = Path(__file__).resolve().parents[2]
 SMALL = {"max_concepts": 60, "max_clipart": 40}
 RETRIEVAL_CSVS = ("train.csv", "val_concepts.csv", "val_clipart.csv")
 ZEROSHOT_CSVS = ("zeroshot/concepts/test.csv", "zeroshot/subgroups/test.csv")
@@ -31,7 +38,7 @@ def read_csv(path):
 
 @pytest.fixture(scope="module")
 def assets():
-    root = resolve_assets().resolve()
+    root = resolve_assets(os.environ.get(ASSETS_ENV) or REPO / ".assets").resolve()
     for package in SOURCES:
         package_dir(root, package)  # a clear error naming `make assets` when absent
     return root
