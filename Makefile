@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_VERSION := 2.13.0
 
-.PHONY: install assets demo test lint format bench clean
+.PHONY: install assets demo results test lint format bench clean
 
 install: $(STAMP)
 
@@ -43,6 +43,10 @@ $(STAMP): requirements.txt pyproject.toml
 
 demo: $(STAMP) $(ASSETS_STAMP)
 	$(BIN)/clip-ping demo
+
+# docs/results.md: CLIP and CLIP-PING over 3 seeds, and the ablations (reuses the demo's runs).
+results: $(STAMP) $(ASSETS_STAMP)
+	$(BIN)/clip-ping demo --seeds 3 --ablations
 
 test: $(STAMP) $(ASSETS_STAMP)
 	$(BIN)/python -m pytest -q

@@ -31,7 +31,7 @@ import io
 import json
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from importlib import metadata
@@ -152,9 +152,12 @@ class _ChunkStream(IterableDataset):
     """Batches ``{"chunk", "index": (B,), "inputs"}`` of the given chunks; DataLoader worker
     w takes chunks w, w + W, ... so each chunk is finished by one worker."""
 
-    def __init__(self, read, chunks, chunk_rows, num_rows, batch_size, preprocess, collate):
+    def __init__(
+        self, read, chunks, chunk_rows, num_rows, batch_size, preprocess, collate, sort_text=False
+    ):
         self.read, self.chunks, self.chunk_rows, self.num_rows = read, chunks, chunk_rows, num_rows
         self.batch_size, self.preprocess, self.collate = batch_size, preprocess, collate
+        self.sort_text = sort_text
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
@@ -162,11 +165,15 @@ class _ChunkStream(IterableDataset):
         for chunk in self.chunks[worker::workers]:
             start = chunk * self.chunk_rows
             stop = min(start + self.chunk_rows, self.num_rows)
+            rows: Iterable[tuple[int, Any]] = self.read(start, stop)
+            if self.sort_text:
+                # Captions of similar length share a batch: far less padding to encode.
+                rows = sorted(rows, key=lambda row: len(row[1]))
             indices, items = [], []
-            for index, item in self.read(start, stop):
+            for position, (index, item) in enumerate(rows, 1):
                 indices.append(index)
                 items.append(self.preprocess(item))
-                if len(items) == self.batch_size or index == stop - 1:
+                if len(items) == self.batch_size or position == stop - start:
                     yield {"chunk": chunk, "index": indices, "inputs": self.collate(items)}
                     indices, items = [], []
 
@@ -337,8 +344,9 @@ def build_bank(
 
     read = _Reader(spec, modality, model)
     stream = _ChunkStream(
-        read, todo[rank::world], chunk_rows, num_rows, batch_size, model.preprocess, model.collate
-    )
+        read, todo[rank::world], chunk_rows, num_rows, batch_size, model.preprocess,
+        model.collate, sort_text=modality == "text" and getattr(model, "path", None) is None,
+    )  # fmt: skip
     bar = None
     if rank == 0 and progress:
         initial = num_rows - sum(min(chunk_rows, num_rows - c * chunk_rows) for c in todo)

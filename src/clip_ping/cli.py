@@ -62,9 +62,24 @@ def _tokenizer_train(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
+    if args.seeds > 1 or args.ablations:
+        from .results import run_results
+
+        run_results(
+            args.out, seeds=args.seeds, ablations=args.ablations,
+            ablation_seeds=args.ablation_seeds, quick=args.quick, markdown=args.results,
+            assets=args.assets,
+        )  # fmt: skip
+        return
     from .demo import run_demo
 
-    run_demo(args.out, quick=args.quick)
+    run_demo(args.out, quick=args.quick, assets=args.assets)
+
+
+def _report(args: argparse.Namespace) -> None:
+    from .report import main
+
+    main(args.runs, args.out)
 
 
 def _bank_build(args: argparse.Namespace) -> None:
@@ -251,7 +266,29 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="the main job: corpus → training → evaluation")
     demo.add_argument("--out", default="runs/demo", help="output folder")
     demo.add_argument("--quick", action="store_true", help="a smaller, faster run")
+    demo.add_argument(
+        "--assets",
+        default=None,
+        help="asset packages folder (default: $CLIP_PING_ASSETS or .assets)",
+    )
+    demo.add_argument(
+        "--seeds", type=int, default=1, help="results mode: CLIP and CLIP-PING for N seeds"
+    )
+    demo.add_argument(
+        "--ablations", action="store_true", help="results mode: also every ablation variant"
+    )
+    demo.add_argument(
+        "--ablation-seeds", type=int, default=None, help="seeds per ablation (default: --seeds)"
+    )
+    demo.add_argument(
+        "--results", default="docs/results.md", help="results mode: the markdown file written"
+    )
     demo.set_defaults(func=_demo)
+
+    report = commands.add_parser("report", help="compare finished runs: table + figures")
+    report.add_argument("runs", nargs="+", help="run folders (logs/<name>)")
+    report.add_argument("--out", required=True, help="folder for report.md and figures/")
+    report.set_defaults(func=_report)
     return parser
 
 

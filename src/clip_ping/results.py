@@ -224,7 +224,7 @@ def plot_results(
 
 
 def render_results(results, summary, data, markdown: Path, figures: Path, quick: bool) -> str:
-    from .demo import NEIGHBOR_K, STUDENT, corpus_counts, demo_keys
+    from .demo import NEIGHBOR_K, corpus_counts, demo_keys
 
     clip, ping = results["clip"], results["clip-ping"]
     keys = demo_keys({"clip": clip[min(clip)], "clip-ping": ping[min(ping)]})
@@ -237,7 +237,7 @@ def render_results(results, summary, data, markdown: Path, figures: Path, quick:
         "",
         f"Produced by `clip-ping demo --seeds {len(clip)} --ablations`"
         + (" --quick" if quick else "")
-        + f" ({summary['wall_seconds'] / 60:.0f} min on 2 CPU cores). Student `{STUDENT}`, "
+        + f" ({summary['wall_seconds'] / 60:.0f} min on 2 CPU cores). Student `{size['model']}`, "
         f"{size['epochs']} epochs of batch {size['batch_size']}, lr {size['lr']}; corpus "
         + ", ".join(f"{k} {v}" for k, v in corpus.items())
         + f". CLIP-PING: bank targets, top-{NEIGHBOR_K} neighbours, λ_NN = λ_XNN = 1 unless a "
