@@ -104,7 +104,7 @@ def dataset_fingerprint(spec: DataSpec, modality: str) -> Fingerprint:
     for i, key in enumerate(keys):
         digest.update(key.encode() + b"\t")
         if texts is not None:
-            digest.update(texts[i].encode())
+            digest.update((texts[i] or "").encode())  # None: a short CSV row
         digest.update(b"\n")
     return Fingerprint(digest.hexdigest(), len(keys))
 
@@ -188,7 +188,7 @@ class _ChunkStream(IterableDataset):
             indices, items, skipped = [], [], 0
             for index, item in self.read(start, stop):
                 if isinstance(item, BadSample):  # its row stays zero: that marks it skipped
-                    print(f"skipped bad sample: {item}", file=sys.stderr)
+                    print(f"skipped bad sample {item.where}: {item.reason}", file=sys.stderr)
                     skipped += 1
                 else:
                     indices.append(index)

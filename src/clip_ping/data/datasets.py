@@ -288,19 +288,27 @@ _CUT = "\0cut"  # a member name no tar holds: marks where a cut shard ends
 
 def _members(tar: tarfile.TarFile, url: str) -> Iterator[tarfile.TarInfo]:
     """The shard's members; a cut shard ends with a marker member named :data:`_CUT`."""
-    count = 0
+    count, fix = 0, "download or write the shard again"
     try:
         for member in tar:
             count += 1
             yield member
-    except tarfile.ReadError as exc:
+    except tarfile.ReadError as exc:  # a member's data ends early
         warnings.warn(
             f"shard {url} is cut short after {count} members ({exc}); the samples after the "
-            "cut are missing and the one cut through is a bad sample: download or write the "
-            "shard again",
+            f"cut are missing and the one cut through is a bad sample: {fix}",
             stacklevel=3,
         )
         yield tarfile.TarInfo(_CUT)
+        return
+    path = _local_path(url)
+    # tarfile ends quietly at a cut header; a whole archive has end-of-archive blocks there.
+    if path is not None and path.stat().st_size - tar.offset < tarfile.BLOCKSIZE:
+        warnings.warn(
+            f"shard {url} is cut short after {count} members (no end-of-archive block); the "
+            f"samples after the cut are missing: {fix}",
+            stacklevel=3,
+        )
 
 
 @dataclass(frozen=True)
