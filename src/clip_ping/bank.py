@@ -8,6 +8,11 @@ A bank is a folder::
     progress.json     only while building: the chunks of rows already flushed to features.npy
     neighbors.npy, similarities.npy, neighbors.json      added by ``clip-ping bank neighbors``
 
+Bad samples (unreadable images, empty captions; see :mod:`.data.bad_samples`) follow
+``--on-bad-sample``: with ``skip`` their rows stay zero, they are printed with their keys, and
+``meta.json`` lists them under ``"skipped"``; :class:`Bank` exposes them as ``bank.skipped``
+and neighbour mining never returns them. With ``error`` the build stops at the first one.
+
 Building is resumable: rows are extracted in chunks of ``chunk_rows``; after each chunk is
 written and flushed, ``progress.json`` is replaced atomically. A killed build rerun with the
 same flags redoes at most the chunks in flight.
@@ -27,9 +32,9 @@ progress file records chunks, not ranks, so a build may resume with another worl
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -41,15 +46,15 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 import torch.distributed as dist
-from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
+from .data.bad_samples import BadSample, check_caption, check_policy
 from .data.datasets import (
-    IMAGE_EXTENSIONS,
     CsvDataset,
     KeyIndex,
     build_key_index,
+    decode_shard_sample,
     expand_urls,
     iter_shard,
 )
@@ -74,7 +79,10 @@ class Fingerprint(NamedTuple):
 
 
 def _open_csv(spec: DataSpec) -> CsvDataset:
-    return CsvDataset(spec.train_data, spec.csv_img_key, spec.csv_caption_key, spec.csv_separator)
+    return CsvDataset(
+        spec.train_data, spec.csv_img_key, spec.csv_caption_key, spec.csv_separator,
+        on_bad_sample="skip",  # SampleReader applies the policy itself
+    )  # fmt: skip
 
 
 def dataset_fingerprint(spec: DataSpec, modality: str) -> Fingerprint:
@@ -96,7 +104,7 @@ def dataset_fingerprint(spec: DataSpec, modality: str) -> Fingerprint:
     for i, key in enumerate(keys):
         digest.update(key.encode() + b"\t")
         if texts is not None:
-            digest.update(texts[i].encode())
+            digest.update((texts[i] or "").encode())  # None: a short CSV row
         digest.update(b"\n")
     return Fingerprint(digest.hexdigest(), len(keys))
 
@@ -105,7 +113,9 @@ def dataset_fingerprint(spec: DataSpec, modality: str) -> Fingerprint:
 class SampleReader:
     """Reads samples ``[start, stop)`` in stable-index order: ``(index, item)`` pairs where
     item is an RGB PIL image, a caption, or ``(image, caption)`` for ``modality="both"``.
-    Picklable: DataLoader workers open their own files."""
+    A bad sample's item is its :class:`BadSample` (naming it) with ``spec.on_bad_sample ==
+    "skip"``; with ``"error"`` it is raised. Picklable: DataLoader workers open their own
+    files."""
 
     spec: DataSpec
 
@@ -118,12 +128,25 @@ class SampleReader:
         return build_key_index(expand_urls(self.spec.train_data))
 
     def read(self, start: int, stop: int, modality: str) -> Iterator[tuple[int, Any]]:
+        for index, item in self._read(start, stop, modality):
+            if isinstance(item, BadSample) and self.spec.on_bad_sample == "error":
+                raise item
+            yield index, item
+
+    def _read(self, start: int, stop: int, modality: str) -> Iterator[tuple[int, Any]]:
         if self.spec.resolved_type() == "csv":
             dataset = self._csv
             for i in range(start, stop):
-                caption = dataset.captions[i]
-                image = dataset[i]["image"] if modality != "text" else None
-                yield i, _pick(image, caption, modality)
+                where = f"image {dataset.keys()[i]!r} (row {i} of {dataset.path})"
+                try:
+                    caption = check_caption(dataset.captions[i])
+                    sample = dataset[i] if modality != "text" else {"image": None}
+                    if "bad" in sample:
+                        raise BadSample(sample["bad"])
+                except BadSample as bad:
+                    yield i, bad.at(where)
+                    continue
+                yield i, _pick(sample["image"], caption, modality)
             return
         urls = expand_urls(self.spec.train_data)
         index = self._key_index
@@ -131,14 +154,14 @@ class SampleReader:
             first, end = max(start - offset, 0), min(stop - offset, index.counts[shard])
             if first >= end:
                 continue
-            for position, _, files in iter_shard(urls[shard], first, end):
-                caption = files["txt"].decode("utf-8").strip()
-                image = None
-                if modality != "text":
-                    ext = next(e for e in IMAGE_EXTENSIONS if e in files)
-                    with Image.open(io.BytesIO(files[ext])) as raw:
-                        image = to_rgb(raw)
-                yield offset + position, _pick(image, caption, modality)
+            for position, key, files in iter_shard(urls[shard], first, end):
+                try:
+                    image, caption = decode_shard_sample(files, image=modality != "text")
+                except BadSample as bad:
+                    yield offset + position, bad.at(f"sample {key!r} of shard {urls[shard]}")
+                    continue
+                rgb = to_rgb(image) if image is not None else None
+                yield offset + position, _pick(rgb, caption, modality)
 
 
 def _pick(image: Any, caption: str, modality: str) -> Any:
@@ -168,14 +191,19 @@ class _ChunkStream(IterableDataset):
             rows: Iterable[tuple[int, Any]] = self.read(start, stop)
             if self.sort_text:
                 # Captions of similar length share a batch: far less padding to encode.
-                rows = sorted(rows, key=lambda row: len(row[1]))
-            indices, items = [], []
+                rows = sorted(rows, key=lambda row: len(row[1]) if isinstance(row[1], str) else 0)
+            indices, items, skipped = [], [], 0
             for position, (index, item) in enumerate(rows, 1):
-                indices.append(index)
-                items.append(self.preprocess(item))
+                if isinstance(item, BadSample):  # its row stays zero: that marks it skipped
+                    print(f"skipped bad sample {item.where}: {item.reason}", file=sys.stderr)
+                    skipped += 1
+                else:
+                    indices.append(index)
+                    items.append(self.preprocess(item))
                 if len(items) == self.batch_size or position == stop - start:
-                    yield {"chunk": chunk, "index": indices, "inputs": self.collate(items)}
-                    indices, items = [], []
+                    inputs = self.collate(items) if items else None
+                    yield {"chunk": chunk, "index": indices, "inputs": inputs, "skipped": skipped}
+                    indices, items, skipped = [], [], 0
 
 
 def _unbatched(batch: Any) -> Any:
@@ -206,11 +234,12 @@ def _extract(teacher: Teacher, stream: _ChunkStream, workers: int, bar: tqdm | N
         if chunk not in pending:
             rows = min(stream.chunk_rows, stream.num_rows - chunk * stream.chunk_rows)
             pending[chunk] = [np.zeros((rows, teacher.dim), np.float16), rows]
-        features = teacher.encode(batch["inputs"]).numpy().astype(np.float16)
-        pending[chunk][0][indices - chunk * stream.chunk_rows] = features
-        pending[chunk][1] -= len(indices)
+        if len(indices):
+            features = teacher.encode(batch["inputs"]).numpy().astype(np.float16)
+            pending[chunk][0][indices - chunk * stream.chunk_rows] = features
+        pending[chunk][1] -= len(indices) + batch["skipped"]
         if bar is not None:
-            bar.update(len(indices))
+            bar.update(len(indices) + batch["skipped"])
         if pending[chunk][1] == 0:
             yield chunk, pending.pop(chunk)[0]
 
@@ -244,13 +273,16 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def _prepare(out: Path, job: dict, num_rows: int, chunk_rows: int) -> tuple[list[int], int]:
-    """Rank 0: create or resume the folder → (chunks done, chunk_rows); errors if it holds
-    something else."""
+def _prepare(
+    out: Path, job: dict, num_rows: int, chunk_rows: int
+) -> tuple[list[int], int, list[int]]:
+    """Rank 0: create or resume the folder → (chunks done, chunk_rows, skipped rows); errors
+    if it holds something else."""
     if (out / META).is_file():
         meta = json.loads((out / META).read_text())
         if {k: meta.get(k) for k in job} == job:
-            return list(range(math.ceil(num_rows / meta["chunk_rows"]))), meta["chunk_rows"]
+            chunks = list(range(math.ceil(num_rows / meta["chunk_rows"])))
+            return chunks, meta["chunk_rows"], meta.get("skipped", [])
         raise ValueError(
             f"{out} already holds a complete {meta.get('modality')} bank of {meta.get('teacher')} "
             f"over other data or settings; choose another --out or delete {out}"
@@ -266,15 +298,18 @@ def _prepare(out: Path, job: dict, num_rows: int, chunk_rows: int) -> tuple[list
         if (out / FEATURES).is_file():
             if chunk_rows != progress["chunk_rows"]:
                 print(f"resuming with the interrupted build's {progress['chunk_rows']} chunk rows")
-            return sorted(progress["done"]), progress["chunk_rows"]
+            return sorted(progress["done"]), progress["chunk_rows"], progress["skipped"]
     out.mkdir(parents=True, exist_ok=True)
     np.lib.format.open_memmap(out / FEATURES, "w+", np.float16, (num_rows, job["dim"])).flush()
-    _write_progress(out, job, chunk_rows, [])
-    return [], chunk_rows
+    _write_progress(out, job, chunk_rows, [], [])
+    return [], chunk_rows, []
 
 
-def _write_progress(out: Path, job: dict, chunk_rows: int, done: list[int]) -> None:
+def _write_progress(
+    out: Path, job: dict, chunk_rows: int, done: list[int], skipped: list[int]
+) -> None:
     payload = {"job": job, "chunk_rows": chunk_rows, "done": sorted(done)}
+    payload["skipped"] = sorted(skipped)
     atomic_write_text(out / PROGRESS, json.dumps(payload))
 
 
@@ -301,8 +336,10 @@ def build_bank(
     """Embed every sample of ``spec`` with ``teacher`` into the bank folder ``out``.
 
     Resumes a partial build in ``out``; returns at once if ``out`` already holds this bank.
-    Under torchrun every rank calls this (see the module docstring). Returns ``out``.
+    Under torchrun every rank calls this (see the module docstring). Bad samples follow
+    ``spec.on_bad_sample`` and ``spec.max_bad_share`` (module docstring). Returns ``out``.
     """
+    check_policy(spec.on_bad_sample, spec.max_bad_share)
     out, started = Path(out), time.perf_counter()
     rank = dist.get_rank() if is_distributed() else 0
     world = dist.get_world_size() if is_distributed() else 1
@@ -334,7 +371,7 @@ def build_bank(
     state = _broadcast(state)
     if isinstance(state, str):
         raise ValueError(state)
-    done, chunk_rows = state
+    done, chunk_rows, skipped = state
     num_chunks = math.ceil(num_rows / chunk_rows)
     todo = [c for c in range(num_chunks) if c not in set(done)]
     if not todo and (out / META).is_file():
@@ -361,12 +398,27 @@ def build_bank(
             for chunk, rows in parts:
                 features[chunk * chunk_rows : chunk * chunk_rows + len(rows)] = rows
                 done.append(chunk)
+                # Teacher features are unit vectors: an all-zero row is a skipped sample.
+                skipped.extend((chunk * chunk_rows + np.flatnonzero(~rows.any(1))).tolist())
             features.flush()  # the rows reach the file before progress.json says they did
-            _write_progress(out, job, chunk_rows, done)
+            _write_progress(out, job, chunk_rows, done, skipped)
+        too_many = rank == 0 and len(skipped) > spec.max_bad_share * num_rows
+        if _broadcast(too_many):
+            raise ValueError(
+                f"{len(skipped):,} of the {num_rows:,} samples of {spec.train_data} are bad "
+                f"(more than --max-bad-share {spec.max_bad_share} allows); repair the data or "
+                f"raise --max-bad-share, then rerun the same command to resume {out}"
+            )
     if bar is not None:
         bar.close()
     if rank == 0:
         meta = dict(job, chunk_rows=chunk_rows, dtype="float16", train_data=str(spec.train_data))
+        meta["skipped"] = sorted(skipped)  # zero rows: never a neighbour (see Bank.skipped)
+        if skipped:
+            print(
+                f"{out}: {len(skipped):,} bad samples skipped; their rows are zero and listed "
+                f"in {META} under 'skipped' (first: {sorted(skipped)[:5]})"
+            )
         meta.update(versions=_versions(), wall_seconds=round(time.perf_counter() - started, 1))
         atomic_write_text(out / META, json.dumps(meta, indent=1) + "\n")
         (out / PROGRESS).unlink(missing_ok=True)
@@ -402,6 +454,8 @@ class Bank:
         self.num_rows, self.dim = int(self.meta["num_rows"]), int(self.meta["dim"])
         self.fingerprint = self.meta["fingerprint"]
         self.features = self._open(FEATURES, (self.num_rows, self.dim), np.float16)
+        # Rows of samples skipped as bad at build time: zeros, never to be chosen as neighbours.
+        self.skipped = np.asarray(self.meta.get("skipped", []), dtype=np.int64)
 
     def _open(self, name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
         path = self.path / name

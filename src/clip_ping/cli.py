@@ -90,6 +90,7 @@ def _bank_build(args: argparse.Namespace) -> None:
     spec = DataSpec(
         args.train_data, args.dataset_type, csv_img_key=args.csv_img_key,
         csv_caption_key=args.csv_caption_key, csv_separator=args.csv_separator,
+        on_bad_sample=args.on_bad_sample, max_bad_share=args.max_bad_share,
     )  # fmt: skip
     info = init_distributed(args.device)
     try:
@@ -165,6 +166,16 @@ def _add_bank_commands(commands: argparse._SubParsersAction) -> None:
         "--chunk-rows", type=int, default=4096, help="rows per flushed, resumable chunk"
     )
     build.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    build.add_argument(
+        "--on-bad-sample", default="skip", choices=("skip", "error"),
+        help="skip: zero row, listed in meta.json 'skipped' | error: stop at the first",
+    )  # fmt: skip
+    build.add_argument(
+        "--max-bad-share",
+        type=float,
+        default=0.01,  # data.bad_samples.DEFAULT_MAX_BAD_SHARE
+        help="skip: stop past this share of samples",
+    )
     build.set_defaults(func=_bank_build)
 
     neighbors = bank.add_parser("neighbors", help="top-K neighbours of every bank row")
@@ -296,9 +307,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as exc:
         print(f"clip-ping: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # e.g. disk full while saving: the message says what is intact
+        print(f"clip-ping: error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

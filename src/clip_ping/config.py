@@ -57,6 +57,10 @@ class TrainConfig:
     )
     zeroshot_templates: str | None = _f(None, "prompt templates file (default: beside it)", "data")
     workers: int = _f(2, "data loader workers per process", "data")
+    on_bad_sample: str = _f(
+        "skip", "skip (log with the key, count) | error: unreadable images, empty captions", "data"
+    )
+    max_bad_share: float = _f(0.01, "skip: stop when more of the samples are bad", "data")
     # model
     model: str = _f("cpu-small-64", "student size (clip_ping.list_models())", "model")
     tokenizer: str | None = _f(None, "tokenizer folder or 'minilm' (default)", "model")
@@ -74,6 +78,9 @@ class TrainConfig:
     warmup: int = _f(100, "linear warm-up steps before the cosine decay", "optimiser")
     accum_freq: int = _f(1, "micro-batches accumulated per optimiser step", "optimiser")
     grad_clip_norm: float | None = _f(None, "clip gradient norm at this value", "optimiser")
+    skip_nonfinite: bool = _f(
+        False, "skip (and count) steps with a NaN/inf loss instead of stopping", "optimiser"
+    )
     precision: str = _f(
         "fp32", "fp32 | amp (fp16 autocast, CUDA) | amp_bf16 (bf16 autocast)", "optimiser"
     )
@@ -124,12 +131,15 @@ class TrainConfig:
 
         if not self.train_data:
             bad("train_data", "required; pass a CSV/TSV file or WebDataset shards")
+        from .data.bad_samples import BAD_SAMPLE_POLICIES
+
         for name, allowed in (
             ("precision", PRECISIONS),
             ("dataset_type", DATASET_TYPES),
             ("loss", LOSSES),
             ("neighbor_target", NEIGHBOR_TARGETS),
             ("neighbor_source", NEIGHBOR_SOURCES),
+            ("on_bad_sample", BAD_SAMPLE_POLICIES),
         ):
             if getattr(self, name) not in allowed:
                 bad(name, f"choose one of {', '.join(allowed)}")
@@ -151,6 +161,8 @@ class TrainConfig:
                 bad("aux_temperature", "must be positive")
             if self.neighbor_warmup < 0:
                 bad("neighbor_warmup", "must be 0 or more")
+        if not 0 <= self.max_bad_share < 1:
+            bad("max_bad_share", "use a fraction in [0, 1), e.g. 0.01")
         if self.lr <= 0:
             bad("lr", "must be positive")
         if self.wd < 0:

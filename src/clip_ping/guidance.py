@@ -149,8 +149,12 @@ class NeighborGuidance:
         offsets = draw_offsets(indices.cpu(), step, self.seed, self.k)
         if self.active is not None:
             image_query, text_query = self.active.encode(batch["image"], batch["caption"])
-            image_top = search_vectors(self.image_bank.features, image_query, indices, self.k)
-            text_top = search_vectors(self.text_bank.features, text_query, indices, self.k)
+            image_top = search_vectors(
+                self.image_bank.features, image_query, indices, self.k, self.image_bank.skipped
+            )
+            text_top = search_vectors(
+                self.text_bank.features, text_query, indices, self.k, self.text_bank.skipped
+            )
             pick = offsets[:, None]
             return image_top.gather(1, pick)[:, 0], text_top.gather(1, pick)[:, 0]
         rows, offsets = indices.cpu().numpy(), offsets.numpy()

@@ -49,4 +49,10 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    return atomic_write(path, lambda f: torch.save(obj, f))
+    def write(f: IO[bytes]) -> None:
+        try:
+            torch.save(obj, f)
+        except RuntimeError as exc:  # torch's zip writer reports a failed write (disk full) so
+            raise OSError(f"writing {path} failed ({exc})") from exc
+
+    return atomic_write(path, write)

@@ -15,6 +15,9 @@ Backends:
   fewer than K candidates are redone exactly.
 - ``auto``: ``exact`` up to ``AUTO_EXACT_MAX_ROWS[device type]`` rows, else ``faiss-ivf``.
 
+Rows listed in ``exclude`` (a bank's skipped bad samples) are never returned as neighbours:
+the exact search masks them; FAISS results that contain one are redone exactly.
+
 Examples:
     >>> result = mine_neighbors(bank.features, k=10, backend="auto")
     >>> result.neighbors.shape, result.similarities.dtype   # (N, 10), float16
@@ -80,10 +83,18 @@ def _resident(features: np.ndarray, device: torch.device):
     return resident
 
 
-def _top_k(database, num_rows: int, query: torch.Tensor, query_rows: torch.Tensor, k: int, device):
+def _top_k(
+    database,
+    num_rows: int,
+    query: torch.Tensor,
+    query_rows: torch.Tensor,
+    k: int,
+    device,
+    exclude: torch.Tensor | None = None,
+):
     """``(q, k)`` similarities and row indices of the top ``k`` database rows for each
-    ``(q, D)`` query, its own row ``query_rows[i]`` excluded; database blocks of
-    :data:`DATABASE_BLOCK_ROWS` rows bound the memory."""
+    ``(q, D)`` query, its own row ``query_rows[i]`` and the rows ``exclude`` left out;
+    database blocks of :data:`DATABASE_BLOCK_ROWS` rows bound the memory."""
     best_sim = torch.full((len(query), k), -math.inf, device=device)
     best_index = torch.full((len(query), k), -1, dtype=torch.long, device=device)
     for d0 in range(0, num_rows, DATABASE_BLOCK_ROWS):
@@ -92,6 +103,9 @@ def _top_k(database, num_rows: int, query: torch.Tensor, query_rows: torch.Tenso
         own = (query_rows >= d0) & (query_rows < d1)  # queries whose own row is here
         if own.any():
             scores[own.nonzero()[:, 0], query_rows[own] - d0] = -math.inf
+        if exclude is not None:
+            here = exclude[(exclude >= d0) & (exclude < d1)]
+            scores[:, here - d0] = -math.inf
         top_sim, top_index = scores.topk(min(k, d1 - d0), dim=1)
         merged_sim = torch.cat([best_sim, top_sim], 1)
         merged_index = torch.cat([best_index, top_index + d0], 1)
@@ -101,13 +115,19 @@ def _top_k(database, num_rows: int, query: torch.Tensor, query_rows: torch.Tenso
 
 
 def search_vectors(
-    features: np.ndarray, queries: torch.Tensor, exclude: torch.Tensor, k: int
+    features: np.ndarray,
+    queries: torch.Tensor,
+    exclude: torch.Tensor,
+    k: int,
+    skipped: np.ndarray | None = None,
 ) -> torch.Tensor:
     """``(B, k)`` rows of ``features`` ``(N, D)`` most similar to the ``(B, D)`` query
-    vectors, row ``exclude[b]`` left out for query ``b`` (online search, on the CPU)."""
+    vectors, row ``exclude[b]`` left out for query ``b`` and the ``skipped`` rows for all
+    (online search, on the CPU)."""
     device = torch.device("cpu")
     query = queries.float().to(device)
-    _, index = _top_k(features, len(features), query, exclude.long().to(device), k, device)
+    never = torch.as_tensor(skipped, dtype=torch.long) if skipped is not None else None
+    _, index = _top_k(features, len(features), query, exclude.long().to(device), k, device, never)
     return index
 
 
@@ -118,8 +138,10 @@ def exact_search(
     device: str | torch.device = "cpu",
     block_rows: int = QUERY_BLOCK_ROWS,
     progress: bool = False,
+    exclude: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-``k`` of each query row among ``features`` ``(N, D)``, excluding itself.
+    """Exact top-``k`` of each query row among ``features`` ``(N, D)``, excluding itself
+    and the rows ``exclude``.
 
     ``queries``: row indices to search for (default all). Returns ``(Q, k)`` int32 indices
     and float32 similarities, most similar first.
@@ -130,11 +152,12 @@ def exact_search(
     out_index = np.empty((len(rows), k), np.int32)
     out_sim = np.empty((len(rows), k), np.float32)
     database = _resident(features, device)
+    never = None if exclude is None else torch.as_tensor(exclude, dtype=torch.long, device=device)
     bar = tqdm(total=len(rows), unit="rows", desc="exact top-k", disable=not progress)
     for q0 in range(0, len(rows), block_rows):
         query_rows = torch.from_numpy(rows[q0 : q0 + block_rows]).to(device)
         query = _gather_rows(features, rows[q0 : q0 + block_rows], device)
-        best_sim, best_index = _top_k(database, num_rows, query, query_rows, k, device)
+        best_sim, best_index = _top_k(database, num_rows, query, query_rows, k, device, never)
         out_index[q0 : q0 + len(query)] = best_index.cpu().numpy()
         out_sim[q0 : q0 + len(query)] = best_sim.cpu().numpy()
         bar.update(len(query))
@@ -250,11 +273,16 @@ def mine_neighbors(
     recall_sample: int = RECALL_SAMPLE,
     seed: int = 0,
     progress: bool = True,
+    exclude: np.ndarray | None = None,
 ) -> NeighborResult:
-    """Top-``k`` neighbours of every row of ``features`` ``(N, D)``, self excluded."""
+    """Top-``k`` neighbours of every row of ``features`` ``(N, D)``, self and the rows
+    ``exclude`` (e.g. ``bank.skipped``) excluded."""
     num_rows = len(features)
-    if not 1 <= k < num_rows:
-        raise ValueError(f"--k {k}: need 1 <= k < number of rows ({num_rows:,})")
+    exclude = None if exclude is None or len(exclude) == 0 else np.asarray(exclude, np.int64)
+    usable = num_rows - (0 if exclude is None else len(exclude))
+    if not 1 <= k < usable:
+        skipped = f", {num_rows - usable:,} skipped as bad" if exclude is not None else ""
+        raise ValueError(f"--k {k}: need 1 <= k < number of rows ({num_rows:,}{skipped})")
     if backend not in BACKENDS:
         raise ValueError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     resolved = resolve_device(device)
@@ -263,11 +291,17 @@ def mine_neighbors(
         backend = "exact" if num_rows <= exact_max else "faiss-ivf"
     started, settings, recall = time.perf_counter(), {}, {}
     if backend == "exact":
-        found, sim = exact_search(features, k, device=resolved, progress=progress)
+        found, sim = exact_search(features, k, device=resolved, progress=progress, exclude=exclude)
     elif backend == "faiss-flat":
         found, sim = faiss_flat_search(features, k, progress)
     else:
         found, sim, settings = faiss_ivf_search(features, k, nlist, nprobe, seed, progress)
+    if exclude is not None and backend != "exact":  # FAISS saw every row: redo those hit
+        redo = np.flatnonzero(np.isin(found, exclude).any(1))
+        if len(redo):
+            found[redo], sim[redo] = exact_search(
+                features, k, queries=redo, device=resolved, exclude=exclude
+            )
     seconds = time.perf_counter() - started
     if backend == "faiss-ivf" and recall_sample > 0:
         rng = np.random.default_rng(seed)
@@ -317,6 +351,7 @@ def mine_bank(
     from .bank import Bank
 
     bank = Bank(bank_dir)
+    options.setdefault("exclude", bank.skipped)
     if exclude_groups is None:
         result = mine_neighbors(bank.features, k, **options)
     else:

@@ -32,9 +32,10 @@ import torch
 from tqdm import tqdm
 
 from .config import TrainConfig, save_yaml
+from .data.bad_samples import BadSampleLog
 from .data.loader import DataSpec, build_train_data
 from .data.transforms import TrainTransform
-from .distributed import DistInfo, barrier, cleanup, init_distributed
+from .distributed import DistInfo, barrier, cleanup, init_distributed, is_distributed
 from .io import atomic_torch_save, atomic_write, atomic_write_text
 from .losses import TOTAL_TERMS, ClipLoss, NeighborLoss, NeighborTargets
 from .models import create_model, export_hf, load_checkpoint_file
@@ -237,6 +238,60 @@ def resolve_run_dir(cfg: TrainConfig) -> tuple[Path, Path | None]:
     return run_dir, checkpoint
 
 
+def load_resume_checkpoint(path: Path, latest: bool) -> tuple[dict, Path]:
+    """Load the checkpoint to resume from. For ``--resume latest``, an unreadable
+    ``latest.pt`` (written by another tool, damaged on disk) falls back to the newest
+    readable ``epoch_N.pt`` beside it, with a warning."""
+    try:
+        return load_checkpoint_file(path), path
+    except ValueError as exc:
+        if not latest:
+            raise
+        error = exc
+    epochs = sorted(path.parent.glob("epoch_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+    for older in reversed(epochs):
+        try:
+            checkpoint = load_checkpoint_file(older)
+        except ValueError:
+            continue
+        log.warning("%s is unreadable (%s); resuming from %s instead", path, error, older)
+        return checkpoint, older
+    raise error
+
+
+def common_batch(batch: dict) -> dict:
+    """Under torchrun, cut every rank's batch to the smallest good count of any rank: the
+    gathered features must have one size per rank. Single process: ``batch`` unchanged.
+    (Cut samples are not trained on this epoch; with few bad samples that is rare.)"""
+    if not is_distributed():
+        return batch
+    size = torch.tensor(len(batch["index"]))
+    torch.distributed.all_reduce(size, torch.distributed.ReduceOp.MIN)
+    keep = int(size)
+    if keep == len(batch["index"]):
+        return batch
+    return {k: v if k == "bad_samples" else v[:keep] for k, v in batch.items()}
+
+
+def nonfinite_message(step: int, last_saved: int | None, run_dir: Path) -> str:
+    saved = (
+        f"the last good checkpoint is {run_dir / 'checkpoints' / 'latest.pt'} (step {last_saved})"
+        if last_saved is not None
+        else "no checkpoint was written yet"
+    )
+    return (
+        f"non-finite loss (NaN or inf) at step {step + 1}; stopped without applying it, and "
+        f"{saved}. Lower --lr, set --grad-clip-norm or --precision fp32, or pass "
+        "--skip-nonfinite to skip such steps (counted as train/nonfinite_steps)"
+    )
+
+
+def remove_stale_temporaries(checkpoints: Path) -> None:
+    """Delete the temporary files of checkpoint writes that a killed run left behind."""
+    for stale in checkpoints.glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
 # --------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------
@@ -256,6 +311,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> Path:
     run_dir, resume_from = resolve_run_dir(cfg)
     if info.is_main:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(run_dir / "checkpoints")
     barrier()
     setup_logging(run_dir, info.is_main)
     device = info.device
@@ -263,7 +319,9 @@ def _train(cfg: TrainConfig, info: DistInfo) -> Path:
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
 
-    checkpoint = load_checkpoint_file(resume_from) if resume_from else None
+    checkpoint = None
+    if resume_from:
+        checkpoint, resume_from = load_resume_checkpoint(resume_from, cfg.resume == "latest")
     if checkpoint is not None and checkpoint["model_name"] != cfg.model:
         raise ValueError(
             f"--resume {resume_from} holds a '{checkpoint['model_name']}' model but --model is "
@@ -283,6 +341,8 @@ def _train(cfg: TrainConfig, info: DistInfo) -> Path:
         csv_caption_key=cfg.csv_caption_key,
         csv_separator=cfg.csv_separator,
         train_num_samples=cfg.train_num_samples,
+        on_bad_sample=cfg.on_bad_sample,
+        max_bad_share=cfg.max_bad_share,
     )
     data = build_train_data(
         spec, TrainTransform(model.image_size), tokenizer, cfg.seed, info.rank, info.world_size
@@ -325,6 +385,13 @@ def _train(cfg: TrainConfig, info: DistInfo) -> Path:
     elif cfg.resume == "latest":
         log.info("no checkpoint in %s yet: starting a new run", run_dir / "checkpoints")
 
+    # Each rank checks its share of the samples (a rank sees num_samples / world of them).
+    bad_samples = BadSampleLog(
+        data.num_samples // info.world_size, cfg.max_bad_share, cfg.train_data,
+        checkpoint.get("bad_samples") if checkpoint else None,
+    )  # fmt: skip
+    nonfinite_steps = checkpoint.get("nonfinite_steps", 0) if checkpoint else 0
+    last_saved_step = step if checkpoint else None
     if info.is_main:
         save_yaml(cfg, run_dir / "config.yaml")
     metrics = MetricsLog(run_dir, step if checkpoint else None) if info.is_main else None
@@ -342,6 +409,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> Path:
         step_model = torch.compile(step_model)
 
     def save_checkpoint(next_epoch: int, next_batch: int) -> None:
+        nonlocal last_saved_step
         if not info.is_main:
             return
         state = {
@@ -357,12 +425,25 @@ def _train(cfg: TrainConfig, info: DistInfo) -> Path:
             "epoch": next_epoch,
             "batch": next_batch,
             "config": cfg.to_dict(),
+            "bad_samples": bad_samples.state_dict(),
+            "nonfinite_steps": nonfinite_steps,
         }
         if neighbor_loss is not None:
             state["neighbor_loss"] = neighbor_loss.state_dict()
         if memory is not None:
             state["memory"] = memory.state_dict()
-        atomic_torch_save(state, run_dir / "checkpoints" / "latest.pt")
+        path = run_dir / "checkpoints" / "latest.pt"
+        try:
+            atomic_torch_save(state, path)
+        except OSError as exc:  # disk full, quota, ...: the previous file was not touched
+            kept = f"from step {last_saved_step} is intact" if last_saved_step else "is absent"
+            raise OSError(
+                exc.errno,
+                f"could not write the step-{step} checkpoint {path} ({exc.strerror or exc}); "
+                f"the previous checkpoint {kept}. Free space in {path.parent}, then continue "
+                "with --resume latest",
+            ) from exc
+        last_saved_step = step
 
     global_batch = cfg.batch_size * cfg.accum_freq * info.world_size
     progress = tqdm(
@@ -375,7 +456,16 @@ def _train(cfg: TrainConfig, info: DistInfo) -> Path:
         batches = data.loader(epoch, batch_in_epoch * cfg.accum_freq, cfg.batch_size, cfg.workers)
         window_start, window_samples = time.perf_counter(), 0
         micro = 0
+        nonfinite = torch.zeros((), dtype=torch.bool, device=device)
         for batch in batches:
+            if batch["bad_samples"]:
+                bad_samples.record(batch["bad_samples"])
+            batch = common_batch(batch)
+            if not len(batch["index"]):
+                raise ValueError(
+                    f"a batch of step {step + 1} has no good sample left ({len(batch['bad_samples'])}"
+                    " bad on this rank); repair the data (--on-bad-sample error names each bad one)"
+                )
             images = batch["image"].to(device, non_blocking=True)
             texts = batch["text"].to(device, non_blocking=True)
             targets, ramp = None, 1.0
@@ -385,8 +475,11 @@ def _train(cfg: TrainConfig, info: DistInfo) -> Path:
             with autocast_context(cfg.precision, device):
                 terms, out = step_model(images, texts, targets, ramp)
                 loss = sum(v for k, v in terms.items() if k in TOTAL_TERMS)
+            nonfinite |= ~torch.isfinite(loss.detach())  # no sync here: read once per step
             scaler.scale(loss / cfg.accum_freq).backward()
-            if memory is not None:  # after the loss: this batch's targets were the old rows
+            # After the loss: this batch's targets were the old rows. A skipped non-finite
+            # step must not leave NaN rows behind.
+            if memory is not None and (not cfg.skip_nonfinite or torch.isfinite(loss)):
                 memory.update(batch["index"], out["image_features"], out["text_features"])
             micro += 1
             if micro < cfg.accum_freq:
@@ -395,11 +488,22 @@ def _train(cfg: TrainConfig, info: DistInfo) -> Path:
             lr = cosine_lr(step, cfg.lr, cfg.warmup, total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            if cfg.grad_clip_norm is not None:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(train_step.parameters(), cfg.grad_clip_norm)
-            scaler.step(optimizer)
-            scaler.update()
+            if is_distributed():  # every rank takes the same decision
+                torch.distributed.all_reduce(nonfinite, torch.distributed.ReduceOp.MAX)
+            if nonfinite.item():
+                if not cfg.skip_nonfinite:
+                    raise FloatingPointError(nonfinite_message(step, last_saved_step, run_dir))
+                nonfinite_steps += 1
+                log.warning(
+                    "step %d: non-finite loss, skipped (%d so far)", step + 1, nonfinite_steps
+                )
+                nonfinite.zero_()
+            else:
+                if cfg.grad_clip_norm is not None:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(train_step.parameters(), cfg.grad_clip_norm)
+                scaler.step(optimizer)
+                scaler.update()
             optimizer.zero_grad(set_to_none=True)
             model.clamp_logit_scale()
             step += 1
@@ -411,6 +515,8 @@ def _train(cfg: TrainConfig, info: DistInfo) -> Path:
                 elapsed = time.perf_counter() - window_start
                 values = {f"train/{k}": v.item() for k, v in terms.items()}
                 values.update({
+                    "train/skipped_samples": bad_samples.skipped,
+                    "train/nonfinite_steps": nonfinite_steps,
                     "train/loss": loss.item(),
                     "train/lr": lr,
                     "train/scale": out["logit_scale"].item(),

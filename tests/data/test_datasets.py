@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from clip_ping.data import datasets
+from clip_ping.data.bad_samples import BadSample
 from clip_ping.data.datasets import (
     CsvDataset,
     ShardDataset,
@@ -105,7 +106,7 @@ def test_missing_files_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.csv"):
         CsvDataset(tmp_path / "nope.csv")
     _write_csv(tmp_path / "pairs.csv", ["filepath", "title"], [["gone.png", "x"]])
-    with pytest.raises(FileNotFoundError, match="gone.png.*row 0"):
+    with pytest.raises(BadSample, match="gone.png.*row 0.*not found.*--on-bad-sample skip"):
         CsvDataset(tmp_path / "pairs.csv")[0]
 
 

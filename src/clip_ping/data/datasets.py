@@ -38,6 +38,14 @@ from PIL import Image
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from ..io import atomic_write, atomic_write_text
+from .bad_samples import (
+    BadSample,
+    bad_record,
+    check_caption,
+    check_policy,
+    decode_image,
+    inside_root,
+)
 from .transforms import to_rgb
 
 Transform = Callable[[Image.Image, np.random.Generator], torch.Tensor]
@@ -85,6 +93,10 @@ class CsvDataset(Dataset):
     "index": i}`` where ``i`` is the CSV row (0-based, header excluded). Image paths are read
     relative to ``root``, by default the CSV's folder. A ``label`` column, if present, is
     exposed as :attr:`labels` (zero-shot and linear-probe evaluation use it).
+
+    A bad sample (see :mod:`.bad_samples`) raises :class:`BadSample` with
+    ``on_bad_sample="error"``; with ``"skip"`` it is returned as a ``bad_record``. When
+    ``root`` is given, paths that lead outside it are bad samples and never opened.
     """
 
     def __init__(
@@ -97,7 +109,9 @@ class CsvDataset(Dataset):
         transform: Transform | None = None,
         tokenizer: Tokenizer | None = None,
         seed: int = 0,
+        on_bad_sample: str = "error",
     ):
+        check_policy(on_bad_sample)
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(
@@ -118,12 +132,14 @@ class CsvDataset(Dataset):
                     )
             rows = list(reader)
         self.root = Path(root) if root is not None else self.path.parent
+        self.confined = root is not None  # a given root is a boundary, the default is not
         self._keys = [row[img_key] for row in rows]
         self.captions: list[str] = [row[caption_key] for row in rows]
         self.labels: list[int] | None = (
             [int(row["label"]) for row in rows] if "label" in columns else None
         )
         self.transform, self.tokenizer, self.seed = transform, tokenizer, seed
+        self.on_bad_sample = on_bad_sample
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -133,24 +149,24 @@ class CsvDataset(Dataset):
         return list(self._keys)
 
     def image_path(self, index: int) -> Path:
+        if self.confined:
+            return inside_root(self.root, self._keys[index])
         return self.root / self._keys[index]
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict:
         epoch, index = _split_item(item)
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {self.path} ({len(self)} rows)")
-        path = self.image_path(index)
         try:
-            with Image.open(path) as image:
-                image.load()
-        except FileNotFoundError:
-            raise FileNotFoundError(
-                f"image {path} (row {index} of {self.path}) not found; paths are read relative "
-                f"to {self.root}: fix the --csv-img-key column or the image folder"
-            ) from None
-        return _make_sample(
-            image, self.captions[index], index, epoch, self.seed, self.transform, self.tokenizer
-        )
+            caption = check_caption(self.captions[index])
+            image = decode_image(self.image_path(index))
+        except BadSample as bad:
+            if self.on_bad_sample == "skip":
+                return bad_record(index, self._keys[index], bad.reason)
+            if bad.reason == "file not found":
+                bad = BadSample(f"not found (image paths are read relative to {self.root})")
+            raise bad.at(f"image {self._keys[index]!r} (row {index} of {self.path})") from None
+        return _make_sample(image, caption, index, epoch, self.seed, self.transform, self.tokenizer)
 
 
 # --------------------------------------------------------------------------- WebDataset shards
@@ -209,6 +225,19 @@ def _split_name(name: str) -> tuple[str, str] | None:
     return (f"{directory}/{stem}" if directory else stem), ext.lower()
 
 
+def decode_shard_sample(
+    files: dict[str, bytes], image: bool = True
+) -> tuple[Image.Image | None, str]:
+    """``(image, caption)`` of a sample from :func:`iter_shard` (image None if not asked
+    for); :class:`BadSample` if it is cut, undecodable or has an empty caption."""
+    if "error" in files:
+        raise BadSample(files["error"].decode())
+    caption = check_caption(files[TEXT_EXTENSION])
+    if not image:
+        return None, caption
+    return decode_image(files[next(e for e in IMAGE_EXTENSIONS if e in files)]), caption
+
+
 def _is_sample(extensions: set[str]) -> bool:
     return TEXT_EXTENSION in extensions and any(e in extensions for e in IMAGE_EXTENSIONS)
 
@@ -219,10 +248,17 @@ def iter_shard(
     """Yield ``(position, key, {ext: bytes})`` for the samples at ``start <= position < stop``
     of one shard. A sample is a run of members sharing a key with an image and a ``.txt``;
     positions count samples only. Members before ``start`` are not read (``read=False``: none
-    are, for listing keys)."""
+    are, for listing keys).
+
+    A shard cut short (an interrupted download) ends at the cut with a warning; the sample
+    it cut through is yielded with ``files["error"]`` set, read or not, so listing and
+    reading agree on positions."""
     position, key, files, extensions = 0, None, {}, set()
     with _open_tar(url) as tar:
-        for member in itertools.chain(tar, [None]):  # None flushes the last sample
+        for member in itertools.chain(_members(tar, url), [None]):  # None flushes the last
+            if member is not None and member.name == _CUT:
+                files["error"] = b"shard cut short inside this sample"
+                member = None
             if member is not None:
                 parsed = _split_name(member.name) if member.isfile() else None
                 if parsed is None:
@@ -241,7 +277,38 @@ def iter_shard(
             extensions.add(ext)
             # A sample's position is known at its first member, so skipped ones cost no read.
             if read and position >= start:
-                files[ext] = tar.extractfile(member).read()
+                try:
+                    files[ext] = tar.extractfile(member).read()
+                except tarfile.ReadError:  # data cut; the next header read reports the cut
+                    files["error"] = b"shard cut short inside this sample"
+
+
+_CUT = "\0cut"  # a member name no tar holds: marks where a cut shard ends
+
+
+def _members(tar: tarfile.TarFile, url: str) -> Iterator[tarfile.TarInfo]:
+    """The shard's members; a cut shard ends with a marker member named :data:`_CUT`."""
+    count, fix = 0, "download or write the shard again"
+    try:
+        for member in tar:
+            count += 1
+            yield member
+    except tarfile.ReadError as exc:  # a member's data ends early
+        warnings.warn(
+            f"shard {url} is cut short after {count} members ({exc}); the samples after the "
+            f"cut are missing and the one cut through is a bad sample: {fix}",
+            stacklevel=3,
+        )
+        yield tarfile.TarInfo(_CUT)
+        return
+    path = _local_path(url)
+    # tarfile ends quietly at a cut header; a whole archive has end-of-archive blocks there.
+    if path is not None and path.stat().st_size - tar.offset < tarfile.BLOCKSIZE:
+        warnings.warn(
+            f"shard {url} is cut short after {count} members (no end-of-archive block); the "
+            f"samples after the cut are missing: {fix}",
+            stacklevel=3,
+        )
 
 
 @dataclass(frozen=True)
@@ -400,7 +467,10 @@ class ShardDataset(IterableDataset):
         num_samples: int | None = None,
         rank: int | None = None,
         world_size: int | None = None,
+        on_bad_sample: str = "error",
     ):
+        check_policy(on_bad_sample)
+        self.on_bad_sample = on_bad_sample
         self.urls = expand_urls(urls)
         self.key_index = key_index if key_index is not None else build_key_index(self.urls)
         if list(self.key_index.shards) != [_shard_name(u) for u in self.urls]:
@@ -465,10 +535,13 @@ class ShardDataset(IterableDataset):
                 yield index, files
 
     def _decode(self, index: int, files: dict[str, bytes]) -> dict:
-        ext = next(e for e in IMAGE_EXTENSIONS if e in files)
-        with Image.open(io.BytesIO(files[ext])) as image:
-            image.load()
-        caption = files[TEXT_EXTENSION].decode("utf-8").strip()
+        try:
+            image, caption = decode_shard_sample(files)
+        except BadSample as bad:
+            key = self.key_index.keys[index]
+            if self.on_bad_sample == "skip":
+                return bad_record(index, key, bad.reason)
+            raise bad.at(f"sample {key!r} (index {index}) of {self.urls}") from None
         return _make_sample(
             image, caption, index, self.epoch, self.seed, self.transform, self.tokenizer
         )

@@ -3,7 +3,11 @@
 The training loop asks for ``batches_per_epoch(batch_size)`` and for
 ``loader(epoch, start_batch, batch_size, workers)``, which yields this rank's batches::
 
-    {"image": (B, 3, H, W) float, "text": (B, L) long, "index": (B,) long}
+    {"image": (B, 3, H, W) float, "text": (B, L) long, "index": (B,) long,
+     "bad_samples": [(index, key, reason), ...]}
+
+With ``on_bad_sample="skip"`` a batch may hold fewer than ``batch_size`` samples: the bad
+ones are listed in ``bad_samples`` instead (see :mod:`.bad_samples`).
 
 Batches are a function of (seed, epoch, rank, world_size, batch_size) and, for shards only,
 the worker count; resuming at ``start_batch`` yields exactly the rest of the epoch.
@@ -25,6 +29,7 @@ from typing import Protocol
 import torch
 from torch.utils.data import DataLoader
 
+from .bad_samples import DEFAULT_MAX_BAD_SHARE, check_policy, collate_good
 from .datasets import (
     CsvDataset,
     ShardDataset,
@@ -48,6 +53,8 @@ class DataSpec:
     csv_caption_key: str = "title"
     csv_separator: str | None = None  # None: tab for .tsv, else comma
     train_num_samples: int | None = None  # webdataset: samples per epoch (default: all)
+    on_bad_sample: str = "skip"  # skip | error (see .bad_samples)
+    max_bad_share: float = DEFAULT_MAX_BAD_SHARE  # skip: stop past this share of bad samples
 
     def resolved_type(self) -> str:
         if self.dataset_type not in DATASET_TYPES:
@@ -124,6 +131,7 @@ class CsvTrainData:
             sampler=[(epoch, row) for row in rows],  # (epoch, row): the dataset seeds from both
             num_workers=workers,
             drop_last=True,
+            collate_fn=collate_good,
             pin_memory=torch.cuda.is_available(),
         )
 
@@ -154,6 +162,7 @@ class ShardTrainData:
             dataset,
             batch_size=batch_size,
             num_workers=workers,
+            collate_fn=collate_good,
             pin_memory=torch.cuda.is_available(),
         )
 
@@ -167,6 +176,7 @@ def build_train_data(
     world_size: int = 1,
 ) -> CsvTrainData | ShardTrainData:
     """Open ``spec.train_data`` as CSV or WebDataset shards for ``rank`` of ``world_size``."""
+    check_policy(spec.on_bad_sample, spec.max_bad_share)
     if spec.resolved_type() == "csv":
         if os.path.isdir(spec.train_data):
             raise ValueError(
@@ -181,6 +191,7 @@ def build_train_data(
             transform=transform,
             tokenizer=tokenizer,
             seed=seed,
+            on_bad_sample=spec.on_bad_sample,
         )
         if len(dataset) == 0:
             raise ValueError(f"--train-data {spec.train_data} has no rows")
@@ -202,6 +213,7 @@ def build_train_data(
         num_samples=spec.train_num_samples,
         rank=rank,
         world_size=world_size,
+        on_bad_sample=spec.on_bad_sample,
     )
     return ShardTrainData(dataset)
 
@@ -219,5 +231,6 @@ def read_captions(spec: DataSpec) -> list[str]:
     captions = []
     for url in expand_urls(spec.train_data):
         for _, _, files in iter_shard(url):
-            captions.append(files["txt"].decode("utf-8"))
+            if "txt" in files:  # a cut shard's last sample may have none
+                captions.append(files["txt"].decode("utf-8", errors="replace"))
     return captions

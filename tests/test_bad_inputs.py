@@ -1,0 +1,189 @@
+"""Bad input: each case of docs/reliability.md fed to the readers, training and bank builds."""
+
+import csv
+import io
+import json
+import os
+import shutil
+import tarfile
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clip_ping.bank import Bank, build_bank
+from clip_ping.config import build_config
+from clip_ping.data.bad_samples import MAX_IMAGE_PIXELS, BadSample
+from clip_ping.data.datasets import CsvDataset, ShardDataset, build_key_index, write_shards
+from clip_ping.data.loader import DataSpec
+from clip_ping.data.shapes import build_shapes
+from clip_ping.neighbors import mine_bank
+from clip_ping.train import train
+
+NUM_GOOD = 58  # + 6 bad = 64 rows: two batches of 32, none dropped
+
+
+def _bad_files(folder):
+    """``{case: (filepath, caption, reason pattern)}``; each file is a real broken input."""
+    folder.mkdir()
+    good = Image.new("RGB", (32, 32), (200, 30, 30))
+    good.save(folder / "whole.png")
+    data = (folder / "whole.png").read_bytes()
+    (folder / "cut.png").write_bytes(data[: len(data) // 2])
+    (folder / "noise.png").write_bytes(os.urandom(500))
+    # 1-bit and blank: ~12 KB of PNG that claims more pixels than MAX_IMAGE_PIXELS.
+    side = int(MAX_IMAGE_PIXELS**0.5) + 1
+    Image.new("1", (side, side)).save(folder / "bomb.png", optimize=True)
+    return {
+        "truncated image": ("bad/cut.png", "a red square", "unreadable or truncated"),
+        "not an image": ("bad/noise.png", "a red square", "unreadable or truncated"),
+        "missing file": ("bad/gone.png", "a red square", "not found"),
+        "empty caption": ("bad/whole.png", "   ", "empty caption"),
+        "decompression bomb": ("bad/bomb.png", "a red square", "decompression bomb"),
+        "short row": ("bad/whole.png", None, "no caption"),
+    }
+
+
+@pytest.fixture(scope="module")
+def dirty(tmp_path_factory):
+    """A CSV of 58 good shapes and 6 bad rows interleaved; ``(csv, {row: (case, reason)})``."""
+    root = tmp_path_factory.mktemp("dirty")
+    build_shapes(root, num_train=NUM_GOOD, num_val=4, image_size=32, seed=3)
+    cases = _bad_files(root / "bad")
+    with open(root / "train.csv", newline="") as f:
+        rows = [[r["filepath"], r["title"]] for r in csv.DictReader(f)]
+    bad_rows = {}  # ascending slots: each insert lands at its final row
+    slots = (3, 11, 20, 33, 47, 60)
+    for slot, (case, (path, caption, reason)) in zip(slots, cases.items(), strict=True):
+        rows.insert(slot, [path] if caption is None else [path, caption])
+        bad_rows[slot] = (case, reason)
+    with open(root / "dirty.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["filepath", "title"])
+        writer.writerows(rows)
+    assert len(bad_rows) == 6 and len(rows) == 64
+    return root / "dirty.csv", bad_rows
+
+
+def test_each_bad_sample_is_skipped_with_its_reason_or_named_in_the_error(dirty):
+    path, bad_rows = dirty
+    skipping = CsvDataset(path, on_bad_sample="skip")
+    strict = CsvDataset(path)
+    for row, (case, reason) in bad_rows.items():
+        record = skipping[row]
+        assert record["index"] == row and record["key"] == skipping.keys()[row], case
+        assert reason in record["bad"], (case, record["bad"])
+        with pytest.raises(BadSample, match=f"row {row} of .*{reason}.*--on-bad-sample skip"):
+            strict[row]
+    assert "bad" not in skipping[0] and skipping[0]["image"].size == (32, 32)
+
+
+def test_training_skips_counts_and_logs_bad_samples(dirty, tmp_path):
+    path, bad_rows = dirty
+    common = dict(
+        train_data=str(path), model="cpu-micro-32", batch_size=32, epochs=1, workers=0,
+        logs=str(tmp_path), warmup=1, log_every_steps=1, progress=False, max_bad_share=0.1,
+    )  # fmt: skip
+    run = train(build_config(overrides=dict(common, name="skip")))
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["train/skipped_samples"] == 6
+    log = (run / "out.log").read_text()
+    keys = CsvDataset(path).keys()
+    for row, (case, _) in bad_rows.items():
+        assert f"skipped bad sample {keys[row]!r} (index {row}): " in log, case
+    assert (run / "hf" / "config.json").is_file()
+
+    with pytest.raises(BadSample, match="--on-bad-sample skip"):
+        train(build_config(overrides=dict(common, name="strict", on_bad_sample="error")))
+    with pytest.raises(ValueError, match="are bad \\(more than --max-bad-share 0.05"):
+        train(build_config(overrides=dict(common, name="share", max_bad_share=0.05)))
+    # Nothing half-written: the failed runs hold no checkpoint, temporary or export.
+    for name in ("strict", "share"):
+        assert os.listdir(tmp_path / name / "checkpoints") == []
+        assert not (tmp_path / name / "hf").exists()
+
+
+def test_csv_paths_cannot_leave_a_given_root(tmp_path):
+    (tmp_path / "data").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "secret.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "data" / "ok.png")
+    (tmp_path / "data" / "link.png").symlink_to(tmp_path / "secret.png")
+    rows = "filepath,title\nok.png,fine\n../secret.png,up\n/etc/hostname,abs\nlink.png,link\n"
+    (tmp_path / "data" / "pairs.csv").write_text(rows)
+    dataset = CsvDataset(tmp_path / "data" / "pairs.csv", root=tmp_path / "data")
+    assert dataset[0]["caption"] == "fine"
+    for row in (1, 2, 3):
+        with pytest.raises(BadSample, match="outside the data root"):
+            dataset[row]
+
+
+def _cut_inside(shard, name):
+    """Cut ``shard`` in the middle of member ``name``'s data, as an interrupted download."""
+    with tarfile.open(shard) as tar:
+        member = tar.getmember(name)
+    os.truncate(shard, member.offset_data + member.size // 2)
+
+
+def test_cut_shard_and_non_text_caption(dirty, tmp_path):
+    root = dirty[0].parent
+    urls = write_shards(root / "train.csv", tmp_path / "shards", samples_per_shard=20)
+    # A caption that is not UTF-8, and the last shard cut in the middle of a member.
+    shard = tmp_path / "shards" / "00000.tar"
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(shard, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for member, data in members:
+            if member.name == "0000000.txt":
+                data = b"\xff\xfe caption"
+                member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    _cut_inside(tmp_path / "shards" / "00002.tar", "0000205.json")
+    with pytest.warns(UserWarning, match="00002.tar is cut short"):
+        index = build_key_index(urls)
+    assert len(index) == 46 and index.keys[-1] == "0000205"  # the rest of the shard is lost
+    dataset = ShardDataset(urls, key_index=index, shuffle=False, on_bad_sample="skip")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        samples = list(dataset)
+    bad = {s["key"]: s["bad"] for s in samples if "bad" in s}
+    assert bad.pop("0000000").startswith("caption is not UTF-8")
+    assert list(bad.values()) == ["shard cut short inside this sample"]
+    assert list(bad)[0] == index.keys[-1]
+    assert len(samples) == len(index)
+    strict = ShardDataset(urls, key_index=index, shuffle=False)
+    with pytest.raises(BadSample, match="'0000000'.*not UTF-8"):
+        next(iter(strict))
+
+
+def test_bank_build_skips_bad_rows_and_mining_never_returns_them(dirty, tmp_path):
+    path, bad_rows = dirty
+    spec = DataSpec(str(path), max_bad_share=0.1)
+    out = build_bank(spec, "image", tmp_path / "image", image_size=64, workers=0, progress=False,
+                     chunk_rows=16, batch_size=8)  # fmt: skip
+    bank = Bank(out)
+    assert sorted(bank.skipped.tolist()) == sorted(bad_rows)
+    assert not np.asarray(bank.features[bank.skipped]).any()
+    good = np.setdiff1d(np.arange(len(bank)), bank.skipped)
+    norms = np.linalg.norm(bank.features[good].astype(np.float32), axis=1)
+    np.testing.assert_allclose(norms, 1.0, atol=2e-3)
+    for backend in ("exact", "faiss-flat"):
+        result = mine_bank(out, k=10, backend=backend, progress=False)
+        assert not np.isin(result.neighbors, bank.skipped).any(), backend
+        assert not np.isin(np.load(out / "neighbors.npy"), bank.skipped).any(), backend
+
+    # Text bank: only caption problems count (empty caption, short row).
+    text = Bank(build_bank(DataSpec(str(path), max_bad_share=0.1), "text", tmp_path / "text",
+                           workers=0, progress=False))  # fmt: skip
+    expected = [r for r, (case, _) in bad_rows.items() if case in ("empty caption", "short row")]
+    assert sorted(text.skipped.tolist()) == sorted(expected)
+
+    # error: stops at the first bad one, no meta.json; past the share: stops, resumable.
+    strict = DataSpec(str(path), on_bad_sample="error")
+    with pytest.raises(BadSample, match="row 3 of"):
+        build_bank(strict, "image", tmp_path / "strict", image_size=64, workers=0, progress=False)
+    assert not (tmp_path / "strict" / "meta.json").exists()
+    with pytest.raises(ValueError, match="more than --max-bad-share 0.01"):
+        build_bank(DataSpec(str(path)), "text", tmp_path / "share", workers=0, progress=False)
+    assert not (tmp_path / "share" / "meta.json").exists()
+    shutil.rmtree(tmp_path / "share")
