@@ -36,3 +36,28 @@ def test_tables_show_mean_and_std():
     assert "| k1 | 2 | 0.300 | +0.100 |" in ablations
     assert results.run_name("clip", 0) == "clip"
     assert results.run_name("k1", 2) == "k1-seed2"
+
+
+def test_results_page_has_both_tables_and_its_figures(tmp_path):
+    from clip_ping.demo import FULL, DemoData
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "corpus.json").write_text('{"splits": {"train.csv": 10}}')
+    keys = (KEY, *results.ABLATION_KEYS)
+    grid = {
+        variant: {s: {k: 0.1 * s + shift for k in keys} for s in range(2)}
+        for variant, shift in (("clip", 0.0), ("clip-ping", 0.05), ("k1", -0.02))
+    }
+    summary = {"size": FULL.__dict__, "wall_seconds": 60.0, "samples_per_second": {"clip": 1.0}}
+    md = tmp_path / "docs" / "results.md"
+    text = results.render_results(
+        grid, summary, DemoData(corpus, tmp_path), md, tmp_path / "docs" / "figures", False
+    )
+    assert (
+        "| zeroshot/concepts/acc1 | 0.050 ± 0.071 | 0.100 ± 0.071 | +0.050 ± 0.000 | 2/2 |" in text
+    )
+    assert "| k1 | 2 |" in text and "-0.020" in text
+    assert "![CLIP vs CLIP-PING](figures/results_clip_vs_ping.png)" in text
+    for png in ("results_clip_vs_ping.png", "results_ablations.png"):
+        assert (tmp_path / "docs" / "figures" / png).is_file()

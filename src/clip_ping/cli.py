@@ -62,11 +62,12 @@ def _tokenizer_train(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    if args.seeds > 1 or args.ablations:
+    if args.seeds > 1 or args.ablations is not None:
         from .results import run_results
 
+        ablations = True if args.ablations == [] else (args.ablations or False)
         run_results(
-            args.out, seeds=args.seeds, ablations=args.ablations,
+            args.out, seeds=args.seeds, ablations=ablations,
             ablation_seeds=args.ablation_seeds, quick=args.quick, markdown=args.results,
             assets=args.assets,
         )  # fmt: skip
@@ -286,7 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--seeds", type=int, default=1, help="results mode: CLIP and CLIP-PING for N seeds"
     )
     demo.add_argument(
-        "--ablations", action="store_true", help="results mode: also every ablation variant"
+        "--ablations",
+        nargs="*",
+        default=None,
+        help="results mode: also these ablation variants (none named: all of them)",
     )
     demo.add_argument(
         "--ablation-seeds", type=int, default=None, help="seeds per ablation (default: --seeds)"

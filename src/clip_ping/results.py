@@ -141,23 +141,27 @@ def samples_per_second(run_dir: Path) -> float:
 def run_results(
     out: str | Path = "runs/demo",
     seeds: int = 3,
-    ablations: bool = True,
+    ablations: bool | Sequence[str] = True,
     ablation_seeds: int | None = None,
     quick: bool = False,
     markdown: str | Path = "docs/results.md",
     figures: str | Path = "docs/figures",
     assets: str | None = None,
 ) -> dict:
-    """Train and evaluate CLIP and CLIP-PING for ``seeds`` seeds and each ablation for
-    ``ablation_seeds`` (default: ``seeds``); write the tables to ``markdown``."""
+    """Train and evaluate CLIP and CLIP-PING for ``seeds`` seeds and each ablation (all of
+    :data:`ABLATIONS` for ``True``, or the named ones) for ``ablation_seeds`` (default:
+    ``seeds``); write the tables to ``markdown``."""
     from .demo import FULL, QUICK, prepare_data, run_variant
 
     started = time.perf_counter()
     out, size = Path(out), (QUICK if quick else FULL)
     data = prepare_data(out, size, assets)
     plan = [(v, s) for s in range(seeds) for v in ("clip", "clip-ping")]
-    if ablations:
-        plan += [(v, s) for s in range(ablation_seeds or seeds) for v in ABLATIONS]
+    chosen = ABLATIONS if ablations is True else tuple(ablations or ())
+    unknown = sorted(set(chosen) - set(ABLATIONS))
+    if unknown:
+        raise ValueError(f"--ablations {' '.join(unknown)}: choose from {', '.join(ABLATIONS)}")
+    plan += [(v, s) for s in range(ablation_seeds or seeds) for v in chosen]
     results: dict[str, dict[int, dict[str, float]]] = {}
     speed: dict[str, list[float]] = {}
     for i, (variant, seed) in enumerate(plan, 1):
