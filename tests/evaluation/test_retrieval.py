@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clip_ping.evaluation.retrieval import group_captions, retrieval_metrics
+from clip_ping.evaluation.retrieval import group_captions, retrieval_metrics, text_ids
 
 
 def test_group_captions_by_image_key():
@@ -67,3 +67,23 @@ def test_blocked_equals_unblocked_with_five_captions_per_image():
 def test_uncaptioned_image_is_an_error():
     with pytest.raises(ValueError, match="1 images have no caption"):
         retrieval_metrics(torch.eye(3), torch.eye(3)[:2], [0, 1])
+
+
+def test_identical_captions_on_two_images_are_one_caption():
+    """Two images share a caption text (one concept, two styles): a perfect model must score 1,
+    which it cannot when the twin caption, tied with the own one, counts as a negative."""
+    images = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])  # images 0 and 1 look alike
+    texts = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # rows 0 and 1: the same text
+    captions = ["red heart", "red heart", "blue circle"]
+    caption_image = [0, 1, 2]
+    without = retrieval_metrics(images, texts, caption_image, ks=(1,))
+    assert without["image_to_text_R@1"] < 1.0  # the twin ties with the own caption
+    with_ids = retrieval_metrics(
+        images, texts, caption_image, ks=(1,), caption_text=text_ids(captions)
+    )
+    assert with_ids == {"image_to_text_R@1": 1.0, "text_to_image_R@1": 1.0}
+    # A distinct text still needs its own image first.
+    swapped = retrieval_metrics(
+        images, texts[[2, 2, 0]], caption_image, ks=(1,), caption_text=text_ids(captions)
+    )
+    assert swapped["text_to_image_R@1"] == 0.0

@@ -26,7 +26,7 @@ from .datasets import EvalDataset, builtin_datasets, load_eval_dataset
 from .features import encode_images, encode_texts
 from .linear_probe import DEFAULT_WEIGHT_DECAYS, linear_probe
 from .ranking import DEFAULT_MAX_BLOCK_ELEMENTS
-from .retrieval import retrieval_metrics
+from .retrieval import retrieval_metrics, text_ids
 from .zeroshot import class_embeddings, zero_shot_metrics
 
 # CLI task → (CLIP_benchmark task name, prefix of the run-log metric names)
@@ -68,8 +68,9 @@ def retrieval(
     captions, caption_image = data.require_captions()
     texts = encode_texts(model, tokenizer, captions, batch_size, device)
     return retrieval_metrics(
-        image_features, texts, caption_image, max_block_elements=max_block_elements
-    )
+        image_features, texts, caption_image, max_block_elements=max_block_elements,
+        caption_text=text_ids(captions),
+    )  # fmt: skip
 
 
 def evaluate_dataset(
