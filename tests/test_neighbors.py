@@ -134,3 +134,27 @@ def test_excluded_groups_match_a_reference_without_them(bank):
     assert not (groups[kept.neighbors] == groups[:, None]).any()
     with pytest.raises(ValueError, match="fewer than 5 neighbours outside its group"):
         nb.drop_same_group(result, np.zeros(len(bank), dtype=int), K)
+
+
+def test_cli_excludes_same_caption_neighbours(shapes_banks, small_corpus, tmp_path):
+    import shutil
+
+    from clip_ping.bank import Bank
+    from clip_ping.cli import main
+    from clip_ping.data.loader import DataSpec, read_captions
+
+    bank_dir = tmp_path / "text"
+    bank_dir.mkdir()
+    for name in ("features.npy", "meta.json"):
+        shutil.copy(shapes_banks / "text" / name, bank_dir / name)
+    train = str(small_corpus / "train.csv")
+    captions = np.asarray(read_captions(DataSpec(train)))
+    original, _ = Bank(shapes_banks / "text").neighbors()
+    assert (captions[np.asarray(original)] == captions[:, None]).any()  # shapes repeat captions
+    args = ["bank", "neighbors", str(bank_dir), "--k", "3", "--exclude-same-caption", train]
+    assert main(args) == 0
+    found, _ = Bank(bank_dir).neighbors()
+    assert not (captions[np.asarray(found)] == captions[:, None]).any()
+    other = str(tmp_path / "other.csv")
+    (tmp_path / "other.csv").write_text("filepath,title\na.png,a red circle\n")
+    assert main([*args[:-1], other]) == 2  # another dataset: a clear error, exit 2

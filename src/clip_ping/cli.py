@@ -107,11 +107,16 @@ def _bank_build(args: argparse.Namespace) -> None:
 
 
 def _bank_neighbors(args: argparse.Namespace) -> None:
-    from .neighbors import mine_bank
+    from .neighbors import caption_groups, mine_bank
 
+    groups = None
+    if args.exclude_same_caption:
+        from .data.loader import DataSpec, read_captions
+
+        groups = caption_groups(read_captions(DataSpec(args.exclude_same_caption)))
     result = mine_bank(
         args.bank, args.k, backend=args.backend, device=args.device, nlist=args.nlist,
-        nprobe=args.nprobe, recall_sample=args.recall_sample,
+        nprobe=args.nprobe, recall_sample=args.recall_sample, exclude_groups=groups,
     )  # fmt: skip
     rate = len(result.neighbors) / max(result.seconds, 1e-9)
     print(
@@ -190,6 +195,12 @@ def _add_bank_commands(commands: argparse._SubParsersAction) -> None:
     neighbors.add_argument("--nprobe", type=int, default=32, help="faiss-ivf lists probed")
     neighbors.add_argument(
         "--recall-sample", type=int, default=1000, help="queries for the recall check"
+    )
+    neighbors.add_argument(
+        "--exclude-same-caption",
+        metavar="TRAIN_DATA",
+        default=None,
+        help="no neighbour has the anchor's exact caption in this data (the bank's own)",
     )
     neighbors.set_defaults(func=_bank_neighbors)
 

@@ -107,7 +107,7 @@ def prepare_data(out: Path, size: DemoSize, assets: str | None = None) -> DemoDa
     from .bank import build_bank
     from .data.demo_corpus import build_demo_corpus
     from .data.loader import DataSpec, read_captions
-    from .neighbors import mine_bank
+    from .neighbors import caption_groups, mine_bank
 
     data = DemoData(out / "data" / "corpus", out / "banks")
     build_demo_corpus(
@@ -117,7 +117,7 @@ def prepare_data(out: Path, size: DemoSize, assets: str | None = None) -> DemoDa
     build_bank(spec, "image", data.bank("image"), image_size=IMAGE_TEACHER_SIZE, workers=0)
     build_bank(spec, "text", data.bank("text"), workers=0)
     captions = read_captions(spec)
-    groups = _caption_groups(captions)
+    groups = caption_groups(captions)
     for modality in ("image", "text"):
         if not (data.bank(modality) / "neighbors.json").is_file():
             mine_bank(data.bank(modality), k=NEIGHBOR_K)
@@ -126,14 +126,6 @@ def prepare_data(out: Path, size: DemoSize, assets: str | None = None) -> DemoDa
             _link_bank(data.bank(modality), alt)
             mine_bank(alt, k=NEIGHBOR_K, exclude_groups=groups)
     return data
-
-
-def _caption_groups(captions: list[str]):
-    """One group id per row; rows with identical captions share it."""
-    import numpy as np
-
-    _, groups = np.unique(np.asarray(captions, dtype=object), return_inverse=True)
-    return groups
 
 
 def _link_bank(source: Path, target: Path) -> None:

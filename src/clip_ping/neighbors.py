@@ -314,6 +314,12 @@ def mine_neighbors(
     return NeighborResult(found, sim.astype(np.float16), backend, seconds, recall, settings)
 
 
+def caption_groups(captions: list[str]) -> np.ndarray:
+    """``(N,)`` group ids for :func:`drop_same_group`: rows with identical captions share one."""
+    _, groups = np.unique(np.asarray(captions, dtype=object), return_inverse=True)
+    return groups.reshape(-1)
+
+
 def drop_same_group(result: NeighborResult, groups: np.ndarray, k: int) -> NeighborResult:
     """Keep each row's first ``k`` neighbours from another group than its own.
 
@@ -355,6 +361,11 @@ def mine_bank(
     if exclude_groups is None:
         result = mine_neighbors(bank.features, k, **options)
     else:
+        if len(exclude_groups) != bank.num_rows:
+            raise ValueError(
+                f"{len(exclude_groups):,} group ids for a bank of {bank.num_rows:,} rows in "
+                f"{bank.path}; pass the captions of the data the bank was built from"
+            )
         largest = int(np.unique(exclude_groups, return_counts=True)[1].max())
         result = mine_neighbors(bank.features, k + largest - 1, **options)
         result = drop_same_group(result, exclude_groups, k)
