@@ -48,6 +48,7 @@ class DataSpec:
     csv_caption_key: str = "title"
     csv_separator: str | None = None  # None: tab for .tsv, else comma
     train_num_samples: int | None = None  # webdataset: samples per epoch (default: all)
+    dataset_resampled: bool = False  # webdataset: shards drawn with replacement each epoch
 
     def resolved_type(self) -> str:
         if self.dataset_type not in DATASET_TYPES:
@@ -168,6 +169,11 @@ def build_train_data(
 ) -> CsvTrainData | ShardTrainData:
     """Open ``spec.train_data`` as CSV or WebDataset shards for ``rank`` of ``world_size``."""
     if spec.resolved_type() == "csv":
+        if spec.dataset_resampled:
+            raise ValueError(
+                f"--dataset-resampled applies to WebDataset shards, but --train-data "
+                f"{spec.train_data} is read as CSV; drop the flag or pass shards"
+            )
         if os.path.isdir(spec.train_data):
             raise ValueError(
                 f"--train-data {spec.train_data} is a folder; pass its CSV file (e.g. "
@@ -202,6 +208,7 @@ def build_train_data(
         num_samples=spec.train_num_samples,
         rank=rank,
         world_size=world_size,
+        resampled=spec.dataset_resampled,
     )
     return ShardTrainData(dataset)
 
