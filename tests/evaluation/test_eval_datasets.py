@@ -1,5 +1,7 @@
 """Evaluation sets: built-in splits, CSV grouping and class names, class folders, errors."""
 
+from collections import Counter
+
 import numpy as np
 import pytest
 import torch
@@ -83,3 +85,21 @@ def test_class_folders(tmp_path):
     data = load_eval_dataset(tmp_path / "shapes", raw)
     assert data.classnames == ["blue star", "red circle"] and data.labels == [0, 1, 1]
     assert data.images[0]["image"][0, 0].tolist() == [0, 0, 255]
+
+
+def test_shipped_imagenet1k_class_names_and_templates(tmp_path):
+    # ImageNet's val layout: one folder per WordNet id; labels follow their sorted order.
+    for wnid in ("n01440764", "n01443537", "n15075141"):
+        write_image(tmp_path / "val" / wnid / "0.png", (9, 9, 9))
+    data = load_eval_dataset(tmp_path / "val", raw, classnames="imagenet1k", templates="imagenet1k")
+    names = data.classnames
+    assert len(names) == 1000 and data.labels == [0, 1, 2]
+    # Spot checks at known label positions, and the two duplicate pairs CLIP's list has.
+    assert [names[i] for i in (0, 1, 151, 281, 398, 999)] == [
+        "tench", "goldfish", "Chihuahua", "tabby cat", "abacus", "toilet paper",
+    ]  # fmt: skip
+    counts = Counter(names)
+    assert {n for n, c in counts.items() if c > 1} == {"missile", "sunglasses"}
+    assert len(data.templates) == 80 and len(set(data.templates)) == 80
+    assert all(t.count("{}") == 1 for t in data.templates)
+    assert "itap of a {}." in data.templates
