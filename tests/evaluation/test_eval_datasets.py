@@ -103,3 +103,30 @@ def test_shipped_imagenet1k_class_names_and_templates(tmp_path):
     assert len(data.templates) == 80 and len(set(data.templates)) == 80
     assert all(t.count("{}") == 1 for t in data.templates)
     assert "itap of a {}." in data.templates
+
+
+def test_karpathy_split_file_becomes_a_retrieval_csv(tmp_path):
+    import json
+
+    from clip_ping.cli import main
+
+    entries = []
+    for i, (folder, split) in enumerate([("val2014", "test"), ("val2014", "val"), ("", "test")]):
+        name = f"img{i}.jpg"
+        write_image(tmp_path / "images" / folder / name, (100 * i, 0, 0))
+        sentences = [{"raw": f" image {i} caption {c} "} for c in range(5)]
+        entry = {"filename": name, "split": split, "sentences": sentences}
+        if folder:
+            entry["filepath"] = folder  # COCO entries name their folder, Flickr30K's do not
+        entries.append(entry)
+    (tmp_path / "karpathy.json").write_text(json.dumps({"images": entries}))
+    out = tmp_path / "eval" / "test.csv"
+    args = ["data", "karpathy", "--json", str(tmp_path / "karpathy.json")]
+    assert main([*args, "--images", str(tmp_path / "images"), "--out", str(out)]) == 0
+    data = load_eval_dataset(out, raw)
+    assert len(data.images) == 2 and len(data.captions) == 10
+    assert data.captions[:2] == ["image 0 caption 0", "image 0 caption 1"]
+    assert data.caption_image == [0] * 5 + [1] * 5
+    red = [int(data.images[j]["image"][0, 0, 0]) for j in range(2)]  # JPEG: about 0 and 200
+    assert abs(red[0] - 0) <= 4 and abs(red[1] - 200) <= 4
+    assert main([*args, "--images", str(tmp_path / "elsewhere"), "--out", str(out)]) == 2
