@@ -5,9 +5,31 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_VERSION := 2.13.0
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install assets demo test lint format bench clean
 
 install: $(STAMP)
+
+# Offline demo corpus sources (docs: clip_ping.data.demo_corpus), fetched once into .assets/
+# by package name: emoji sets from npm, clip-art from Debian (unpacked, not installed).
+ASSETS := .assets
+ASSETS_STAMP := $(ASSETS)/.complete
+NPM_ASSETS := emoji-datasource-google@16.0.0 emoji-datasource-twitter@16.0.0 \
+	openmoji@17.0.0 emojibase-data@17.0.0
+DEB_ASSETS := openclipart-svg openclipart-png
+# apt-get install/download, refreshing the package lists only when that fails without them.
+apt = apt-get $(1) || (apt-get update && apt-get $(1))
+
+assets: $(ASSETS_STAMP)
+
+$(ASSETS_STAMP):
+	command -v npm >/dev/null || $(call apt,install -y --no-install-recommends npm)
+	ldconfig -p | grep -q libcairo.so.2 || $(call apt,install -y --no-install-recommends libcairo2)
+	rm -rf $(ASSETS)/debs && mkdir -p $(ASSETS)/npm $(ASSETS)/debs
+	npm install --prefix $(ASSETS)/npm --no-audit --no-fund --ignore-scripts $(NPM_ASSETS)
+	cd $(ASSETS)/debs && $(call apt,download $(DEB_ASSETS))
+	for deb in $(ASSETS)/debs/*.deb; do dpkg-deb -x $$deb $(ASSETS)/openclipart || exit 1; done
+	rm -rf $(ASSETS)/debs
+	touch $@
 
 # torch goes first and pinned: an unpinned torch (asked for by any dependency)
 # would pull a multi-GB CUDA build.
@@ -19,10 +41,10 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $@
 
-demo: $(STAMP)
+demo: $(STAMP) $(ASSETS_STAMP)
 	$(BIN)/clip-ping demo
 
-test: $(STAMP)
+test: $(STAMP) $(ASSETS_STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

@@ -115,3 +115,22 @@ def test_bad_arguments():
         mine_neighbors(features, 10)
     with pytest.raises(ValueError, match="--backend 'annoy'"):
         mine_neighbors(features, 2, backend="annoy")
+
+
+def test_excluded_groups_match_a_reference_without_them(bank):
+    """Dropping same-group rows equals brute force with those rows set to -inf."""
+    rng = np.random.default_rng(1)
+    groups = rng.integers(0, len(bank) // 3, size=len(bank))  # groups of ~3 rows
+    largest = int(np.bincount(groups).max())
+    result = mine_neighbors(bank, K + largest - 1, backend="exact", progress=False)
+    kept = nb.drop_same_group(result, groups, K)
+    x = bank.astype(np.float64)
+    sims = x @ x.T
+    sims[groups[:, None] == groups[None, :]] = -np.inf  # self and its group
+    ref_index = np.argsort(-sims, axis=1, kind="stable")[:, :K]
+    assert_matches_reference(
+        kept.neighbors, kept.similarities, ref_index, np.take_along_axis(sims, ref_index, 1)
+    )
+    assert not (groups[kept.neighbors] == groups[:, None]).any()
+    with pytest.raises(ValueError, match="fewer than 5 neighbours outside its group"):
+        nb.drop_same_group(result, np.zeros(len(bank), dtype=int), K)

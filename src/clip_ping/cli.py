@@ -26,6 +26,22 @@ def _data_karpathy(args: argparse.Namespace) -> None:
     print(f"{count:,} {args.split} images with their captions in {args.out}")
 
 
+def _data_demo(args: argparse.Namespace) -> None:
+    from .data.demo_corpus import build_demo_corpus
+
+    info = build_demo_corpus(
+        args.out, assets=args.assets, max_concepts=args.max_concepts,
+        max_clipart=args.max_clipart, seed=args.seed,
+    )  # fmt: skip
+    counts = info["counts"]
+    print(
+        f"demo corpus in {args.out}{' (already built)' if info['cached'] else ''}: "
+        f"{counts['concepts']:,} emoji concepts, {counts['train_rows']:,} train / "
+        f"{counts['val_concepts_rows']:,} val-concept / {counts['val_clipart_rows']:,} "
+        f"val-clip-art rows, {counts['zeroshot_concepts_classes']:,} zero-shot classes"
+    )
+
+
 def _train(args: argparse.Namespace) -> None:
     from .config import build_config
     from .train import train
@@ -195,6 +211,21 @@ def build_parser() -> argparse.ArgumentParser:
     karpathy.add_argument("--split", default="test", help="train | restval | val | test")
     karpathy.add_argument("--out", required=True, help="CSV file to write")
     karpathy.set_defaults(func=_data_karpathy)
+    demo_data = data.add_parser(
+        "demo", help="offline emoji + clip-art corpus from npm/Debian packages (make assets)"
+    )
+    demo_data.add_argument("--out", required=True, help="output folder")
+    demo_data.add_argument(
+        "--assets", default=None, help="asset folder (default: $CLIP_PING_ASSETS, else .assets)"
+    )
+    demo_data.add_argument(
+        "--max-concepts", type=int, default=None, help="emoji concepts kept (default: all)"
+    )
+    demo_data.add_argument(
+        "--max-clipart", type=int, default=None, help="clip-art drawings kept (default: all)"
+    )
+    demo_data.add_argument("--seed", type=int, default=0, help="salts the split hashes")
+    demo_data.set_defaults(func=_data_demo)
 
     tokenizer = commands.add_parser("tokenizer", help="student tokenizers").add_subparsers(
         dest="action", required=True
@@ -243,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, FileExistsError) as exc:
         print(f"clip-ping: error: {exc}", file=sys.stderr)
         return 2
     return 0

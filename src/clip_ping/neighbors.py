@@ -280,13 +280,49 @@ def mine_neighbors(
     return NeighborResult(found, sim.astype(np.float16), backend, seconds, recall, settings)
 
 
-def mine_bank(bank_dir: str | Path, k: int, **options) -> NeighborResult:
+def drop_same_group(result: NeighborResult, groups: np.ndarray, k: int) -> NeighborResult:
+    """Keep each row's first ``k`` neighbours from another group than its own.
+
+    ``groups`` ``(N,)`` labels rows that must not guide each other (e.g. identical captions:
+    the same concept drawn in two styles). ``result`` must hold at least ``k + g - 1``
+    neighbours per row, ``g`` the largest group size, so ``k`` remain after dropping.
+    """
+    groups = np.asarray(groups)
+    keep = groups[result.neighbors] != groups[:, None]
+    short = np.flatnonzero(keep.sum(axis=1) < k)
+    if len(short):
+        raise ValueError(
+            f"row {short[0]} has fewer than {k} neighbours outside its group; mine more "
+            "neighbours before dropping same-group rows"
+        )
+    # Stable order: the kept columns of each row, most similar first.
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
+    neighbors = np.take_along_axis(result.neighbors, order, axis=1)
+    similarities = np.take_along_axis(result.similarities, order, axis=1)
+    settings = {**result.settings, "excluded_groups": int(len(np.unique(groups)))}
+    return NeighborResult(
+        neighbors, similarities, result.backend, result.seconds, result.recall, settings
+    )
+
+
+def mine_bank(
+    bank_dir: str | Path, k: int, exclude_groups: np.ndarray | None = None, **options
+) -> NeighborResult:
     """Mine the bank in ``bank_dir`` and write ``neighbors.npy``, ``similarities.npy`` and
-    ``neighbors.json`` (last: its presence marks a complete table)."""
+    ``neighbors.json`` (last: its presence marks a complete table).
+
+    With ``exclude_groups`` ``(N,)``, rows of the anchor's own group are not neighbours
+    (:func:`drop_same_group`); the search then asks for as many more as the largest group.
+    """
     from .bank import Bank
 
     bank = Bank(bank_dir)
-    result = mine_neighbors(bank.features, k, **options)
+    if exclude_groups is None:
+        result = mine_neighbors(bank.features, k, **options)
+    else:
+        largest = int(np.unique(exclude_groups, return_counts=True)[1].max())
+        result = mine_neighbors(bank.features, k + largest - 1, **options)
+        result = drop_same_group(result, exclude_groups, k)
     (bank.path / "neighbors.json").unlink(missing_ok=True)
     for name, array in (("neighbors", result.neighbors), ("similarities", result.similarities)):
         tmp = bank.path / f".{name}.npy.tmp"

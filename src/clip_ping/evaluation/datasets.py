@@ -7,7 +7,8 @@
 - ``digits``: scikit-learn's 1,797 8×8 digits (intensities 0-16, scaled to 0-255), split into
   1,437 train / 360 test images.
 - a ``.csv``/``.tsv`` file with an image column (``filepath``), and optionally a caption
-  column (``title``, retrieval) and a ``label`` column (zero-shot, linear probe). Rows that
+  column (``title``, retrieval) and a ``label`` column (zero-shot, linear probe); its name is
+  the file's stem, or its folder's for a ``test.csv``. Rows that
   share an image path are one image with several captions. Class names come from
   ``--classnames`` or ``classnames.txt`` beside the file; templates from ``--templates`` or
   ``templates.txt`` beside it (the shapes corpus writes both).
@@ -60,6 +61,9 @@ def prompt_file(value: str | None, kind: str) -> str | None:
     if value in PROMPT_SETS:
         return str(PROMPTS / f"{value}_{kind}.txt")
     return value
+
+
+GENERIC_STEMS = ("test",)  # a file name that says the split, not the dataset
 
 
 def _read_only(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -255,7 +259,7 @@ def _load_csv(
     names, hint = _classnames(classnames, path.parent / "classnames.txt")
     has_captions = caption_key in columns
     return EvalDataset(
-        name=path.stem,
+        name=csv_dataset_name(path),
         images=ImageFiles([path.parent / key for key in keys], preprocess, str(path)),
         labels=labels,
         classnames=names,
@@ -264,6 +268,12 @@ def _load_csv(
         caption_image=caption_image if has_captions else None,
         classnames_hint=hint,
     )
+
+
+def csv_dataset_name(path: Path) -> str:
+    """The name in metric names: the file's stem, or its folder's name for a split-named file
+    (``zeroshot/concepts/test.csv`` → ``concepts``)."""
+    return path.parent.name if path.stem.lower() in GENERIC_STEMS else path.stem
 
 
 def _load_folder(

@@ -1,0 +1,187 @@
+"""Compare finished runs: a markdown table of their final metrics and PNG figures.
+
+    clip-ping report logs/clip logs/clip-ping --out reports/clip-vs-ping
+
+A run's final metrics are the evaluation records in ``RUN/results/*.json`` (written by
+``clip-ping eval --out`` or the demo), plus the last value of every eval metric logged in
+``RUN/metrics.jsonl`` during training. Figures: the training loss terms against step, the
+periodic eval metrics against step, and the final metrics as grouped bars.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from .io import atomic_write_text
+
+EVAL_PREFIXES = ("zeroshot", "retrieval", "linear_probe")
+# The metrics a short table shows first, when a run has them (DESIGN.md §4 names).
+HEADLINE_SUFFIXES = ("/acc1", "/acc5", "_R@1", "_R@5", "/lp_acc1")
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The records of ``RUN/metrics.jsonl``, in order (``[]`` when the run logged none)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def is_eval_metric(name: str) -> bool:
+    return name.split("/", 1)[0] in EVAL_PREFIXES
+
+
+def final_metrics(run_dir: str | Path) -> dict[str, float]:
+    """Every eval metric of a run: the last logged value, overridden by ``results/*.json``."""
+    run_dir = Path(run_dir)
+    final: dict[str, float] = {}
+    for record in read_metrics(run_dir):
+        final.update({k: v for k, v in record.items() if is_eval_metric(k)})
+    for path in sorted((run_dir / "results").glob("*.json")):
+        final.update(json.loads(path.read_text()).get("metric_names", {}))
+    return final
+
+
+def headline(keys: Sequence[str]) -> list[str]:
+    """The keys worth a table row: top-1/top-5, R@1/R@5 and probe top-1, in sorted order."""
+    return sorted(k for k in keys if k.endswith(HEADLINE_SUFFIXES))
+
+
+def metrics_table(metrics: Mapping[str, Mapping[str, float]], keys: Sequence[str]) -> str:
+    """A markdown table, one row per metric and one column per run; with exactly two runs a
+    last column gives the second minus the first."""
+    labels = list(metrics)
+    header = "| metric | " + " | ".join(labels) + " |"
+    rule = "|---|" + "---:|" * len(labels)
+    if len(labels) == 2:
+        header += " difference |"
+        rule += "---:|"
+    rows = [header, rule]
+    for key in keys:
+        values = [metrics[label].get(key, math.nan) for label in labels]
+        row = f"| {key} | " + " | ".join(f"{v:.3f}" for v in values) + " |"
+        if len(labels) == 2:
+            row += f" {values[1] - values[0]:+.3f} |"
+        rows.append(row)
+    return "\n".join(rows) + "\n"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(runs: Mapping[str, str | Path], out_png: str | Path) -> Path:
+    """Left: every ``train/*_loss`` term against step (one colour per run, one line style
+    per term). Right: the periodic eval metrics with the most points against step."""
+    plt = _pyplot()
+    fig, (ax_loss, ax_eval) = plt.subplots(1, 2, figsize=(11, 4))
+    styles = {"train/clip_loss": "-", "train/nn_loss": "--", "train/xnn_loss": ":"}
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for colour, (label, run_dir) in zip(colours * 4, runs.items(), strict=False):
+        records = read_metrics(run_dir)
+        for term, style in styles.items():
+            points = [(r["step"], r[term]) for r in records if term in r]
+            if points:
+                steps, values = zip(*points, strict=True)
+                name = term.split("/", 1)[1]
+                ax_loss.plot(steps, values, style, color=colour, label=f"{label} {name}")
+        evals = [r for r in records if any(is_eval_metric(k) for k in r)]
+        for key in headline({k for r in evals for k in r})[:2]:
+            points = [(r["step"], r[key]) for r in evals if key in r]
+            steps, values = zip(*points, strict=True)
+            short = key.split("/", 1)[1]
+            ax_eval.plot(steps, values, marker="o", color=colour, label=f"{label} {short}")
+    ax_loss.set(xlabel="step", ylabel="loss", title="training loss terms")
+    ax_eval.set(xlabel="step", ylabel="score", title="held-out metrics during training")
+    for ax in (ax_loss, ax_eval):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    return _save(fig, out_png)
+
+
+def plot_bars(
+    metrics: Mapping[str, Mapping[str, float]],
+    keys: Sequence[str],
+    out_png: str | Path,
+    errors: Mapping[str, Mapping[str, float]] | None = None,
+    title: str = "final held-out metrics",
+) -> Path:
+    """Grouped bars: one group per metric in ``keys``, one bar per run (± ``errors``)."""
+    import numpy as np
+
+    plt = _pyplot()
+    labels = list(metrics)
+    width = 0.8 / max(len(labels), 1)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(keys) * max(len(labels), 2) / 2), 4))
+    x = np.arange(len(keys))
+    for i, label in enumerate(labels):
+        values = [metrics[label].get(k, math.nan) for k in keys]
+        err = [errors[label].get(k, 0.0) for k in keys] if errors else None
+        ax.bar(x + (i - (len(labels) - 1) / 2) * width, values, width, yerr=err, label=label)
+    ax.set_xticks(x, [k.split("/", 1)[1] for k in keys], rotation=30, ha="right", fontsize=8)
+    ax.set(ylabel="score", title=title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    return _save(fig, out_png)
+
+
+def _save(fig, out_png: str | Path) -> Path:
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    tmp = out_png.with_name(f".{out_png.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    tmp.replace(out_png)
+    _pyplot().close(fig)
+    return out_png
+
+
+def write_report(runs: Mapping[str, str | Path], out_dir: str | Path) -> Path:
+    """``out_dir/report.md`` comparing ``runs`` (label → run folder), with its figures."""
+    out_dir = Path(out_dir)
+    metrics = {label: final_metrics(run_dir) for label, run_dir in runs.items()}
+    for label, values in metrics.items():
+        if not values:
+            raise ValueError(
+                f"run {label} ({runs[label]}) has no evaluation results: evaluate it with "
+                "`clip-ping eval --model RUN ... --out RUN/results/NAME.json` or train with "
+                "--val-data"
+            )
+    keys = headline(set().union(*(m.keys() for m in metrics.values())))
+    plot_bars(metrics, keys, out_dir / "figures" / "metrics.png")
+    plot_curves(runs, out_dir / "figures" / "curves.png")
+    runs_list = "\n".join(f"- **{label}**: `{path}`" for label, path in runs.items())
+    text = (
+        "# Run comparison\n\n"
+        f"{runs_list}\n\n"
+        + metrics_table(metrics, keys)
+        + "\n![final metrics](figures/metrics.png)\n\n![curves](figures/curves.png)\n"
+    )
+    out = out_dir / "report.md"
+    atomic_write_text(out, text)
+    return out
+
+
+def main(run_dirs: Sequence[str], out_dir: str) -> Path:
+    """``clip-ping report``: label each run by its folder name."""
+    runs: dict[str, Path] = {}
+    for run_dir in run_dirs:
+        path = Path(run_dir)
+        if not (path / "metrics.jsonl").is_file() and not (path / "results").is_dir():
+            raise FileNotFoundError(
+                f"{run_dir} is not a run folder (no metrics.jsonl or results/); pass folders "
+                "written by `clip-ping train`, e.g. logs/<name>"
+            )
+        runs[path.name if path.name not in runs else str(path)] = path
+    out = write_report(runs, out_dir)
+    print(f"report: {out}")
+    return out
