@@ -27,7 +27,9 @@ After every step it reads ``/proc/self/status``:
 
 ``--madvise random`` (what :class:`NeighborGuidance` sets; ``normal`` for comparison) tells
 the kernel the bank pages are read at random, so a 768-byte row does not pull a 128 KiB
-readahead window in from disk.
+readahead window in from disk. ``--cold`` first drops the banks' and tables' pages from the
+page cache (``posix_fadvise(DONTNEED)`` on those files only), so the steps read from disk;
+the rows then also report the bytes read from disk and the major page faults.
 
 Prints a markdown table; ``--out FILE.json`` keeps the rows.
 """
@@ -37,6 +39,8 @@ from __future__ import annotations
 import argparse
 import json
 import mmap
+import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -97,7 +101,25 @@ def advise(array: np.ndarray, advice: int) -> None:
     array._mmap.madvise(advice)
 
 
-def measure(root: Path, steps: int, batch_size: int, advice: str) -> dict:
+def drop_from_page_cache(root: Path) -> None:
+    """Evict the bank and table files' clean pages (no effect on other files)."""
+    for path in root.glob("*/*.npy"):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # dirty pages cannot be dropped
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def disk_read_bytes() -> int:
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("read_bytes:"):
+            return int(line.split()[1])
+    return 0
+
+
+def measure(root: Path, steps: int, batch_size: int, advice: str, cold: bool = False) -> dict:
     """Run ``steps`` CLIP-PING steps over the banks in ``root``; memory and time."""
     import torch
 
@@ -122,6 +144,9 @@ def measure(root: Path, steps: int, batch_size: int, advice: str) -> dict:
     optimizer = torch.optim.AdamW(step_module.parameters(), lr=1e-4)
     num_rows = len(image_bank)
     rng = torch.Generator().manual_seed(0)
+    if cold:
+        drop_from_page_cache(root)
+    read_before, faults_before = disk_read_bytes(), resource.getrusage(resource.RUSAGE_SELF)
     started = status_mib()
     peaks = dict(started)
     after_warmup: dict[str, float] = {}
@@ -144,6 +169,8 @@ def measure(root: Path, steps: int, batch_size: int, advice: str) -> dict:
         if step == 9:
             after_warmup = now
     end = status_mib()
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_majflt - faults_before.ru_majflt
+    read_mib = (disk_read_bytes() - read_before) / 2**20
     bank_bytes = sum(
         (root / m / f).stat().st_size
         for m in ("image", "text")
@@ -151,6 +178,7 @@ def measure(root: Path, steps: int, batch_size: int, advice: str) -> dict:
     )
     return {
         "rows": num_rows, "steps": steps, "batch_size": batch_size, "madvise": advice,
+        "cold": cold, "disk_read_mib": read_mib, "major_faults": faults,
         "bank_and_table_mib": bank_bytes / 2**20,
         "rss_anon_before_import_mib": before_import["RssAnon"],
         "rss_anon_start_mib": started["RssAnon"],
@@ -169,12 +197,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--madvise", nargs="+", default=["random", "normal"])
+    parser.add_argument("--cold", action="store_true", help="start with the banks uncached")
     parser.add_argument("--work", default="/tmp/clip_ping_bank_scale")
     parser.add_argument("--out", default=None, help="JSON file for the rows")
     parser.add_argument("--measure", default=None, help=argparse.SUPPRESS)  # child process
     args = parser.parse_args()
     if args.measure:
-        print(json.dumps(measure(Path(args.measure), args.steps, args.batch_size, args.madvise[0])))
+        result = measure(
+            Path(args.measure), args.steps, args.batch_size, args.madvise[0], args.cold
+        )
+        print(json.dumps(result))
         return
 
     results = []
@@ -187,22 +219,26 @@ def main() -> None:
         for advice in args.madvise:
             child = subprocess.run(
                 [sys.executable, __file__, "--measure", str(root), "--steps", str(args.steps),
-                 "--batch-size", str(args.batch_size), "--madvise", advice],
+                 "--batch-size", str(args.batch_size), "--madvise", advice]
+                + (["--cold"] if args.cold else []),
                 check=True, capture_output=True, text=True,
             )  # fmt: skip
             results.append(json.loads(child.stdout.strip().splitlines()[-1]))
             print(json.dumps(results[-1]), flush=True)
     print(
-        "\n| rows | banks + tables on disk (MiB) | madvise | RssAnon at start | after 10 steps "
-        "| peak | RssFile at start | peak | VmHWM | ms/step | of which bank reads |"
+        "\n| rows | banks + tables on disk (MiB) | madvise | cache | RssAnon at start "
+        "| after 10 steps | peak | RssFile at start | peak | VmHWM | read from disk (MiB) "
+        "| major faults | ms/step | of which bank reads |"
     )
-    print("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         print(
             f"| {r['rows']:,} | {r['bank_and_table_mib']:,.0f} | {r['madvise']} "
+            f"| {'cold' if r['cold'] else 'warm'} "
             f"| {r['rss_anon_start_mib']:.0f} | {r['rss_anon_after_10_steps_mib']:.0f} "
             f"| {r['rss_anon_peak_mib']:.0f} | {r['rss_file_start_mib']:.0f} "
-            f"| {r['rss_file_peak_mib']:.0f} | {r['vm_hwm_mib']:.0f} | {r['ms_per_step']:.0f} "
+            f"| {r['rss_file_peak_mib']:.0f} | {r['vm_hwm_mib']:.0f} "
+            f"| {r['disk_read_mib']:,.0f} | {r['major_faults']:,} | {r['ms_per_step']:.0f} "
             f"| {r['ms_bank_read_per_step']:.1f} |"
         )
     if args.out:
