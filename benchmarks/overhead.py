@@ -44,7 +44,7 @@ def prepare(work: Path, image_size: int, num_train: int) -> DataSpec:
     return spec
 
 
-def variant(name: str, spec: DataSpec, work: Path, args, num_samples: int):
+def variant(name: str, spec: DataSpec, work: Path, args):
     overrides = dict(train_data=spec.train_data, model=args.model, batch_size=args.batch_size)
     if name != "clip":
         overrides.update(
@@ -56,7 +56,7 @@ def variant(name: str, spec: DataSpec, work: Path, args, num_samples: int):
     model, _ = create_model(args.model, seed=0)
     neighbor_loss, guidance = None, None
     if cfg.loss == "clip-ping":
-        neighbor_loss, guidance = build_guidance(cfg, spec, num_samples, model.embed_dim, "cpu")
+        neighbor_loss, guidance = build_guidance(cfg, spec, model.embed_dim, "cpu")
     step = TrainStep(model, ClipLoss(), neighbor_loss)
     return step, create_optimizer(step, cfg), guidance
 
@@ -88,7 +88,7 @@ def main() -> None:
     loader = data.loader(0, 0, args.batch_size, workers=0)
     batches = [b for _, b in zip(range(8), loader, strict=False)]
     names = ["clip", "clip-ping-bank", "clip-ping-memory", "clip-ping-bank-active"]
-    variants = {n: variant(n, spec, work, args, data.num_samples) for n in names}
+    variants = {n: variant(n, spec, work, args) for n in names}
     seconds: dict[str, list[float]] = {n: [] for n in names}
     for r in range(args.rounds):
         for name, (step, optimizer, guidance) in variants.items():

@@ -48,3 +48,17 @@ def test_wrong_types_and_impossible_values_name_the_setting(tmp_path):
 def test_optional_values_accept_null():
     cfg = parse_train(["--train-data", "a.csv", "--grad-clip-norm", "none", "--csv-separator", ";"])
     assert cfg.grad_clip_norm is None and cfg.csv_separator == ";"
+
+
+@pytest.mark.parametrize("name", ["cc3m-vit-xs", "cc12m-vit-xs"])
+def test_shipped_recipes_are_valid_configs(name, tmp_path):
+    from pathlib import Path
+
+    recipe = Path(__file__).parents[1] / "configs" / f"{name}.yaml"
+    # The recipe's /data paths do not exist here: point the checked ones at a real folder.
+    cfg = parse_train(["--config", str(recipe), "--zeroshot-data", str(tmp_path)])
+    assert cfg.model == "vit-xs-16" and cfg.loss == "clip-ping"
+    assert cfg.dataset_type == "webdataset" and cfg.precision == "amp_bf16"
+    assert cfg.batch_size * 8 == 4096 and cfg.local_loss and cfg.gather_with_grad
+    assert cfg.zeroshot_classnames == cfg.zeroshot_templates == "imagenet1k"
+    assert cfg.save_every_steps > 0  # checkpoints within epochs, not only at their ends

@@ -47,3 +47,80 @@ def test_two_processes_give_the_loss_and_gradients_of_one(results, case):
         torch.testing.assert_close(ddp["grads"][name], grad, atol=1e-5, rtol=1e-4, msg=name)
     for name, value in single["memory"].items():
         assert torch.equal(ddp["memory"][name], value), name
+
+
+SHARDS_WORKER = Path(__file__).with_name("shards_worker.py")
+
+
+@pytest.fixture(scope="module")
+def shard_run(small_corpus, tmp_path_factory):
+    """512 shapes pairs as 6 uneven shards, their banks (MiniLM text bank read from the
+    shards, a random image bank) with top-3 tables, and shards_worker.py's output."""
+    import numpy as np
+
+    from clip_ping.bank import build_bank
+    from clip_ping.data.datasets import write_shards
+    from clip_ping.data.loader import DataSpec
+    from clip_ping.neighbors import mine_bank
+
+    tmp_path = tmp_path_factory.mktemp("ddp_shards")
+    write_shards(small_corpus / "train.csv", tmp_path / "shards", samples_per_shard=100)
+    shards = str(tmp_path / "shards" / "{00000..00005}.tar")
+    spec = DataSpec(shards)
+    build_bank(spec, "text", tmp_path / "text", workers=0, progress=False)
+    image = np.random.default_rng(0).standard_normal((512, 8)).astype(np.float32)
+    np.save(tmp_path / "image.npy", image)
+    teacher = f"npy:{tmp_path / 'image.npy'}"
+    build_bank(spec, "image", tmp_path / "image", teacher=teacher, workers=0, progress=False)
+    for modality in ("image", "text"):
+        mine_bank(tmp_path / modality, k=3, backend="exact", progress=False)
+    run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--master_port", "29534", str(SHARDS_WORKER), shards, str(tmp_path / "image"),
+         str(tmp_path / "text"), str(tmp_path)],
+        tmp_path,
+    )  # fmt: skip
+    return tmp_path
+
+
+def test_shards_two_ranks_two_workers_see_each_index_once_with_its_bank_row(
+    shard_run, small_corpus
+):
+    import json
+
+    from clip_ping.bank import Bank
+    from clip_ping.data.datasets import CsvDataset
+    from clip_ping.teachers import create_teacher
+
+    ranks = [json.loads((shard_run / f"rank{r}.json").read_text()) for r in range(2)]
+    orders = []
+    for epoch in range(2):
+        per_rank = [[i for e, i, _ in seen if e == epoch] for seen in ranks]
+        assert [len(p) for p in per_rank] == [256, 256]
+        assert sorted(per_rank[0] + per_rank[1]) == list(range(512))  # each exactly once
+        orders.append(per_rank[0] + per_rank[1])
+    assert orders[0] != orders[1]  # reshuffled per epoch
+
+    # The index names the sample: its CSV row (shards keep CSV order) and its bank row,
+    # the text teacher's embedding of the caption delivered with it.
+    captions = CsvDataset(small_corpus / "train.csv").captions
+    triples = ranks[0] + ranks[1]
+    assert all(captions[i] == caption for _, i, caption in triples)
+    bank = Bank(shard_run / "text")
+    teacher = create_teacher("minilm", "text")
+    sample = triples[::7]
+    expected = teacher.encode(teacher.collate([teacher.preprocess(c) for _, _, c in sample]))
+    rows = torch.from_numpy(bank.features[[i for _, i, _ in sample]]).float()
+    torch.testing.assert_close(rows, expected.float(), atol=2e-3, rtol=0)
+
+
+def test_shards_training_writes_every_sample_once_per_epoch(shard_run):
+    # 8 steps × 2 ranks × 32 = 512 slots and every one of the 512 memory rows written:
+    # each sample was trained on exactly once.
+    checkpoint = torch.load(
+        shard_run / "logs" / "shards" / "checkpoints" / "latest.pt", weights_only=False
+    )
+    assert (checkpoint["step"], checkpoint["epoch"], checkpoint["batch"]) == (8, 1, 0)
+    assert bool(checkpoint["memory"]["written"].all())
+    assert checkpoint["memory"]["written"].shape == (512,)
+    assert (shard_run / "logs" / "shards" / "hf").is_dir()

@@ -19,6 +19,13 @@ def _data_shapes(args: argparse.Namespace) -> None:
     print(f"shapes corpus in {args.out}: {paths}")
 
 
+def _data_karpathy(args: argparse.Namespace) -> None:
+    from .evaluation.karpathy import karpathy_to_csv
+
+    count = karpathy_to_csv(args.json, args.images, args.out, args.split)
+    print(f"{count:,} {args.split} images with their captions in {args.out}")
+
+
 def _data_demo(args: argparse.Namespace) -> None:
     from .data.demo_corpus import build_demo_corpus
 
@@ -234,6 +241,14 @@ def build_parser() -> argparse.ArgumentParser:
     shapes.add_argument("--image-size", type=int, default=64)
     shapes.add_argument("--seed", type=int, default=0)
     shapes.set_defaults(func=_data_shapes)
+    karpathy = data.add_parser(
+        "karpathy", help="Flickr30K / MSCOCO retrieval CSV from Karpathy's split file"
+    )
+    karpathy.add_argument("--json", required=True, help="dataset_flickr30k.json or _coco.json")
+    karpathy.add_argument("--images", required=True, help="folder holding the images")
+    karpathy.add_argument("--split", default="test", help="train | restval | val | test")
+    karpathy.add_argument("--out", required=True, help="CSV file to write")
+    karpathy.set_defaults(func=_data_karpathy)
     demo_data = data.add_parser(
         "demo", help="offline emoji + clip-art corpus from npm/Debian packages (make assets)"
     )

@@ -44,7 +44,10 @@ class TrainConfig:
         None, "CSV separator (default: tab for .tsv, else comma)", "data"
     )
     train_num_samples: int | None = _f(
-        None, "samples per epoch for shards without sizes.json", "data"
+        None, "webdataset: samples per epoch (default: all the shards hold)", "data"
+    )
+    dataset_resampled: bool = _f(
+        False, "webdataset: draw shards with replacement; epochs of --train-num-samples", "data"
     )
     zeroshot_data: str | None = _f(
         None,

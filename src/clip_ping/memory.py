@@ -6,7 +6,14 @@ writes the whole global batch (gathered), so the tables are identical everywhere
 never written yet are reported invalid and left out of the loss.
 
 Storage is ``(N, d)`` per modality in ``dtype`` (float16 by default: 2 · N · d · 2 bytes,
-e.g. 3M samples × 256 dims = 3.1 GB for both tables).
+e.g. 3M samples × 256 dims = 3.1 GB for both tables, 12M = 12.3 GB), **replicated on every
+rank, in host memory** by default (``device="cpu"``), whatever the training device. Why
+(numbers in docs/scaling.md): a step moves only the gathered batch in (world · B · d · 2 · 2
+bytes: 4 MB for a global batch of 4,096 at d = 256) and 4 · B rows out, milliseconds over
+PCIe, while a GPU copy would take 3-12 GB of every GPU's memory; sharding the rows across
+ranks would save host memory but add an all-to-all per lookup, and 8 replicas of CC12M's
+tables (98 GB) fit the host memory of GPU nodes. Gathers run on the features' device (NCCL
+needs CUDA tensors); only the gathered rows cross to the tables.
 
 Examples:
     >>> memory = StudentMemory(num_samples=100, dim=8)
@@ -30,11 +37,17 @@ class StudentMemory(nn.Module):
     """``(N, d)`` image and text tables plus a written-mask; buffers, so ``state_dict``
     carries them into checkpoints."""
 
-    def __init__(self, num_samples: int, dim: int, dtype: torch.dtype = torch.float16):
+    def __init__(
+        self,
+        num_samples: int,
+        dim: int,
+        dtype: torch.dtype = torch.float16,
+        device: str | torch.device = "cpu",
+    ):
         super().__init__()
-        self.register_buffer("image", torch.zeros(num_samples, dim, dtype=dtype))
-        self.register_buffer("text", torch.zeros(num_samples, dim, dtype=dtype))
-        self.register_buffer("written", torch.zeros(num_samples, dtype=torch.bool))
+        for name in MODALITIES:
+            self.register_buffer(name, torch.zeros(num_samples, dim, dtype=dtype, device=device))
+        self.register_buffer("written", torch.zeros(num_samples, dtype=torch.bool, device=device))
 
     @torch.no_grad()
     def update(
@@ -42,9 +55,11 @@ class StudentMemory(nn.Module):
     ) -> None:
         """Write the batch's ``(B, d)`` embeddings at sample ``indices`` ``(B,)``, after
         gathering every rank's batch."""
-        indices = gather_batch(indices.to(self.written.device), with_grad=False)
+        features_device = image_features.device
+        indices = gather_batch(indices.to(features_device), with_grad=False)
         image = gather_batch(image_features.detach(), with_grad=False)
         text = gather_batch(text_features.detach(), with_grad=False)
+        indices = indices.to(self.written.device)
         self.image[indices] = image.to(self.image)
         self.text[indices] = text.to(self.text)
         self.written[indices] = True

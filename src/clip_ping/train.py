@@ -81,7 +81,7 @@ class TrainStep(torch.nn.Module):
         return terms, out
 
 
-def build_guidance(cfg: TrainConfig, spec: DataSpec, num_samples: int, embed_dim: int, device):
+def build_guidance(cfg: TrainConfig, spec: DataSpec, embed_dim: int, device):
     """``(NeighborLoss, NeighborGuidance)`` for ``--loss clip-ping``; banks are validated
     against the training data before any step."""
     from .bank import Bank
@@ -98,7 +98,9 @@ def build_guidance(cfg: TrainConfig, spec: DataSpec, num_samples: int, embed_dim
         bank.check_dataset(spec)
     memory = None
     if cfg.neighbor_target == "memory":
-        memory = StudentMemory(num_samples, embed_dim).to(device)
+        # One row per bank row (= stable index), not per sample of an epoch, which
+        # --train-num-samples may make smaller or larger. Kept in host memory: see memory.py.
+        memory = StudentMemory(len(image_bank), embed_dim)
     loss = NeighborLoss(
         embed_dim, image_bank.dim, text_bank.dim, cfg.neighbor_target, cfg.nn_weight,
         cfg.xnn_weight, cfg.aux_temperature, cfg.local_loss, cfg.gather_with_grad,
@@ -343,6 +345,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> Path:
         train_num_samples=cfg.train_num_samples,
         on_bad_sample=cfg.on_bad_sample,
         max_bad_share=cfg.max_bad_share,
+        dataset_resampled=cfg.dataset_resampled,
     )
     data = build_train_data(
         spec, TrainTransform(model.image_size), tokenizer, cfg.seed, info.rank, info.world_size
@@ -357,9 +360,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> Path:
 
     neighbor_loss, guidance = None, None
     if cfg.loss == "clip-ping":
-        neighbor_loss, guidance = build_guidance(
-            cfg, spec, data.num_samples, model.embed_dim, device
-        )
+        neighbor_loss, guidance = build_guidance(cfg, spec, model.embed_dim, device)
     memory = guidance.memory if guidance else None
     train_step = TrainStep(model, ClipLoss(cfg.local_loss, cfg.gather_with_grad), neighbor_loss)
     optimizer = create_optimizer(train_step, cfg)

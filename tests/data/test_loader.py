@@ -135,7 +135,7 @@ def test_errors_name_the_problem(corpus, tokenizer, tmp_path):
     with pytest.raises(ValueError, match="has no rows"):
         build_train_data(DataSpec(str(tmp_path / "empty.csv")), None, tokenizer, 0)
     spec = DataSpec(corpus["webdataset"], train_num_samples=1000)
-    with pytest.raises(ValueError, match="num_samples=1000 but the shards hold 90"):
+    with pytest.raises(ValueError, match="num_samples=1000 but the shards hold 90.*resampled"):
         build_train_data(spec, None, tokenizer, 0)
 
 
@@ -145,6 +145,34 @@ def test_webdataset_num_samples_caps_the_epoch(corpus, tokenizer):
     assert data.num_samples == 40 and data.batches_per_epoch(BATCH) == 5
     seen = sum(_indices(_batches(data, epoch=0, workers=2)), [])
     assert len(set(seen)) == 40
+
+
+def test_webdataset_resampled_epochs_draw_shards_with_replacement(corpus, tokenizer):
+    # 200 samples per virtual epoch from 90: shards must repeat within an epoch.
+    spec = DataSpec(corpus["webdataset"], train_num_samples=200, dataset_resampled=True)
+    ranks = [build_train_data(spec, TrainTransform(32), tokenizer, 0, r, 2) for r in range(2)]
+    assert ranks[0].batches_per_epoch(BATCH) == 200 // 2 // BATCH
+    epochs = []
+    for epoch in range(2):
+        seen = sum((sum(_indices(_batches(d, epoch, workers=2)), []) for d in ranks), [])
+        assert len(seen) == 2 * 12 * BATCH and all(0 <= i < NUM_SAMPLES for i in seen)
+        # The expected multiset, from the drawn shard list: each stream position once, cut
+        # to whole batches per rank (the tail positions 96..99 and 196..199 are dropped).
+        key_index = ranks[0].dataset.key_index
+        dataset = ranks[0].dataset
+        dataset.set_epoch(epoch)
+        stream = [
+            key_index.offsets[s] + p
+            for s in dataset._shard_order().tolist()
+            for p in range(key_index.counts[s])
+        ]
+        expected = stream[:96] + stream[100:196]
+        assert Counter(seen) == Counter(expected)
+        assert max(Counter(dataset._shard_order().tolist()).values()) > 1
+        epochs.append(seen)
+    assert Counter(epochs[0]) != Counter(epochs[1])
+    with pytest.raises(ValueError, match="--dataset-resampled applies to WebDataset"):
+        build_train_data(DataSpec(corpus["csv"], dataset_resampled=True), None, tokenizer, 0)
 
 
 def test_write_shards_accepts_a_dataset(corpus, tmp_path):

@@ -1,5 +1,7 @@
 """Evaluation sets: built-in splits, CSV grouping and class names, class folders, errors."""
 
+from collections import Counter
+
 import numpy as np
 import pytest
 import torch
@@ -83,3 +85,48 @@ def test_class_folders(tmp_path):
     data = load_eval_dataset(tmp_path / "shapes", raw)
     assert data.classnames == ["blue star", "red circle"] and data.labels == [0, 1, 1]
     assert data.images[0]["image"][0, 0].tolist() == [0, 0, 255]
+
+
+def test_shipped_imagenet1k_class_names_and_templates(tmp_path):
+    # ImageNet's val layout: one folder per WordNet id; labels follow their sorted order.
+    for wnid in ("n01440764", "n01443537", "n15075141"):
+        write_image(tmp_path / "val" / wnid / "0.png", (9, 9, 9))
+    data = load_eval_dataset(tmp_path / "val", raw, classnames="imagenet1k", templates="imagenet1k")
+    names = data.classnames
+    assert len(names) == 1000 and data.labels == [0, 1, 2]
+    # Spot checks at known label positions, and the two duplicate pairs CLIP's list has.
+    assert [names[i] for i in (0, 1, 151, 281, 398, 999)] == [
+        "tench", "goldfish", "Chihuahua", "tabby cat", "abacus", "toilet paper",
+    ]  # fmt: skip
+    counts = Counter(names)
+    assert {n for n, c in counts.items() if c > 1} == {"missile", "sunglasses"}
+    assert len(data.templates) == 80 and len(set(data.templates)) == 80
+    assert all(t.count("{}") == 1 for t in data.templates)
+    assert "itap of a {}." in data.templates
+
+
+def test_karpathy_split_file_becomes_a_retrieval_csv(tmp_path):
+    import json
+
+    from clip_ping.cli import main
+
+    entries = []
+    for i, (folder, split) in enumerate([("val2014", "test"), ("val2014", "val"), ("", "test")]):
+        name = f"img{i}.jpg"
+        write_image(tmp_path / "images" / folder / name, (100 * i, 0, 0))
+        sentences = [{"raw": f" image {i} caption {c} "} for c in range(5)]
+        entry = {"filename": name, "split": split, "sentences": sentences}
+        if folder:
+            entry["filepath"] = folder  # COCO entries name their folder, Flickr30K's do not
+        entries.append(entry)
+    (tmp_path / "karpathy.json").write_text(json.dumps({"images": entries}))
+    out = tmp_path / "eval" / "test.csv"
+    args = ["data", "karpathy", "--json", str(tmp_path / "karpathy.json")]
+    assert main([*args, "--images", str(tmp_path / "images"), "--out", str(out)]) == 0
+    data = load_eval_dataset(out, raw)
+    assert len(data.images) == 2 and len(data.captions) == 10
+    assert data.captions[:2] == ["image 0 caption 0", "image 0 caption 1"]
+    assert data.caption_image == [0] * 5 + [1] * 5
+    red = [int(data.images[j]["image"][0, 0, 0]) for j in range(2)]  # JPEG: about 0 and 200
+    assert abs(red[0] - 0) <= 4 and abs(red[1] - 200) <= 4
+    assert main([*args, "--images", str(tmp_path / "elsewhere"), "--out", str(out)]) == 2

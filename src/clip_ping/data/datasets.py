@@ -447,6 +447,12 @@ class ShardDataset(IterableDataset):
     the epoch's stream is yielded exactly once (the tail that does not fill a batch is
     dropped). A shuffle buffer mixes samples within a worker's range.
 
+    ``resampled=True`` (open_clip's ``--dataset-resampled``): each epoch's stream is shards
+    drawn *with replacement* (seeded by ``(seed, epoch)``) until it holds ``num_samples``
+    samples, which may exceed the shards' total: epochs become virtual ("samples seen"), a
+    sample may occur twice in one and not at all in another, and the split by rank and worker
+    is unchanged. Stable indices still come from the key index, so banks line up.
+
     Determinism: the same (seed, epoch, world_size, batch_size, workers) gives the same
     batches; another worker count gives other batches (each sample still exactly once).
     ``set_epoch(epoch, start_batch)`` resumes mid-epoch: each worker replays its shuffle
@@ -468,6 +474,7 @@ class ShardDataset(IterableDataset):
         rank: int | None = None,
         world_size: int | None = None,
         on_bad_sample: str = "error",
+        resampled: bool = False,
     ):
         check_policy(on_bad_sample)
         self.on_bad_sample = on_bad_sample
@@ -475,11 +482,14 @@ class ShardDataset(IterableDataset):
         self.key_index = key_index if key_index is not None else build_key_index(self.urls)
         if list(self.key_index.shards) != [_shard_name(u) for u in self.urls]:
             raise ValueError("key_index was built for other shards; rebuild it for these urls")
+        self.resampled = resampled
         self.num_samples = len(self.key_index) if num_samples is None else num_samples
-        if not 0 < self.num_samples <= len(self.key_index):
+        limit = math.inf if resampled and len(self.key_index) else len(self.key_index)
+        if not 0 < self.num_samples <= limit:
             raise ValueError(
                 f"num_samples={self.num_samples} but the shards hold {len(self.key_index)} "
-                "samples; use a positive number no larger than that (epochs do not resample)"
+                "samples; use a positive number no larger than that, or --dataset-resampled "
+                "for virtual epochs of any size"
             )
         default_rank, default_world = _rank_and_world()
         self.rank = default_rank if rank is None else rank
@@ -498,6 +508,15 @@ class ShardDataset(IterableDataset):
         return self.num_samples // self.world_size // self.batch_size
 
     def _shard_order(self) -> np.ndarray:
+        """This epoch's shards in stream order (resampled: drawn until ``num_samples``)."""
+        if self.resampled:
+            rng = np.random.default_rng([self.seed, self.epoch, 2])
+            counts = np.asarray(self.key_index.counts)
+            drawn = np.empty(0, dtype=np.int64)
+            while counts[drawn].sum() < self.num_samples:  # whole rounds: fixed by the seed
+                drawn = np.concatenate([drawn, rng.integers(len(counts), size=len(counts))])
+            needed = np.searchsorted(np.cumsum(counts[drawn]), self.num_samples) + 1
+            return drawn[:needed]
         if not self.shuffle:
             return np.arange(len(self.urls))
         return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.urls))

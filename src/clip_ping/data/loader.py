@@ -55,6 +55,7 @@ class DataSpec:
     train_num_samples: int | None = None  # webdataset: samples per epoch (default: all)
     on_bad_sample: str = "skip"  # skip | error (see .bad_samples)
     max_bad_share: float = DEFAULT_MAX_BAD_SHARE  # skip: stop past this share of bad samples
+    dataset_resampled: bool = False  # webdataset: shards drawn with replacement each epoch
 
     def resolved_type(self) -> str:
         if self.dataset_type not in DATASET_TYPES:
@@ -178,6 +179,11 @@ def build_train_data(
     """Open ``spec.train_data`` as CSV or WebDataset shards for ``rank`` of ``world_size``."""
     check_policy(spec.on_bad_sample, spec.max_bad_share)
     if spec.resolved_type() == "csv":
+        if spec.dataset_resampled:
+            raise ValueError(
+                f"--dataset-resampled applies to WebDataset shards, but --train-data "
+                f"{spec.train_data} is read as CSV; drop the flag or pass shards"
+            )
         if os.path.isdir(spec.train_data):
             raise ValueError(
                 f"--train-data {spec.train_data} is a folder; pass its CSV file (e.g. "
@@ -214,6 +220,7 @@ def build_train_data(
         rank=rank,
         world_size=world_size,
         on_bad_sample=spec.on_bad_sample,
+        resampled=spec.dataset_resampled,
     )
     return ShardTrainData(dataset)
 

@@ -15,6 +15,12 @@
 - a folder with one sub-folder of images per class (class = sub-folder name, ``_`` read as a
   space, labels in sorted order), as torchvision's ``ImageFolder``.
 
+``--classnames`` and ``--templates`` take a file or the name of a shipped set:
+``imagenet1k`` is ImageNet-1K's 1,000 class names in label order (sorted WordNet ids, as
+the ``ILSVRC2012_img_val`` folders ``n01440764 ...`` sort) and CLIP's 80 prompt templates
+(``prompts/imagenet1k_*.txt``). Like CLIP's list, the names hold two duplicate pairs
+(``missile``, ``sunglasses``): those classes cannot be told apart by their prompts.
+
 Built-in splits are fixed: stratified by label with ``train_test_split(test_size=0.2,
 random_state=0)``, so every run and every model sees the same test images. Grayscale images
 become RGB and are resized by the model's own ``preprocess``.
@@ -45,6 +51,18 @@ DIGIT_TEMPLATES = ('a photo of the number: "{}".',)  # CLIP_benchmark's MNIST pr
 BUILTIN_TEST_FRACTION = 0.2
 BUILTIN_SPLIT_SEED = 0
 SPLITS = ("train", "test")
+PROMPTS = Path(__file__).with_name("prompts")
+PROMPT_SETS = ("imagenet1k",)  # --classnames / --templates NAME → prompts/NAME_<kind>.txt
+
+
+def prompt_file(value: str | None, kind: str) -> str | None:
+    """``value`` as a file path: a shipped set's file for a name in :data:`PROMPT_SETS`
+    (``kind``: ``classnames`` or ``templates``), else ``value`` unchanged."""
+    if value in PROMPT_SETS:
+        return str(PROMPTS / f"{value}_{kind}.txt")
+    return value
+
+
 GENERIC_STEMS = ("test",)  # a file name that says the split, not the dataset
 
 
@@ -299,11 +317,17 @@ def load_eval_dataset(
         spec: ``mnist5k``, ``digits``, a ``.csv``/``.tsv`` file, or a class-folder root.
         preprocess: the model's ``preprocess(PIL.Image) -> (3, H, W)``.
         split: ``train`` or ``test`` half of a built-in (paths name one split already).
-        classnames: class-name file overriding the default (one name per label, in order).
-        templates: prompt-template file overriding the default (each line holds ``{}``).
+        classnames: class-name file overriding the default (one name per label, in order),
+            or a shipped set's name (``imagenet1k``).
+        templates: prompt-template file overriding the default (each line holds ``{}``),
+            or a shipped set's name.
     """
     if split not in SPLITS:
         raise ValueError(f"split {split!r}: choose one of {', '.join(SPLITS)}")
+    classnames, templates = (
+        prompt_file(classnames, "classnames"),
+        prompt_file(templates, "templates"),
+    )
     spec = str(spec)
     if spec in BUILTINS:
         return _load_builtin(spec, preprocess, split, classnames, templates)

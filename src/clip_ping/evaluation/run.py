@@ -213,10 +213,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--train-dataset", default=None, help="linear probe: labelled set to fit the probe on"
     )
     parser.add_argument(
-        "--classnames", default=None, help="class names file (default: classnames.txt beside)"
+        "--classnames",
+        default=None,
+        help="class names file or imagenet1k (default: classnames.txt beside)",
     )
     parser.add_argument(
-        "--templates", default=None, help="prompt templates file (default: templates.txt beside)"
+        "--templates",
+        default=None,
+        help="prompt templates file or imagenet1k (default: templates.txt beside)",
     )
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")

@@ -1,0 +1,71 @@
+"""Flickr30K / MSCOCO retrieval sets from Karpathy's split files, as evaluation CSVs.
+
+Karpathy & Fei-Fei's ``dataset_flickr30k.json`` / ``dataset_coco.json`` list every image with
+its split (``train``, ``restval``, ``val``, ``test``) and its (usually 5) captions. The
+standard retrieval test sets are the ``test`` splits: 1,000 Flickr30K images and 5,000 COCO
+images, each with 5 captions. This writes one CSV row per caption (``filepath,title``), which
+``clip-ping eval --task retrieval`` groups by image::
+
+    clip-ping data karpathy --json dataset_flickr30k.json --images flickr30k-images \\
+        --split test --out flickr30k_test.csv
+
+Image paths are written relative to the CSV's folder when possible (absolute otherwise):
+``images/<filename>`` for Flickr30K, ``images/<filepath>/<filename>`` for COCO (its
+entries name the ``val2014`` / ``train2014`` folder).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+
+from ..io import atomic_write_text
+
+SPLITS = ("train", "restval", "val", "test")
+
+
+def karpathy_to_csv(
+    json_path: str | os.PathLike,
+    images: str | os.PathLike,
+    out: str | os.PathLike,
+    split: str = "test",
+    check_files: bool = True,
+) -> int:
+    """Write ``out`` (``filepath,title``, one row per caption) for ``split``; returns the
+    number of images. ``check_files``: fail on the first image missing under ``images``."""
+    if split not in SPLITS:
+        raise ValueError(f"--split {split!r}: choose one of {', '.join(SPLITS)}")
+    json_path, images, out = Path(json_path), Path(images), Path(out)
+    entries = json.loads(json_path.read_text()).get("images")
+    if not isinstance(entries, list):
+        raise ValueError(
+            f"{json_path} has no 'images' list; pass Karpathy's dataset_flickr30k.json or "
+            "dataset_coco.json"
+        )
+    rows, count = [], 0
+    for entry in entries:
+        if entry.get("split") != split:
+            continue
+        path = images / entry.get("filepath", "") / entry["filename"]
+        if check_files and not path.is_file():
+            raise FileNotFoundError(
+                f"image {path} (listed in {json_path}) not found; --images must be the folder "
+                "holding the dataset's images (COCO: the one holding val2014/)"
+            )
+        try:
+            path = path.resolve().relative_to(out.parent.resolve())
+        except ValueError:
+            path = path.resolve()
+        rows += [(path.as_posix(), s["raw"].strip()) for s in entry["sentences"]]
+        count += 1
+    if not count:
+        raise ValueError(f"{json_path} lists no '{split}' images")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["filepath", "title"])
+    writer.writerows(rows)
+    atomic_write_text(out, buffer.getvalue())
+    return count
