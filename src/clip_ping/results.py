@@ -258,10 +258,18 @@ def render_results(results, summary, data, markdown: Path, figures: Path, quick:
         *[f"- `{k}`: {verdict(k, ping, clip)}" for k in keys],
         "",
     ]
-    if len(results) > 2:
+    missing = [v for v in ABLATIONS if v not in results]
+    if missing:
         lines += [
             "## Ablations",
             "",
+            f"Not in this run: {', '.join(missing)} (`clip-ping demo --seeds N --ablations "
+            "[NAME ...]` runs them; finished runs are reused).",
+            "",
+        ]
+    if len(results) > 2:
+        lines += [
+            "" if missing else "## Ablations\n",
             "Each variant changes one setting of CLIP-PING: `nn-only` / `xnn-only` drop the "
             "cross-modal / intra-modal terms, `memory` uses student-memory targets instead of "
             "teacher-bank targets, `active` runs the teachers on each augmented batch and "
