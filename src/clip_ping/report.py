@@ -94,11 +94,12 @@ def plot_curves(runs: Mapping[str, str | Path], out_png: str | Path) -> Path:
                 name = term.split("/", 1)[1]
                 ax_loss.plot(steps, values, style, color=colour, label=f"{label} {name}")
         evals = [r for r in records if any(is_eval_metric(k) for k in r)]
-        for key in headline({k for r in evals for k in r})[:2]:
+        keys = headline({k for r in evals for k in r})[:2]
+        for key, style in zip(keys, ("-o", "--s")[: len(keys)], strict=True):
             points = [(r["step"], r[key]) for r in evals if key in r]
             steps, values = zip(*points, strict=True)
             short = key.split("/", 1)[1]
-            ax_eval.plot(steps, values, marker="o", color=colour, label=f"{label} {short}")
+            ax_eval.plot(steps, values, style, color=colour, label=f"{label} {short}")
     ax_loss.set(xlabel="step", ylabel="loss", title="training loss terms")
     ax_eval.set(xlabel="step", ylabel="score", title="held-out metrics during training")
     for ax in (ax_loss, ax_eval):
