@@ -49,7 +49,10 @@ def test_results_page_has_both_tables_and_its_figures(tmp_path):
         variant: {s: {k: 0.1 * s + shift for k in keys} for s in range(2)}
         for variant, shift in (("clip", 0.0), ("clip-ping", 0.05), ("k1", -0.02))
     }
-    summary = {"size": FULL.__dict__, "wall_seconds": 60.0, "samples_per_second": {"clip": 1.0}}
+    summary = {
+        "size": FULL.__dict__, "wall_seconds": 60.0, "samples_per_second": {"clip": 1.0},
+        "command": "clip-ping demo --seeds 2 --ablations k1",
+    }  # fmt: skip
     md = tmp_path / "docs" / "results.md"
     text = results.render_results(
         grid, summary, DemoData(corpus, tmp_path), md, tmp_path / "docs" / "figures", False

@@ -169,7 +169,12 @@ def run_results(
         print(f"\n== results run {i}/{len(plan)}: {name} ==", flush=True)
         results.setdefault(variant, {})[seed] = run_variant(data, size, variant, seed, out, name)
         speed.setdefault(variant, []).append(samples_per_second(out / name))
+    command = f"clip-ping demo --seeds {seeds}" + (" --quick" if quick else "")
+    if chosen:
+        command += " --ablations" + ("" if ablations is True else " " + " ".join(chosen))
+        command += f" --ablation-seeds {ablation_seeds}" if ablation_seeds else ""
     summary = {
+        "command": command,
         "results": {v: {str(s): m for s, m in runs.items()} for v, runs in results.items()},
         "samples_per_second": {v: statistics.median(r) for v, r in speed.items()},
         "size": size.__dict__,
@@ -233,15 +238,15 @@ def render_results(results, summary, data, markdown: Path, figures: Path, quick:
     clip, ping = results["clip"], results["clip-ping"]
     keys = demo_keys({"clip": clip[min(clip)], "clip-ping": ping[min(ping)]})
     plots = plot_results(results, keys, figures)
+    clear = [k for k in keys if "more than the spread" in verdict(k, ping, clip)]
     rel = [Path(os.path.relpath(p, markdown.parent)) for p in plots]
     corpus = corpus_counts(json.loads((data.corpus / "corpus.json").read_text()))
     size = summary["size"]
     lines = [
         "# Results: CLIP vs CLIP-PING on the demo corpus",
         "",
-        f"Produced by `clip-ping demo --seeds {len(clip)} --ablations`"
-        + (" --quick" if quick else "")
-        + f" ({summary['wall_seconds'] / 60:.0f} min on 2 CPU cores). Student `{size['model']}`, "
+        f"Produced by `{summary['command']}` on 2 CPU cores (runs finished by an earlier call "
+        f"are reused, not re-timed). Student `{size['model']}`, "
         f"{size['epochs']} epochs of batch {size['batch_size']}, lr {size['lr']}; corpus "
         + ", ".join(f"{k} {v}" for k, v in corpus.items())
         + f". CLIP-PING: bank targets, top-{NEIGHBOR_K} neighbours, λ_NN = λ_XNN = 1 unless a "
@@ -256,6 +261,13 @@ def render_results(results, summary, data, markdown: Path, figures: Path, quick:
         "Verdict per held-out metric (ahead by more than the seed-to-seed spread?):",
         "",
         *[f"- `{k}`: {verdict(k, ping, clip)}" for k in keys],
+        "",
+        f"In short: ahead by more than the spread on {len(clear)} of {len(keys)} metrics"
+        + (
+            f"; not on {', '.join(f'`{k}`' for k in keys if k not in clear)}."
+            if len(clear) < len(keys)
+            else "."
+        ),
         "",
     ]
     missing = [v for v in ABLATIONS if v not in results]
