@@ -2,9 +2,10 @@
 
     clip-ping report logs/clip logs/clip-ping --out reports/clip-vs-ping
 
-A run's final metrics are the evaluation records in ``RUN/results/*.json`` (written by
-``clip-ping eval --out`` or the demo), plus the last value of every eval metric logged in
-``RUN/metrics.jsonl`` during training. Figures: the training loss terms against step, the
+A run's final metrics are the last value of every eval metric logged in
+``RUN/metrics.jsonl`` during training, overridden by the evaluation records in
+``RUN/results/*.json`` (written by training, ``clip-ping eval --out`` or the demo; the newest
+record of a metric wins). Figures: the training loss terms against step, the
 periodic eval metrics against step, and the final metrics as grouped bars.
 """
 
@@ -40,7 +41,9 @@ def final_metrics(run_dir: str | Path) -> dict[str, float]:
     final: dict[str, float] = {}
     for record in read_metrics(run_dir):
         final.update({k: v for k, v in record.items() if is_eval_metric(k)})
-    for path in sorted((run_dir / "results").glob("*.json")):
+    # Oldest first, so the latest evaluation of a metric wins (training writes its periodic
+    # evals here too; an evaluation after training is newer).
+    for path in sorted((run_dir / "results").glob("*.json"), key=lambda p: p.stat().st_mtime_ns):
         final.update(json.loads(path.read_text()).get("metric_names", {}))
     return final
 
