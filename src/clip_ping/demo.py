@@ -158,11 +158,12 @@ def train_config(data: DemoData, size: DemoSize, variant: str, seed: int, logs: 
 
 def evaluate_run(run_dir: Path, data: DemoData, probes: tuple[str, ...]) -> dict[str, float]:
     """Every evaluation of :meth:`DemoData.eval_jobs`, cached in ``run_dir/results/``."""
+    from .evaluation.datasets import csv_dataset_name
     from .evaluation.run import run_eval
     from .report import final_metrics
 
     for task, dataset in data.eval_jobs(probes):
-        name = Path(dataset).parent.name if dataset.endswith("test.csv") else Path(dataset).stem
+        name = csv_dataset_name(Path(dataset))  # built-in names pass through unchanged
         out = run_dir / "results" / f"{task}-{name}.json"
         if not out.is_file():
             run_eval(run_dir, task, dataset, out=out, device="cpu")
@@ -246,17 +247,14 @@ def demo_keys(metrics: dict[str, dict[str, float]]) -> list[str]:
 
 def corpus_counts(corpus_info: dict) -> dict:
     """The row counts of the corpus splits, from ``corpus.json``."""
-    splits = corpus_info.get("splits", {})
-    return {name: (v.get("rows", v) if isinstance(v, dict) else v) for name, v in splits.items()}
+    return dict(corpus_info["splits"])
 
 
 def render_report(summary: dict, keys: list[str]) -> str:
     from .report import metrics_table
 
     size, corpus = summary["size"], summary["corpus"]
-    counts = ", ".join(
-        f"{name}: {n:,}" if isinstance(n, int) else f"{name}: {n}" for name, n in corpus.items()
-    )
+    counts = ", ".join(f"{name}: {n:,}" for name, n in corpus.items())
     timings = ", ".join(f"{name} {s:.0f} s" for name, s in summary["stage_seconds"].items())
     return (
         "# clip-ping demo: CLIP vs CLIP-PING\n\n"
