@@ -35,6 +35,9 @@ def test_demo_writes_summary_report_and_figures_then_reuses_its_stages(tmp_path)
     assert any("train/nn_loss" in r and "train/xnn_loss" in r for r in records)
     report = (out / "report.md").read_text()
     assert "| zeroshot/concepts/acc1 |" in report
+    # The two runs trained side by side (2 cores), each writing its own console log.
+    for run in ("clip", "clip-ping"):
+        assert "steps/epoch" in (out / run / "console.log").read_text()
     for png in ("metrics.png", "curves.png", "neighbours.png"):
         assert (out / "figures" / png).read_bytes()[:4] == b"\x89PNG"
 

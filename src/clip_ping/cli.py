@@ -76,12 +76,12 @@ def _demo(args: argparse.Namespace) -> None:
         run_results(
             args.out, seeds=args.seeds, ablations=ablations,
             ablation_seeds=args.ablation_seeds, quick=args.quick, markdown=args.results,
-            assets=args.assets,
+            assets=args.assets, jobs=args.jobs,
         )  # fmt: skip
         return
     from .demo import run_demo
 
-    run_demo(args.out, quick=args.quick, assets=args.assets)
+    run_demo(args.out, quick=args.quick, assets=args.assets, jobs=args.jobs)
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -308,6 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--assets",
         default=None,
         help="asset packages folder (default: $CLIP_PING_ASSETS or .assets)",
+    )
+    demo.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="runs trained at once, each with an equal share of the cores (default: 2)",
     )
     demo.add_argument(
         "--seeds", type=int, default=1, help="results mode: CLIP and CLIP-PING for N seeds"

@@ -46,6 +46,7 @@ DATABASE_BLOCK_ROWS = 8192  # scores buffer: 4096 × 8192 float32 = 128 MiB
 RECALL_SAMPLE = 1000
 GPU_RESIDENT_FRACTION = 0.5  # of free GPU memory a bank may take to be uploaded whole
 IVF_TRAIN_POINTS_PER_LIST = 40  # FAISS warns below 39
+LOW_RECALL = 0.95  # faiss-ivf recall@1 below this prints a warning with the fix
 IVF_KMEANS_ITERATIONS = 10  # FAISS default 25; training is minutes of a 2-core 1M-row run
 
 
@@ -311,6 +312,13 @@ def mine_neighbors(
             f"{backend}: recall@1 {recall['recall@1']:.4f}, recall@{k} {recall[f'recall@{k}']:.4f} "
             f"against exact search on {len(sample):,} random queries ({settings})"
         )
+        if recall["recall@1"] < LOW_RECALL:
+            print(
+                f"warning: faiss-ivf recall@1 {recall['recall@1']:.2f} is below {LOW_RECALL}: "
+                f"raise --nlist (now {settings['nlist']}; more lists than the bank has clusters "
+                f"of neighbours) and --nprobe (now {settings['nprobe']}), or mine with "
+                "--backend exact on a GPU"
+            )
     return NeighborResult(found, sim.astype(np.float16), backend, seconds, recall, settings)
 
 

@@ -147,11 +147,12 @@ def run_results(
     markdown: str | Path = "docs/results.md",
     figures: str | Path = "docs/figures",
     assets: str | None = None,
+    jobs: int | None = None,
 ) -> dict:
     """Train and evaluate CLIP and CLIP-PING for ``seeds`` seeds and each ablation (all of
     :data:`ABLATIONS` for ``True``, or the named ones) for ``ablation_seeds`` (default:
     ``seeds``); write the tables to ``markdown``."""
-    from .demo import FULL, QUICK, prepare_data, run_variant
+    from .demo import FULL, QUICK, prepare_data, run_variants
 
     started = time.perf_counter()
     out, size = Path(out), (QUICK if quick else FULL)
@@ -162,12 +163,12 @@ def run_results(
     if unknown:
         raise ValueError(f"--ablations {' '.join(unknown)}: choose from {', '.join(ABLATIONS)}")
     plan += [(v, s) for s in range(ablation_seeds or seeds) for v in chosen]
+    metrics = run_variants(data, size, [(v, s, run_name(v, s)) for v, s in plan], out, jobs)
     results: dict[str, dict[int, dict[str, float]]] = {}
     speed: dict[str, list[float]] = {}
-    for i, (variant, seed) in enumerate(plan, 1):
+    for variant, seed in plan:
         name = run_name(variant, seed)
-        print(f"\n== results run {i}/{len(plan)}: {name} ==", flush=True)
-        results.setdefault(variant, {})[seed] = run_variant(data, size, variant, seed, out, name)
+        results.setdefault(variant, {})[seed] = metrics[name]
         speed.setdefault(variant, []).append(samples_per_second(out / name))
     command = f"clip-ping demo --seeds {seeds}" + (" --quick" if quick else "")
     if chosen:
