@@ -33,9 +33,18 @@ def test_tables_show_mean_and_std():
     table = results.headline_table(runs(0.1, 0.3), runs(0.2, 0.4), [KEY])
     assert f"| {KEY} | 0.200 ± 0.141 | 0.300 ± 0.141 | +0.100 ± 0.000 | 2/2 |" in table
     ablations = results.ablation_table({"clip": runs(0.1, 0.3), "k1": runs(0.3, 0.3)}, [KEY])
-    assert "| k1 | 2 | 0.300 | +0.100 |" in ablations
+    # Per-seed differences +0.2 and 0.0: mean +0.100, std 0.141.
+    assert "| k1 | 2 | 0.300 | +0.100 ± 0.141 |" in ablations
     assert results.run_name("clip", 0) == "clip"
     assert results.run_name("k1", 2) == "k1-seed2"
+
+
+def test_ablation_seeds_per_name():
+    assert results.ablation_seed_counts(["k1:3", "memory"], 1) == {"k1": 3, "memory": 1}
+    with pytest.raises(ValueError, match="k9.*choose from"):
+        results.ablation_seed_counts(["k9"], 1)
+    with pytest.raises(ValueError, match="k1:0.*≥ 1"):
+        results.ablation_seed_counts(["k1:0"], 1)
 
 
 def test_results_page_has_both_tables_and_its_figures(tmp_path):

@@ -322,7 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--ablations",
         nargs="*",
         default=None,
-        help="results mode: also these ablation variants (none named: all of them)",
+        help="results mode: also these ablation variants (none named: all of them); "
+        "NAME:SEEDS gives one its own number of seeds",
     )
     demo.add_argument(
         "--ablation-seeds", type=int, default=None, help="seeds per ablation (default: --seeds)"

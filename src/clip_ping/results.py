@@ -107,7 +107,7 @@ def ablation_table(
     results: dict[str, dict[int, dict[str, float]]], keys: Sequence[str], clip: str = "clip"
 ) -> str:
     """Mean over seeds per variant; the last column averages the paired differences to CLIP
-    over ``keys`` (a one-number summary, every metric weighted alike)."""
+    over ``keys`` (a one-number summary, every metric weighted alike), ± its std over seeds."""
     short = [
         k.split("/", 1)[1].replace("image_to_text", "i→t").replace("text_to_image", "t→i")
         for k in keys
@@ -120,8 +120,13 @@ def ablation_table(
         cells = [f"{statistics.fmean(r[k] for r in runs.values()):.3f}" for k in keys]
         if variant == clip:
             delta = "—"
-        else:
-            delta = f"{statistics.fmean(paired(runs, results[clip], k)[0] for k in keys):+.3f}"
+        else:  # per seed: the mean over keys of the paired difference; then over seeds
+            seeds = sorted(set(runs) & set(results[clip]))
+            per_seed = [
+                statistics.fmean(runs[s][k] - results[clip][s][k] for k in keys) for s in seeds
+            ]
+            mean, std = mean_std(per_seed)
+            delta = f"{mean:+.3f}" + (f" ± {std:.3f}" if len(per_seed) > 1 else "")
         rows.append(f"| {variant} | {len(runs)} | " + " | ".join(cells) + f" | {delta} |")
     return "\n".join(rows) + "\n"
 
@@ -136,6 +141,19 @@ def samples_per_second(run_dir: Path) -> float:
         if "train/samples_per_second" in r
     ]
     return statistics.median(rates) if rates else float("nan")
+
+
+def ablation_seed_counts(names: Sequence[str], default_seeds: int) -> dict[str, int]:
+    """Seeds per ablation from ``NAME`` or ``NAME:SEEDS`` items (``k1:3``: three seeds)."""
+    counts = {}
+    for item in names:
+        name, _, seeds = item.partition(":")
+        if name not in ABLATIONS:
+            raise ValueError(f"--ablations {item}: choose from {', '.join(ABLATIONS)}")
+        if seeds and not (seeds.isdigit() and int(seeds) >= 1):
+            raise ValueError(f"--ablations {item}: the seed count after ':' must be ≥ 1")
+        counts[name] = int(seeds) if seeds else default_seeds
+    return counts
 
 
 def run_results(
@@ -159,10 +177,8 @@ def run_results(
     data = prepare_data(out, size, assets)
     plan = [(v, s) for s in range(seeds) for v in ("clip", "clip-ping")]
     chosen = ABLATIONS if ablations is True else tuple(ablations or ())
-    unknown = sorted(set(chosen) - set(ABLATIONS))
-    if unknown:
-        raise ValueError(f"--ablations {' '.join(unknown)}: choose from {', '.join(ABLATIONS)}")
-    plan += [(v, s) for s in range(ablation_seeds or seeds) for v in chosen]
+    counts = ablation_seed_counts(chosen, ablation_seeds or seeds)
+    plan += [(v, s) for v, n in counts.items() for s in range(n)]
     metrics = run_variants(data, size, [(v, s, run_name(v, s)) for v, s in plan], out, jobs)
     results: dict[str, dict[int, dict[str, float]]] = {}
     speed: dict[str, list[float]] = {}
