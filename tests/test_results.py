@@ -39,6 +39,18 @@ def test_tables_show_mean_and_std():
     assert results.run_name("k1", 2) == "k1-seed2"
 
 
+def test_ablation_verdict_needs_more_than_the_spread():
+    clip = runs(0.10, 0.10, 0.10)
+    default = runs(0.20, 0.22, 0.18)  # +0.10 ± 0.02
+    tie = {"clip": clip, "clip-ping": default, "k1": runs(0.21)}  # +0.11: inside the spread
+    assert "No ablation beats" in results.ablation_verdict(tie, [KEY])
+    assert "`k1` (+0.110, 1 seed)" in results.ablation_verdict(tie, [KEY])
+    better = {"clip": clip, "clip-ping": default, "k1": runs(0.25)}  # +0.15
+    assert "candidate for the default" in results.ablation_verdict(better, [KEY])
+    one_seed = {"clip": runs(0.1), "clip-ping": runs(0.2), "k1": runs(0.3)}
+    assert "one seed" in results.ablation_verdict(one_seed, [KEY])
+
+
 def test_ablation_seeds_per_name():
     assert results.ablation_seed_counts(["k1:3", "memory"], 1) == {"k1": 3, "memory": 1}
     with pytest.raises(ValueError, match="k9.*choose from"):

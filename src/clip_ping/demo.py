@@ -265,7 +265,7 @@ def run_variants(
                 steps if futures[f] in results else min(steps, _last_step(logs / futures[f]))
                 for f in futures
             )
-            bar.set_postfix_str(f"{len(results)}/{len(plan)} runs done")
+            bar.set_postfix_str(f"{len(results)}/{len(plan)} runs done", refresh=False)
             bar.refresh()
     return {name: results[name] for _, _, name in plan}
 

@@ -120,15 +120,52 @@ def ablation_table(
         cells = [f"{statistics.fmean(r[k] for r in runs.values()):.3f}" for k in keys]
         if variant == clip:
             delta = "—"
-        else:  # per seed: the mean over keys of the paired difference; then over seeds
-            seeds = sorted(set(runs) & set(results[clip]))
-            per_seed = [
-                statistics.fmean(runs[s][k] - results[clip][s][k] for k in keys) for s in seeds
-            ]
-            mean, std = mean_std(per_seed)
-            delta = f"{mean:+.3f}" + (f" ± {std:.3f}" if len(per_seed) > 1 else "")
+        else:
+            mean, std, n = mean_delta(runs, results[clip], keys)
+            delta = f"{mean:+.3f}" + (f" ± {std:.3f}" if n > 1 else "")
         rows.append(f"| {variant} | {len(runs)} | " + " | ".join(cells) + f" | {delta} |")
     return "\n".join(rows) + "\n"
+
+
+def mean_delta(
+    runs: dict[int, dict[str, float]], clip: dict[int, dict[str, float]], keys: Sequence[str]
+) -> tuple[float, float, int]:
+    """(mean, std, seeds) over seeds of the per-seed mean paired difference to CLIP."""
+    seeds = sorted(set(runs) & set(clip))
+    per_seed = [statistics.fmean(runs[s][k] - clip[s][k] for k in keys) for s in seeds]
+    return (*mean_std(per_seed), len(per_seed))
+
+
+def ablation_verdict(
+    results: dict[str, dict[int, dict[str, float]]],
+    keys: Sequence[str],
+    default: str = "clip-ping",
+    clip: str = "clip",
+) -> str:
+    """Whether any ablation beats the default by more than the default's seed-to-seed spread
+    of the mean paired difference to CLIP."""
+    base, spread, seeds = mean_delta(results[default], results[clip], keys)
+    scores = {
+        v: mean_delta(runs, results[clip], keys)
+        for v, runs in results.items()
+        if v not in (default, clip)
+    }
+    if not scores:
+        return ""
+    if seeds < 2:
+        return "\nThe default has one seed, so no spread to judge the ablations by: use --seeds 3."
+    best = max(scores, key=lambda v: scores[v][0])
+    mean, _, n = scores[best]
+    said = f"`{best}` ({mean:+.3f}, {n} seed{'s' if n > 1 else ''})"
+    if mean - base > spread:
+        return (
+            f"\n{said} beats the default `{default}` ({base:+.3f} ± {spread:.3f}) by more than "
+            "the default's seed-to-seed spread: a candidate for the default."
+        )
+    return (
+        f"\nNo ablation beats the default `{default}` ({base:+.3f} ± {spread:.3f}) by more than "
+        f"its seed-to-seed spread; the best is {said}. The defaults stay."
+    )
 
 
 def samples_per_second(run_dir: Path) -> float:
@@ -307,9 +344,12 @@ def render_results(results, summary, data, markdown: Path, figures: Path, quick:
             "an identical caption (the same emoji in the other style) excluded.",
             "",
             ablation_table(results, ABLATION_KEYS),
+            ablation_verdict(results, ABLATION_KEYS),
+            "",
             f"![ablations]({rel[-1]})",
             "",
-            "Training speed, median samples/s (shared machine, indicative): "
+            "Training speed, median samples/s, as each run happened to share the machine (not "
+            "comparable across variants; docs/benchmarks.md measures the step overhead): "
             + ", ".join(f"{v} {s:.0f}" for v, s in summary["samples_per_second"].items()),
             "",
         ]
