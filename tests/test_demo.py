@@ -1,12 +1,14 @@
 """The main job end to end on a tiny slice of the real demo corpus (packages from .assets)."""
 
+import dataclasses
 import json
 
 import numpy as np
+import pytest
 
 from clip_ping.bank import Bank
 from clip_ping.data.loader import DataSpec, read_captions
-from clip_ping.demo import DemoSize, run_demo
+from clip_ping.demo import DemoData, DemoSize, run_demo, run_variants
 
 TINY = DemoSize(
     max_concepts=40, max_clipart=30, epochs=1, batch_size=32, model="cpu-micro-32",
@@ -53,3 +55,14 @@ def test_demo_writes_summary_report_and_figures_then_reuses_its_stages(tmp_path)
     assert again["runs"] == summary["runs"]
     assert checkpoint.stat().st_mtime_ns == stamp
     assert again["wall_seconds"] < summary["wall_seconds"]
+
+    # A run that fails in its worker process is reported with where its output went.
+    data = DemoData(out / "data" / "corpus", out / "banks")
+    too_big = dataclasses.replace(TINY, batch_size=100_000)  # not one batch in the data
+    plan = [("clip", 0, "too-big"), ("clip", 1, "too-big-2")]
+    with pytest.raises(
+        RuntimeError, match=r"run too-big(-2)? failed \(--batch-size 100000.*console"
+    ):
+        run_variants(data, too_big, plan, out)
+    logs = [(out / name / "console.log").read_text() for _, _, name in plan]
+    assert any("--batch-size 100000" in log for log in logs)

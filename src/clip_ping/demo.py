@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
+import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -193,7 +195,12 @@ def _run_in_worker(
     with open(logs / name / "console.log", "ab", buffering=0) as console:
         os.dup2(console.fileno(), 1)  # file descriptors: C libraries' output goes there too
         os.dup2(console.fileno(), 2)
-        return run_variant(data, size, variant, seed, logs, name)
+        try:
+            return run_variant(data, size, variant, seed, logs, name)
+        except BaseException:
+            traceback.print_exc()  # the log the parent's error points to holds the cause
+            sys.stderr.flush()
+            raise
 
 
 def _last_step(run_dir: Path) -> int:
@@ -258,6 +265,8 @@ def run_variants(
                 try:
                     results[name] = future.result()
                 except Exception as exc:
+                    for other in pending:  # runs not started yet; running ones finish
+                        other.cancel()
                     raise RuntimeError(
                         f"run {name} failed ({exc}); its output is in {logs / name}/console.log"
                     ) from exc
