@@ -242,7 +242,7 @@ def run_variants(
     jobs = max(1, min(jobs or min(2, cores or 1), len(plan)))
     if jobs == 1:
         return {name: run_variant(data, size, v, s, logs, name) for v, s, name in plan}
-    rows = int(json.loads((data.corpus / "corpus.json").read_text())["splits"]["train.csv"])
+    rows = corpus_counts(json.loads((data.corpus / "corpus.json").read_text()))["train.csv"]
     steps = (rows // size.batch_size) * size.epochs
     threads = max(1, (cores or jobs) // jobs)
     print(f"{len(plan)} runs, {jobs} at a time with {threads} thread(s) each; "
