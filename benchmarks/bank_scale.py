@@ -127,7 +127,7 @@ def measure(root: Path, steps: int, batch_size: int, advice: str, cold: bool = F
     from clip_ping.guidance import NeighborGuidance
     from clip_ping.losses import TOTAL_TERMS, ClipLoss, NeighborLoss
     from clip_ping.models import create_model
-    from clip_ping.train import TrainStep
+    from clip_ping.task import ContrastiveStep
 
     before_import = status_mib()
     torch.manual_seed(0)
@@ -139,8 +139,8 @@ def measure(root: Path, steps: int, batch_size: int, advice: str, cold: bool = F
             advise(array, mmap.MADV_NORMAL)
         for array in (guidance.image_neighbors, guidance.text_neighbors):
             advise(array, mmap.MADV_NORMAL)
-    loss = NeighborLoss(model.embed_dim, DIM, DIM, "bank")
-    step_module = TrainStep(model, ClipLoss(), loss)
+    loss = NeighborLoss(model.embed_dim, image_bank_dim=DIM, text_bank_dim=DIM, target="bank")
+    step_module = ContrastiveStep(model, ClipLoss(), loss)
     optimizer = torch.optim.AdamW(step_module.parameters(), lr=1e-4)
     num_rows = len(image_bank)
     rng = torch.Generator().manual_seed(0)

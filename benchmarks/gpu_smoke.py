@@ -115,23 +115,18 @@ def loop_run(work: Path, train_csv: Path, args, name: str, extra: dict) -> dict:
 def step_run(work: Path, train_csv: Path, args, name: str, extra: dict) -> dict:
     """Phase 2: the step alone on device-resident random inputs."""
     from clip_ping.data.loader import DataSpec
-    from clip_ping.losses import TOTAL_TERMS, ClipLoss
     from clip_ping.models import create_model
+    from clip_ping.schedule import autocast_context, create_optimizer
+    from clip_ping.task import create_task
     from clip_ping.tokenizer import get_tokenizer
-    from clip_ping.train import TrainStep, autocast_context, build_guidance, create_optimizer
 
     cfg = config(work, train_csv, args, f"step-{name}", extra)
     device = torch.device(args.device if args.device != "cuda" else "cuda:0")
     reset_peak(device)
     model, tokenizer = create_model(args.model, get_tokenizer(args.tokenizer), seed=0)
     model.to(device)
-    neighbor_loss, guidance = None, None
-    if cfg.loss == "clip-ping":
-        neighbor_loss, guidance = build_guidance(
-            cfg, DataSpec(str(train_csv)), model.embed_dim, device
-        )
-    step_module = TrainStep(model, ClipLoss(), neighbor_loss)
-    optimizer = create_optimizer(step_module, cfg)
+    task = create_task(cfg, model, DataSpec(str(train_csv)), device)
+    optimizer = create_optimizer(task, cfg)
     g = torch.Generator().manual_seed(0)
     size, batch = model.image_size, args.batch_size
     images = torch.randn(batch, 3, size, size, generator=g).to(device)
@@ -143,13 +138,10 @@ def step_run(work: Path, train_csv: Path, args, name: str, extra: dict) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        targets = guidance.targets(indices, step, device) if guidance else None
         with autocast_context(args.precision, device):
-            terms, out = step_module(images, texts, targets)
-            loss = sum(v for k, v in terms.items() if k in TOTAL_TERMS)
+            loss, _, out = task({"image": images, "text": texts, "index": indices}, step, device)
         loss.backward()
-        if guidance is not None and guidance.memory is not None:
-            guidance.memory.update(indices, out["image_features"], out["text_features"])
+        task.remember(indices, out)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if device.type == "cuda":

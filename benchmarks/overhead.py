@@ -26,10 +26,10 @@ from clip_ping.config import build_config
 from clip_ping.data.loader import DataSpec, build_train_data
 from clip_ping.data.shapes import build_shapes
 from clip_ping.data.transforms import TrainTransform
-from clip_ping.losses import TOTAL_TERMS, ClipLoss
 from clip_ping.models import create_model
 from clip_ping.neighbors import mine_bank
-from clip_ping.train import TrainStep, build_guidance, create_optimizer
+from clip_ping.schedule import create_optimizer
+from clip_ping.task import create_task
 
 
 def prepare(work: Path, image_size: int, num_train: int) -> DataSpec:
@@ -54,23 +54,16 @@ def variant(name: str, spec: DataSpec, work: Path, args):
         )  # fmt: skip
     cfg = build_config(overrides=overrides)
     model, _ = create_model(args.model, seed=0)
-    neighbor_loss, guidance = None, None
-    if cfg.loss == "clip-ping":
-        neighbor_loss, guidance = build_guidance(cfg, spec, model.embed_dim, "cpu")
-    step = TrainStep(model, ClipLoss(), neighbor_loss)
-    return step, create_optimizer(step, cfg), guidance
+    task = create_task(cfg, model, spec, torch.device("cpu"))
+    return task, create_optimizer(task, cfg)
 
 
-def run_step(step, optimizer, guidance, batch, step_index: int) -> None:
-    targets = None
-    if guidance is not None:
-        targets = guidance.targets(batch["index"], step_index, torch.device("cpu"), batch)
-    terms, out = step(batch["image"], batch["text"], targets)
-    sum(v for k, v in terms.items() if k in TOTAL_TERMS).backward()
+def run_step(task, optimizer, batch, step_index: int) -> None:
+    loss, _, out = task(batch, step_index)
+    loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    if guidance is not None and guidance.memory is not None:
-        guidance.memory.update(batch["index"], out["image_features"], out["text_features"])
+    task.remember(batch["index"], out)
 
 
 def main() -> None:
@@ -91,10 +84,10 @@ def main() -> None:
     variants = {n: variant(n, spec, work, args) for n in names}
     seconds: dict[str, list[float]] = {n: [] for n in names}
     for r in range(args.rounds):
-        for name, (step, optimizer, guidance) in variants.items():
+        for name, (task, optimizer) in variants.items():
             batch = batches[r % len(batches)]
             start = time.perf_counter()
-            run_step(step, optimizer, guidance, batch, r)
+            run_step(task, optimizer, batch, r)
             seconds[name].append(time.perf_counter() - start)
     base = statistics.median(seconds["clip"][args.warmup_rounds :])
     print(f"{args.model}, batch {args.batch_size}, {args.rounds - args.warmup_rounds} rounds")

@@ -49,7 +49,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from clip_ping.config import TrainConfig
 from clip_ping.losses import ClipLoss
 from clip_ping.models import MODEL_SPECS, ClipStudent, ModelSpec, create_model
-from clip_ping.train import create_optimizer
+from clip_ping.schedule import create_optimizer
 
 CPU_MODELS = [name for name in MODEL_SPECS if name.startswith("cpu-")]
 MATMUL_SIZE = 2048  # square fp32 torch.mm whose speed stands for the machine's peak

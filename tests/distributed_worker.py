@@ -18,7 +18,7 @@ from clip_ping.guidance import bank_targets, memory_targets
 from clip_ping.losses import TOTAL_TERMS, ClipLoss, NeighborLoss
 from clip_ping.memory import StudentMemory
 from clip_ping.models import create_model
-from clip_ping.train import TrainStep
+from clip_ping.task import ContrastiveStep
 
 GLOBAL_BATCH, IMAGE_DIM, TEXT_DIM, NUM_SAMPLES = 8, 12, 10, 20
 CASES = [  # (name, neighbour target mode or None, local_loss)
@@ -67,10 +67,10 @@ def main(out_path):
         neighbor_loss = None
         if mode is not None:
             neighbor_loss = NeighborLoss(
-                model.embed_dim, IMAGE_DIM, TEXT_DIM, target=mode, nn_weight=0.8, xnn_weight=0.6,
-                local_loss=local_loss, gather_with_grad=True,
+                model.embed_dim, image_bank_dim=IMAGE_DIM, text_bank_dim=TEXT_DIM, target=mode,
+                nn_weight=0.8, xnn_weight=0.6, local_loss=local_loss, gather_with_grad=True,
             )  # fmt: skip
-        step = TrainStep(model, ClipLoss(local_loss, gather_with_grad=True), neighbor_loss)
+        step = ContrastiveStep(model, ClipLoss(local_loss, gather_with_grad=True), neighbor_loss)
         if info.world_size > 1:
             step = nn.parallel.DistributedDataParallel(step)
         images, texts, indices, img_nbr, txt_nbr, image_bank, text_bank, memory = global_inputs(

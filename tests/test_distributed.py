@@ -121,6 +121,6 @@ def test_shards_training_writes_every_sample_once_per_epoch(shard_run):
         shard_run / "logs" / "shards" / "checkpoints" / "latest.pt", weights_only=False
     )
     assert (checkpoint["step"], checkpoint["epoch"], checkpoint["batch"]) == (8, 1, 0)
-    assert bool(checkpoint["memory"]["written"].all())
-    assert checkpoint["memory"]["written"].shape == (512,)
+    assert bool(checkpoint["task"]["memory.written"].all())
+    assert checkpoint["task"]["memory.written"].shape == (512,)
     assert (shard_run / "logs" / "shards" / "hf").is_dir()

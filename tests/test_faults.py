@@ -120,8 +120,8 @@ def test_sigkill_anywhere_then_resume_gives_the_uninterrupted_weights(corpus, tm
     resumed = load_checkpoint_file(checkpoints / "latest.pt")
     whole = _reference(corpus, tmp_path)
     assert resumed["step"] == whole["step"] == TOTAL_STEPS
-    for key, value in whole["model"].items():
-        assert torch.equal(value, resumed["model"][key]), key
+    for key, value in whole["task"].items():
+        assert torch.equal(value, resumed["task"][key]), key
 
 
 def test_nonfinite_loss_stops_keeping_the_last_good_checkpoint(corpus, tmp_path):
@@ -132,12 +132,12 @@ def test_nonfinite_loss_stops_keeping_the_last_good_checkpoint(corpus, tmp_path)
         train(build_config(overrides=dict(overrides, name="stop")))
     kept = load_checkpoint_file(tmp_path / "stop" / "checkpoints" / "latest.pt")
     assert kept["step"] == 1
-    assert all(torch.isfinite(v).all() for v in kept["model"].values())
+    assert all(torch.isfinite(v).all() for v in kept["task"].values())
 
     skip = dict(overrides, name="skip", skip_nonfinite=True, stop_after_steps=5)
     last = load_checkpoint_file(train(build_config(overrides=skip)) / "checkpoints" / "latest.pt")
     assert last["step"] == 5 and last["nonfinite_steps"] == 4
-    assert all(torch.isfinite(v).all() for v in last["model"].values())
+    assert all(torch.isfinite(v).all() for v in last["task"].values())
 
 
 DISK_FULL = """

@@ -74,7 +74,8 @@ def test_neighbor_loss_terms_match_the_reference(target):
     batch, d, image_dim, text_dim = 10, 8, 12, 7
     if target == "memory":
         image_dim = text_dim = d
-    loss = NeighborLoss(d, image_dim, text_dim, target=target, nn_weight=0.7, xnn_weight=0.3,
+    loss = NeighborLoss(d, image_bank_dim=image_dim, text_bank_dim=text_dim, target=target,
+                        nn_weight=0.7, xnn_weight=0.3,
                         aux_temperature=0.2).double()  # fmt: skip
     z_image, z_text = unit(batch, d).requires_grad_(), unit(batch, d).requires_grad_()
     scale = torch.tensor(12.0, dtype=torch.float64, requires_grad=True)
@@ -115,7 +116,9 @@ def test_neighbor_loss_terms_match_the_reference(target):
 
 
 def test_a_zero_weight_skips_its_terms():
-    loss = NeighborLoss(8, 8, 8, target="memory", nn_weight=1.0, xnn_weight=0.0)
+    loss = NeighborLoss(
+        8, image_bank_dim=8, text_bank_dim=8, target="memory", nn_weight=1.0, xnn_weight=0.0
+    )
     targets = make_targets(4, 8, 8, with_validity=False)
     terms = loss(unit(4, 8).float(), unit(4, 8).float(), torch.tensor(10.0), targets)
     assert terms["xnn_loss"].item() == 0.0 and "xnn_image_loss" not in terms
@@ -126,4 +129,4 @@ def test_bank_mode_needs_the_bank_dimensions():
     with pytest.raises(ValueError, match="image_bank_dim"):
         NeighborLoss(8, target="bank")
     with pytest.raises(ValueError, match="--neighbor-target 'teacher'"):
-        NeighborLoss(8, 8, 8, target="teacher")
+        NeighborLoss(8, image_bank_dim=8, text_bank_dim=8, target="teacher")

@@ -62,11 +62,13 @@ def test_resumed_run_ends_with_the_same_weights(shapes_corpus, tmp_path):
         "epoch_1.pt", "epoch_2.pt", "latest.pt",
     ]  # fmt: skip
     assert torch.equal(
-        load_checkpoint_file(resumed / "checkpoints" / "epoch_2.pt")["model"]["clip.logit_scale"],
-        again["model"]["clip.logit_scale"],
+        load_checkpoint_file(resumed / "checkpoints" / "epoch_2.pt")["task"][
+            "model.clip.logit_scale"
+        ],
+        again["task"]["model.clip.logit_scale"],
     )
-    for key, value in full["model"].items():
-        assert torch.equal(value, again["model"][key]), key
+    for key, value in full["task"].items():
+        assert torch.equal(value, again["task"][key]), key
     # metrics.jsonl has each step once, as an uninterrupted run would
     steps = [r["step"] for r in read_metrics(resumed) if "train/loss" in r]
     assert steps == sorted(set(steps))

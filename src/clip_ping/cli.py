@@ -53,14 +53,10 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _tokenizer_train(args: argparse.Namespace) -> None:
-    from .data.loader import DataSpec, read_captions
+    from .data.loader import read_captions
     from .tokenizer import train_tokenizer
 
-    spec = DataSpec(
-        args.train_data, args.dataset_type, csv_caption_key=args.csv_caption_key,
-        csv_img_key=args.csv_img_key, csv_separator=args.csv_separator,
-    )  # fmt: skip
-    captions = read_captions(spec)
+    captions = read_captions(_data_spec(args))
     tokenizer = train_tokenizer(captions, vocab_size=args.vocab_size)
     tokenizer.save_pretrained(args.out)
     print(
@@ -92,14 +88,9 @@ def _report(args: argparse.Namespace) -> None:
 
 def _bank_build(args: argparse.Namespace) -> None:
     from .bank import build_bank
-    from .data.loader import DataSpec
     from .distributed import cleanup, init_distributed
 
-    spec = DataSpec(
-        args.train_data, args.dataset_type, csv_img_key=args.csv_img_key,
-        csv_caption_key=args.csv_caption_key, csv_separator=args.csv_separator,
-        on_bad_sample=args.on_bad_sample, max_bad_share=args.max_bad_share,
-    )  # fmt: skip
+    spec = _data_spec(args)
     info = init_distributed(args.device)
     try:
         out = build_bank(
@@ -134,25 +125,37 @@ def _bank_neighbors(args: argparse.Namespace) -> None:
 
 def _bank_show(args: argparse.Namespace) -> None:
     from .contact_sheet import contact_sheet
-    from .data.loader import DataSpec
 
-    spec = DataSpec(
-        args.train_data, args.dataset_type, csv_img_key=args.csv_img_key,
-        csv_caption_key=args.csv_caption_key, csv_separator=args.csv_separator,
-    )  # fmt: skip
     contact_sheet(
-        args.image_bank, args.text_bank, spec, args.out,
+        args.image_bank, args.text_bank, _data_spec(args), args.out,
         num_anchors=args.num_anchors, num_neighbors=args.num_neighbors, seed=args.seed,
     )  # fmt: skip
     print(f"contact sheet in {args.out}")
 
 
-def _add_data_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--train-data", required=True, help="CSV/TSV or WebDataset shards")
-    parser.add_argument("--dataset-type", default="auto", help="csv | webdataset | auto")
-    parser.add_argument("--csv-img-key", default="filepath")
-    parser.add_argument("--csv-caption-key", default="title")
-    parser.add_argument("--csv-separator", default=None)
+READ_FLAGS = ("train_data", "dataset_type", "csv_img_key", "csv_caption_key", "csv_separator")
+
+
+def _add_data_flags(parser: argparse.ArgumentParser, extra: tuple[str, ...] = ()) -> None:
+    """The training-data flags, from their one source (DataSpec's fields)."""
+    from .config import add_arguments
+    from .data.loader import DataSpec
+
+    add_arguments(
+        parser, DataSpec, only=READ_FLAGS + extra, required=("train_data",),
+        suppress_defaults=False,
+    )  # fmt: skip
+
+
+def _data_spec(args: argparse.Namespace):
+    """The DataSpec of the data flags in ``args``."""
+    from dataclasses import fields
+
+    from .data.loader import DataSpec
+
+    return DataSpec(
+        **{f.name: getattr(args, f.name) for f in fields(DataSpec) if hasattr(args, f.name)}
+    )
 
 
 def _add_bank_commands(commands: argparse._SubParsersAction) -> None:
@@ -162,7 +165,7 @@ def _add_bank_commands(commands: argparse._SubParsersAction) -> None:
     build = bank.add_parser(
         "build", help="embed the training set with a frozen teacher (resumable; torchrun shards)"
     )
-    _add_data_flags(build)
+    _add_data_flags(build, extra=("on_bad_sample", "max_bad_share"))
     build.add_argument("--modality", required=True, choices=("image", "text"))
     build.add_argument(
         "--teacher", default=None,
@@ -179,16 +182,6 @@ def _add_bank_commands(commands: argparse._SubParsersAction) -> None:
         "--chunk-rows", type=int, default=4096, help="rows per flushed, resumable chunk"
     )
     build.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    build.add_argument(
-        "--on-bad-sample", default="skip", choices=("skip", "error"),
-        help="skip: zero row, listed in meta.json 'skipped' | error: stop at the first",
-    )  # fmt: skip
-    build.add_argument(
-        "--max-bad-share",
-        type=float,
-        default=0.01,  # data.bad_samples.DEFAULT_MAX_BAD_SHARE
-        help="skip: stop past this share of samples",
-    )
     build.set_defaults(func=_bank_build)
 
     neighbors = bank.add_parser("neighbors", help="top-K neighbours of every bank row")
@@ -272,11 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="a small WordPiece vocabulary from the training captions (use: --tokenizer OUT)",
     )
-    tok_train.add_argument("--train-data", required=True, help="CSV/TSV or WebDataset shards")
-    tok_train.add_argument("--dataset-type", default="auto", help="csv | webdataset | auto")
-    tok_train.add_argument("--csv-img-key", default="filepath")
-    tok_train.add_argument("--csv-caption-key", default="title")
-    tok_train.add_argument("--csv-separator", default=None)
+    _add_data_flags(tok_train)
     tok_train.add_argument("--vocab-size", type=int, default=2000)
     tok_train.add_argument("--out", required=True, help="output folder")
     tok_train.set_defaults(func=_tokenizer_train)

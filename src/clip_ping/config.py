@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from .data.loader import DataSpec
+
 PRECISIONS = ("fp32", "amp", "amp_bf16")
 DATASET_TYPES = ("auto", "csv", "webdataset")
 LOSSES = ("clip", "clip-ping")
@@ -30,25 +32,25 @@ def _f(default: Any, help: str, group: str, **kw: Any) -> Any:
     return field(default=default, metadata={"help": help, "group": group, **kw})
 
 
+def _data(name: str) -> Any:
+    """A training-data field with DataSpec's default and help."""
+    spec_field = {f.name: f for f in dataclasses.fields(DataSpec)}[name]
+    return field(default=spec_field.default, metadata=spec_field.metadata)
+
+
 @dataclass
 class TrainConfig:
-    # data
-    train_data: str | None = _f(None, "training CSV/TSV or WebDataset shards", "data")
+    # data (the training data's flags come from DataSpec, their one source)
+    train_data: str | None = _data("train_data")
     val_data: str | None = _f(
         None, "held-out image-caption CSV: retrieval (and zero-shot if labelled) each eval", "data"
     )
-    dataset_type: str = _f("auto", "csv | webdataset | auto (by extension)", "data")
-    csv_img_key: str = _f("filepath", "CSV column with image paths", "data")
-    csv_caption_key: str = _f("title", "CSV column with captions", "data")
-    csv_separator: str | None = _f(
-        None, "CSV separator (default: tab for .tsv, else comma)", "data"
-    )
-    train_num_samples: int | None = _f(
-        None, "webdataset: samples per epoch (default: all the shards hold)", "data"
-    )
-    dataset_resampled: bool = _f(
-        False, "webdataset: draw shards with replacement; epochs of --train-num-samples", "data"
-    )
+    dataset_type: str = _data("dataset_type")
+    csv_img_key: str = _data("csv_img_key")
+    csv_caption_key: str = _data("csv_caption_key")
+    csv_separator: str | None = _data("csv_separator")
+    train_num_samples: int | None = _data("train_num_samples")
+    dataset_resampled: bool = _data("dataset_resampled")
     zeroshot_data: str | None = _f(
         None,
         "zero-shot eval set: labelled CSV, class folder, or built-in digits | mnist5k "
@@ -60,10 +62,8 @@ class TrainConfig:
     )
     zeroshot_templates: str | None = _f(None, "prompt templates file (default: beside it)", "data")
     workers: int = _f(2, "data loader workers per process", "data")
-    on_bad_sample: str = _f(
-        "skip", "skip (log with the key, count) | error: unreadable images, empty captions", "data"
-    )
-    max_bad_share: float = _f(0.01, "skip: stop when more of the samples are bad", "data")
+    on_bad_sample: str = _data("on_bad_sample")
+    max_bad_share: float = _data("max_bad_share")
     # model
     model: str = _f("cpu-small-64", "student size (clip_ping.list_models())", "model")
     tokenizer: str | None = _f(None, "tokenizer folder or 'minilm' (default)", "model")
@@ -187,6 +187,10 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def data_spec(self) -> DataSpec:
+        """The training data's :class:`~clip_ping.data.loader.DataSpec` (same field names)."""
+        return DataSpec(**{f.name: getattr(self, f.name) for f in dataclasses.fields(DataSpec)})
+
 
 # --------------------------------------------------------------------------------------
 # YAML + flags
@@ -259,38 +263,78 @@ def load_yaml(path: str | Path, cls: type = TrainConfig) -> dict[str, Any]:
     return values
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfig) -> None:
-    """One flag per field, grouped; defaults are suppressed so we know what was set."""
+def _parser(name: str, kind: type, optional: bool):
+    """argparse ``type=`` for a field: ``kind(text)``, and ``none`` for optional fields."""
+
+    def parse(text: str) -> Any:
+        if optional and text.lower() in ("none", "null"):
+            return None
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expects {kind.__name__}{' or none' if optional else ''}, got {text!r}"
+            ) from None
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def add_arguments(
+    parser: argparse.ArgumentParser,
+    cls: type = TrainConfig,
+    only: tuple[str, ...] | None = None,
+    required: tuple[str, ...] = (),
+    suppress_defaults: bool = True,
+) -> None:
+    """One typed flag per field of ``cls`` (or of the fields in ``only``), grouped, with
+    the field's help and default. With ``suppress_defaults`` an unset flag is absent from
+    the namespace, so :func:`build_config` knows what the command line set."""
     groups: dict[str, argparse._ArgumentGroup] = {}
     for f in dataclasses.fields(cls):
+        if only is not None and f.name not in only:
+            continue
         group_name = f.metadata.get("group", "other")
         group = groups.get(group_name) or parser.add_argument_group(group_name)
         groups[group_name] = group
         flags = ["--" + f.name.replace("_", "-"), *f.metadata.get("aliases", ())]
-        kind, _ = _base_type(f.type)
+        kind, optional = _base_type(f.type)
         help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
+        options: dict[str, Any] = dict(
+            dest=f.name,
+            help=help_text,
+            default=argparse.SUPPRESS if suppress_defaults else f.default,
+        )
+        if f.name in required:
+            options.update(required=True, help=f.metadata.get("help", ""))
+            del options["default"]
         if kind is bool:
-            group.add_argument(
-                *flags,
-                dest=f.name,
-                action=argparse.BooleanOptionalAction,
-                default=argparse.SUPPRESS,
-                help=help_text,
-            )
+            group.add_argument(*flags, action=argparse.BooleanOptionalAction, **options)
         else:
-            group.add_argument(
-                *flags,
-                dest=f.name,
-                default=argparse.SUPPRESS,
-                help=help_text,
-                metavar=kind.__name__.upper(),
-            )
+            parse = _parser(f.name, kind, optional or f.default is None)
+            group.add_argument(*flags, type=parse, metavar=kind.__name__.upper(), **options)
+
+
+def _check_type(name: str, value: Any, annotation: Any) -> Any:
+    """``value`` if it has the field's type (an int passes for a float), else an error."""
+    kind, optional = _base_type(annotation)
+    if value is None and optional:
+        return None
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    raise ValueError(
+        f"setting '{name}' expects {kind.__name__}{' or None' if optional else ''}, "
+        f"got {value!r} ({type(value).__name__})"
+    )
 
 
 def build_config(
     config_file: str | None = None, overrides: dict[str, Any] | None = None, cls: type = TrainConfig
 ):
-    """Defaults, then the YAML file, then ``overrides`` (parsed flags); validated."""
+    """Defaults, then the YAML file, then ``overrides`` (typed values: parsed flags or
+    Python); validated."""
     values: dict[str, Any] = {}
     if config_file:
         values.update(load_yaml(config_file, cls))
@@ -298,7 +342,7 @@ def build_config(
     for key, value in (overrides or {}).items():
         if key not in fields:
             raise ValueError(f"unknown setting '{key}'")
-        values[key] = _coerce(key, value, fields[key].type)
+        values[key] = _check_type(key, value, fields[key].type)
     return cls(**values).validate()
 
 

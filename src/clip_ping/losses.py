@@ -184,6 +184,7 @@ class NeighborLoss(nn.Module):
     def __init__(
         self,
         embed_dim: int,
+        *,
         image_bank_dim: int | None = None,
         text_bank_dim: int | None = None,
         target: str = "bank",

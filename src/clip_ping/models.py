@@ -210,14 +210,33 @@ def _load_hf_dir(path: Path) -> tuple[ClipStudent, Tokenizer]:
     return ClipStudent(clip, tokenizer.pad_id), tokenizer
 
 
+def student_record(model: ClipStudent, tokenizer: Tokenizer) -> dict:
+    """What rebuilds ``model`` with no registry of ours: its transformers config and its
+    tokenizer (the context length is the text tower's ``max_position_embeddings``)."""
+    return {"clip_config": model.clip.config.to_dict(), "tokenizer": tokenizer.to_str()}
+
+
+STUDENT_PREFIX = "model."  # the student's keys in a checkpoint's TrainingTask state
+
+
 def model_from_checkpoint(state: dict) -> tuple[ClipStudent, Tokenizer]:
-    """Rebuild the student stored in a training checkpoint dict (see ``train.py``)."""
+    """Rebuild the student stored in a training checkpoint dict (see ``checkpoint.py``;
+    checkpoints of format 1, with ``model``/``clip_config`` keys, load too)."""
     from transformers import CLIPConfig, CLIPModel
 
-    tokenizer = Tokenizer.from_str(state["tokenizer"], state["context_length"])
-    clip = CLIPModel(CLIPConfig.from_dict(state["clip_config"]))
-    model = ClipStudent(clip, tokenizer.pad_id)
-    model.load_state_dict(state["model"])
+    if "student" in state:
+        record = state["student"]
+        weights = {
+            key[len(STUDENT_PREFIX) :]: value
+            for key, value in state["task"].items()
+            if key.startswith(STUDENT_PREFIX)
+        }
+    else:  # format 1
+        record, weights = state, state["model"]
+    config = CLIPConfig.from_dict(record["clip_config"])
+    tokenizer = Tokenizer.from_str(record["tokenizer"], config.text_config.max_position_embeddings)
+    model = ClipStudent(CLIPModel(config), tokenizer.pad_id)
+    model.load_state_dict(weights)
     return model, tokenizer
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -43,19 +43,40 @@ from .datasets import (
 DATASET_TYPES = ("csv", "webdataset", "auto")
 
 
+def _flag(default, help: str):
+    return field(default=default, metadata={"help": help, "group": "data"})
+
+
 @dataclass
 class DataSpec:
-    """Where the training pairs are and how to read them (open_clip's flag names)."""
+    """Where the training pairs are and how to read them (open_clip's flag names).
 
-    train_data: str
-    dataset_type: str = "auto"  # csv | webdataset | auto (.tar, {..} or '::' → webdataset)
-    csv_img_key: str = "filepath"
-    csv_caption_key: str = "title"
-    csv_separator: str | None = None  # None: tab for .tsv, else comma
-    train_num_samples: int | None = None  # webdataset: samples per epoch (default: all)
-    on_bad_sample: str = "skip"  # skip | error (see .bad_samples)
-    max_bad_share: float = DEFAULT_MAX_BAD_SHARE  # skip: stop past this share of bad samples
-    dataset_resampled: bool = False  # webdataset: shards drawn with replacement each epoch
+    The one source of these flags: ``clip-ping train`` (``TrainConfig``), ``bank build``,
+    ``bank show`` and ``tokenizer train`` take them from these fields, defaults and help
+    (:func:`clip_ping.config.add_arguments`).
+    """
+
+    train_data: str = _flag(None, "training CSV/TSV or WebDataset shards")
+    dataset_type: str = _flag("auto", "csv | webdataset | auto (by extension)")
+    csv_img_key: str = _flag("filepath", "CSV column with image paths")
+    csv_caption_key: str = _flag("title", "CSV column with captions")
+    csv_separator: str | None = _flag(None, "CSV separator (default: tab for .tsv, else comma)")
+    train_num_samples: int | None = _flag(
+        None, "webdataset: samples per epoch (default: all the shards hold)"
+    )
+    on_bad_sample: str = _flag(
+        "skip", "skip (log with the key, count) | error: unreadable images, empty captions"
+    )
+    max_bad_share: float = _flag(
+        DEFAULT_MAX_BAD_SHARE, "skip: stop when more of the samples are bad"
+    )
+    dataset_resampled: bool = _flag(
+        False, "webdataset: draw shards with replacement; epochs of --train-num-samples"
+    )
+
+    def __post_init__(self):
+        if not self.train_data:
+            raise ValueError("--train-data is required: a CSV/TSV file or WebDataset shards")
 
     def resolved_type(self) -> str:
         if self.dataset_type not in DATASET_TYPES:

@@ -187,6 +187,12 @@ def run_eval(
     return record
 
 
+def result_path(run_dir: str | os.PathLike, task: str, dataset: str) -> Path:
+    """Where a run keeps its latest ``task`` result on ``dataset``:
+    ``RUN/results/<prefix>_<dataset>.json`` (prefix as in the metric names)."""
+    return Path(run_dir) / "results" / f"{TASKS[task][1]}_{dataset}.json"
+
+
 def result_record(task: str, dataset: str, model: str, metrics: dict[str, float]) -> dict:
     """CLIP_benchmark's fields plus the run-log metric names (DESIGN.md §4)."""
     benchmark_task, prefix = TASKS[task]

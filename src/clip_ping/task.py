@@ -1,0 +1,182 @@
+"""The training task: everything one optimiser step needs, in one ``nn.Module``.
+
+:class:`TrainingTask` owns the student, the CLIP loss, the neighbour loss (with its heads),
+the neighbour guidance and the student memory (``memory`` targets; buffers). Its one
+``state_dict`` is what a checkpoint saves. The loop asks it for the loss terms of a batch
+and, after the backward pass, tells it to remember the batch's embeddings.
+
+Two parts stay out of the data-parallel wrapper on purpose:
+
+- the frozen teachers of the ``active`` source and the memory-mapped banks (in
+  :class:`~clip_ping.guidance.NeighborGuidance`, a plain object: not trained, not saved);
+- the student memory: every rank writes the same gathered rows, so DDP must not broadcast
+  its ``(N, d)`` buffers each step (3 GB at CC3M scale); it lives in host memory.
+
+So DDP (and ``torch.compile``) wrap :class:`ContrastiveStep`, the trained parameters only.
+
+Examples:
+    >>> model, tokenizer = create_model("cpu-micro-32")
+    >>> task = TrainingTask(model, ClipLoss())
+    >>> batch = {"image": torch.randn(4, 3, 32, 32), "text": tokenizer(["a"] * 4),
+    ...          "index": torch.arange(4)}
+    >>> loss, terms, out = task(batch, step=0)
+    >>> sorted(terms)
+    ['clip_loss']
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import TrainConfig
+from .data.loader import DataSpec
+from .guidance import NeighborGuidance
+from .losses import TOTAL_TERMS, ClipLoss, NeighborLoss, NeighborTargets
+from .memory import StudentMemory
+from .schedule import neighbor_ramp
+
+
+class ContrastiveStep(nn.Module):
+    """Student and losses: every trained parameter (the neighbour heads too), so DDP,
+    ``torch.compile`` and the optimiser see them all.
+
+    ``forward(images (B, 3, H, W), texts (B, L), targets, ramp) -> (terms, outputs)``.
+    """
+
+    def __init__(self, model, clip_loss: ClipLoss, neighbor_loss: NeighborLoss | None = None):
+        super().__init__()
+        self.model, self.clip_loss, self.neighbor_loss = model, clip_loss, neighbor_loss
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        texts: torch.Tensor,
+        targets: NeighborTargets | None = None,
+        ramp: float = 1.0,
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        out = self.model(images, texts)
+        features = (out["image_features"], out["text_features"], out["logit_scale"])
+        terms = self.clip_loss(*features)
+        if self.neighbor_loss is not None:
+            terms.update(self.neighbor_loss(*features, targets=targets, ramp=ramp))
+        return terms, out
+
+
+class TrainingTask(nn.Module):
+    """One training step's owner (see the module docstring).
+
+    Args:
+        model: the student (``ClipStudent``).
+        clip_loss: the CLIP term.
+        neighbor_loss: the NN/XNN terms (``--loss clip-ping``), else None.
+        guidance: draws neighbours and reads their targets (``--loss clip-ping``).
+        neighbor_warmup: steps over which the neighbour weights ramp up to 1 (0: none).
+
+    ``state_dict`` keys: ``model.*`` (the student), ``neighbor_loss.*`` (heads),
+    ``memory.*`` (student memory). The task is built on its devices: the student and heads
+    on the training device, the memory in host memory; do not ``.to()`` it whole.
+    """
+
+    def __init__(
+        self,
+        model,
+        clip_loss: ClipLoss,
+        neighbor_loss: NeighborLoss | None = None,
+        guidance: NeighborGuidance | None = None,
+        neighbor_warmup: int = 0,
+    ):
+        super().__init__()
+        if (neighbor_loss is None) != (guidance is None):
+            raise ValueError("neighbour guidance needs both a NeighborLoss and its guidance")
+        self.model, self.clip_loss, self.neighbor_loss = model, clip_loss, neighbor_loss
+        self.memory: StudentMemory | None = guidance.memory if guidance else None
+        self.guidance, self.neighbor_warmup = guidance, neighbor_warmup
+        self._set_step_module(ContrastiveStep(model, clip_loss, neighbor_loss))
+
+    @property
+    def step_module(self) -> nn.Module:
+        """What computes the loss terms: :class:`ContrastiveStep`, or its DDP/compiled
+        wrapper after :meth:`wrap`. Not a registered submodule: its parameters are the
+        task's own, and ``state_dict`` keys stay free of wrapper prefixes."""
+        return self.__dict__["_step_module"]
+
+    def _set_step_module(self, module: nn.Module) -> None:
+        self.__dict__["_step_module"] = module  # past nn.Module's registration, on purpose
+
+    def wrap(self, wrapper) -> None:
+        """Replace the step module by ``wrapper(step_module)`` (DDP, ``torch.compile``)."""
+        self._set_step_module(wrapper(self.step_module))
+
+    def forward(
+        self, batch: dict, step: int, device: torch.device | str = "cpu"
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """``(loss, named terms, student outputs)`` of ``batch`` at optimiser ``step``.
+
+        ``batch``: ``image (B, 3, H, W)``, ``text (B, L)``, ``index (B,)`` stable sample
+        indices (and ``caption`` for the active source). The loss is the sum of
+        :data:`~clip_ping.losses.TOTAL_TERMS`.
+        """
+        images = batch["image"].to(device, non_blocking=True)
+        texts = batch["text"].to(device, non_blocking=True)
+        targets, ramp = None, 1.0
+        if self.guidance is not None:
+            # Bank rows are read as stored and the active teachers run in float32, whatever
+            # the student's autocast.
+            with torch.autocast(torch.device(device).type, enabled=False):
+                targets = self.guidance.targets(batch["index"], step, device, batch)
+            ramp = neighbor_ramp(step, self.neighbor_warmup)
+        terms, out = self.step_module(images, texts, targets, ramp)
+        loss = sum(v for k, v in terms.items() if k in TOTAL_TERMS)
+        return loss, terms, out
+
+    def remember(self, indices: torch.Tensor, out: dict[str, torch.Tensor]) -> None:
+        """Write the batch's embeddings to the student memory (``memory`` targets only).
+        Called after the loss: this batch's targets were the previous rows."""
+        if self.memory is not None:
+            self.memory.update(indices, out["image_features"], out["text_features"])
+
+
+def create_task(cfg: TrainConfig, model, spec: DataSpec, device: torch.device) -> TrainingTask:
+    """The :class:`TrainingTask` of ``cfg`` around ``model`` (already on ``device``). For
+    ``--loss clip-ping`` the banks are validated against the training data ``spec``
+    before any step."""
+    clip_loss = ClipLoss(cfg.local_loss, cfg.gather_with_grad)
+    if cfg.loss != "clip-ping":
+        return TrainingTask(model, clip_loss)
+    from .bank import Bank
+
+    image_bank, text_bank = Bank(cfg.image_bank), Bank(cfg.text_bank)
+    for bank, modality in ((image_bank, "image"), (text_bank, "text")):
+        if bank.modality != modality:
+            raise ValueError(
+                f"--{modality}-bank {bank.path} holds {bank.modality} features; pass the "
+                f"{modality} bank"
+            )
+        bank.check_dataset(spec)
+    memory = None
+    if cfg.neighbor_target == "memory":
+        # One row per bank row (= stable index), not per sample of an epoch, which
+        # --train-num-samples may make smaller or larger. Kept in host memory: see memory.py.
+        memory = StudentMemory(len(image_bank), model.embed_dim)
+    neighbor_loss = NeighborLoss(
+        model.embed_dim,
+        image_bank_dim=image_bank.dim,
+        text_bank_dim=text_bank.dim,
+        target=cfg.neighbor_target,
+        nn_weight=cfg.nn_weight,
+        xnn_weight=cfg.xnn_weight,
+        aux_temperature=cfg.aux_temperature,
+        local_loss=cfg.local_loss,
+        gather_with_grad=cfg.gather_with_grad,
+    ).to(device)
+    active = None
+    if cfg.neighbor_source == "active":
+        from .guidance import ActiveTeachers
+
+        active = ActiveTeachers(image_bank, text_bank, device)
+    guidance = NeighborGuidance(
+        image_bank, text_bank, k=cfg.neighbor_k, target=cfg.neighbor_target, memory=memory,
+        seed=cfg.seed, active=active,
+    )  # fmt: skip
+    return TrainingTask(model, clip_loss, neighbor_loss, guidance, cfg.neighbor_warmup)
