@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
 
 
 @dataclass(frozen=True)
@@ -57,23 +58,6 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-class _GatherWithGrad(torch.autograd.Function):
-    """All-gather whose backward sums every rank's gradient for this rank's slice."""
-
-    @staticmethod
-    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
-        ctx.rank, ctx.batch = dist.get_rank(), tensor.shape[0]
-        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, tensor.contiguous())
-        return torch.cat(parts, dim=0)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.contiguous()
-        dist.all_reduce(grad)  # gloo has no reduce_scatter; all_reduce + slice is equivalent
-        return grad[ctx.rank * ctx.batch : (ctx.rank + 1) * ctx.batch]
-
-
 def gather_batch(tensor: torch.Tensor, with_grad: bool) -> torch.Tensor:
     """``(B, ...)`` per rank → ``(world * B, ...)`` in rank order.
 
@@ -82,8 +66,8 @@ def gather_batch(tensor: torch.Tensor, with_grad: bool) -> torch.Tensor:
     """
     if not is_distributed():
         return tensor
-    if with_grad:
-        return _GatherWithGrad.apply(tensor)
+    if with_grad:  # backward: every rank's gradient for this rank's slice, summed
+        return torch.cat(dist_nn.all_gather(tensor), dim=0)
     parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, tensor.contiguous())
     parts[dist.get_rank()] = tensor  # the local slice keeps its gradient
