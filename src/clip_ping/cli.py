@@ -138,8 +138,8 @@ READ_FLAGS = ("train_data", "dataset_type", "csv_img_key", "csv_caption_key", "c
 
 def _add_data_flags(parser: argparse.ArgumentParser, extra: tuple[str, ...] = ()) -> None:
     """The training-data flags, from their one source (DataSpec's fields)."""
-    from .config import add_arguments
     from .data.loader import DataSpec
+    from .flags import add_arguments
 
     add_arguments(
         parser, DataSpec, only=READ_FLAGS + extra, required=("train_data",),
@@ -149,13 +149,10 @@ def _add_data_flags(parser: argparse.ArgumentParser, extra: tuple[str, ...] = ()
 
 def _data_spec(args: argparse.Namespace):
     """The DataSpec of the data flags in ``args``."""
-    from dataclasses import fields
-
     from .data.loader import DataSpec
+    from .flags import namespace_values
 
-    return DataSpec(
-        **{f.name: getattr(args, f.name) for f in fields(DataSpec) if hasattr(args, f.name)}
-    )
+    return DataSpec(**namespace_values(args, DataSpec))
 
 
 def _add_bank_commands(commands: argparse._SubParsersAction) -> None:
@@ -216,7 +213,8 @@ def _add_bank_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import add_arguments
+    from .config import TrainConfig
+    from .flags import add_arguments
 
     parser = argparse.ArgumentParser(
         prog="clip-ping", description="Train lightweight CLIP models with neighbour guidance."
@@ -274,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="train a student", description="Flags override values from --config."
     )
     train.add_argument("--config", default=None, help="YAML file of settings (flags override it)")
-    add_arguments(train)
+    add_arguments(train, TrainConfig)
     train.set_defaults(func=_train)
 
     from .evaluation import run as evaluation_run  # its flags live beside the code using them

@@ -8,11 +8,8 @@ the wrong type are errors that name the key and the fix.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import difflib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +17,7 @@ from typing import Any
 import yaml
 
 from .data.loader import DataSpec
+from .flags import field_type
 
 PRECISIONS = ("fp32", "amp", "amp_bf16")
 DATASET_TYPES = ("auto", "csv", "webdataset")
@@ -197,20 +195,8 @@ class TrainConfig:
 # --------------------------------------------------------------------------------------
 
 
-def _base_type(annotation: Any) -> tuple[type, bool]:
-    """(type, optional) of a field annotation such as ``int | None``."""
-    hint = annotation
-    if isinstance(hint, str):
-        hint = eval(hint, {**vars(typing), "types": types})  # annotations are ours
-    args = typing.get_args(hint)
-    if args:
-        non_none = [a for a in args if a is not type(None)]
-        return non_none[0], len(non_none) < len(args)
-    return hint, False
-
-
 def _coerce(name: str, value: Any, annotation: Any) -> Any:
-    kind, optional = _base_type(annotation)
+    kind, optional = field_type(annotation)
     if optional and isinstance(value, str) and value.lower() in ("none", "null"):
         value = None
     if value is None:
@@ -263,61 +249,9 @@ def load_yaml(path: str | Path, cls: type = TrainConfig) -> dict[str, Any]:
     return values
 
 
-def _parser(name: str, kind: type, optional: bool):
-    """argparse ``type=`` for a field: ``kind(text)``, and ``none`` for optional fields."""
-
-    def parse(text: str) -> Any:
-        if optional and text.lower() in ("none", "null"):
-            return None
-        try:
-            return kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expects {kind.__name__}{' or none' if optional else ''}, got {text!r}"
-            ) from None
-
-    parse.__name__ = kind.__name__
-    return parse
-
-
-def add_arguments(
-    parser: argparse.ArgumentParser,
-    cls: type = TrainConfig,
-    only: tuple[str, ...] | None = None,
-    required: tuple[str, ...] = (),
-    suppress_defaults: bool = True,
-) -> None:
-    """One typed flag per field of ``cls`` (or of the fields in ``only``), grouped, with
-    the field's help and default. With ``suppress_defaults`` an unset flag is absent from
-    the namespace, so :func:`build_config` knows what the command line set."""
-    groups: dict[str, argparse._ArgumentGroup] = {}
-    for f in dataclasses.fields(cls):
-        if only is not None and f.name not in only:
-            continue
-        group_name = f.metadata.get("group", "other")
-        group = groups.get(group_name) or parser.add_argument_group(group_name)
-        groups[group_name] = group
-        flags = ["--" + f.name.replace("_", "-"), *f.metadata.get("aliases", ())]
-        kind, optional = _base_type(f.type)
-        help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
-        options: dict[str, Any] = dict(
-            dest=f.name,
-            help=help_text,
-            default=argparse.SUPPRESS if suppress_defaults else f.default,
-        )
-        if f.name in required:
-            options.update(required=True, help=f.metadata.get("help", ""))
-            del options["default"]
-        if kind is bool:
-            group.add_argument(*flags, action=argparse.BooleanOptionalAction, **options)
-        else:
-            parse = _parser(f.name, kind, optional or f.default is None)
-            group.add_argument(*flags, type=parse, metavar=kind.__name__.upper(), **options)
-
-
 def _check_type(name: str, value: Any, annotation: Any) -> Any:
     """``value`` if it has the field's type (an int passes for a float), else an error."""
-    kind, optional = _base_type(annotation)
+    kind, optional = field_type(annotation)
     if value is None and optional:
         return None
     if kind is float and isinstance(value, int) and not isinstance(value, bool):

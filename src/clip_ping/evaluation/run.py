@@ -231,9 +231,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--workers", type=int, default=0, help="data loader workers")
-    parser.add_argument("--csv-img-key", default="filepath")
-    parser.add_argument("--csv-caption-key", default="title")
-    parser.add_argument("--csv-separator", default=None)
+    from ..data.loader import DataSpec
+    from ..flags import add_arguments as add_field_arguments
+
+    csv_columns = ("csv_img_key", "csv_caption_key", "csv_separator")
+    add_field_arguments(parser, DataSpec, only=csv_columns, suppress_defaults=False)
     parser.add_argument(
         "--wd",
         type=float,
