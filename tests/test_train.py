@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 import clip_ping
@@ -82,6 +83,26 @@ def test_resume_refuses_another_model(shapes_corpus, tmp_path):
         assert "cpu-micro-32" in str(exc) and "--model" in str(exc)
     else:
         raise AssertionError("resuming with another --model must fail")
+    # A checkpoint of the earlier layout (format 1) is refused with what to do; its
+    # student still loads.
+    latest = tmp_path / "m" / "checkpoints" / "latest.pt"
+    state = load_checkpoint_file(latest)
+    old = {k: v for k, v in state.items() if k not in ("format", "student", "task")}
+    old.update(student_weights(state), clip_config=state["student"]["clip_config"],
+               tokenizer=state["student"]["tokenizer"], context_length=16)  # fmt: skip
+    torch.save(old, latest)
+    with pytest.raises(ValueError, match="format clip-ping-checkpoint/1.*clip_ping.load"):
+        train(config(shapes_corpus, tmp_path, name="m", resume="latest"))
+    model, _, _ = clip_ping.load(latest)
+    torch.testing.assert_close(model.state_dict(), student_weights(state)["model"])
+
+
+def student_weights(state: dict) -> dict:
+    """Format 1 kept the student's weights apart, under ``model``."""
+    prefix = "model."
+    return {
+        "model": {k[len(prefix) :]: v for k, v in state["task"].items() if k.startswith(prefix)}
+    }
 
 
 def test_cli_trains_with_a_trained_tokenizer_and_exports(shapes_corpus, tmp_path):
