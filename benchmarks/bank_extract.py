@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from clip_ping.bank import _ChunkStream, _extract, _Reader  # noqa: E402
+from clip_ping.bank.build import _ChunkStream, _extract, _Reader  # noqa: E402
 from clip_ping.data.datasets import CsvDataset  # noqa: E402
 from clip_ping.data.loader import DataSpec  # noqa: E402
 from clip_ping.data.shapes import build_shapes  # noqa: E402

@@ -65,18 +65,24 @@ def status_mib() -> dict[str, float]:
 
 def write_bank(folder: Path, modality: str, rows: int, seed: int) -> None:
     """A finished synthetic bank with a top-``K`` table, written in chunks."""
-    from clip_ping.bank import BANK_FORMAT
+    from clip_ping.bank import (
+        BANK_FORMAT,
+        FEATURES,
+        META,
+        NEIGHBORS,
+        NEIGHBORS_META,
+        SIMILARITIES,
+        has_neighbor_table,
+    )
     from clip_ping.io import atomic_write_text
 
-    if (folder / "neighbors.json").is_file():
+    if has_neighbor_table(folder):
         return
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    features = np.lib.format.open_memmap(folder / "features.npy", "w+", np.float16, (rows, DIM))
-    neighbors = np.lib.format.open_memmap(folder / "neighbors.npy", "w+", np.int32, (rows, K))
-    similarities = np.lib.format.open_memmap(
-        folder / "similarities.npy", "w+", np.float16, (rows, K)
-    )
+    features = np.lib.format.open_memmap(folder / FEATURES, "w+", np.float16, (rows, DIM))
+    neighbors = np.lib.format.open_memmap(folder / NEIGHBORS, "w+", np.int32, (rows, K))
+    similarities = np.lib.format.open_memmap(folder / SIMILARITIES, "w+", np.float16, (rows, K))
     for start in range(0, rows, CHUNK_ROWS):
         stop = min(start + CHUNK_ROWS, rows)
         block = rng.standard_normal((stop - start, DIM), dtype=np.float32)
@@ -92,13 +98,9 @@ def write_bank(folder: Path, modality: str, rows: int, seed: int) -> None:
         "format": BANK_FORMAT, "teacher": "synthetic", "modality": modality, "dim": DIM,
         "num_rows": rows, "fingerprint": f"synthetic-{rows}", "dtype": "float16",
     }  # fmt: skip
-    atomic_write_text(folder / "meta.json", json.dumps(meta, indent=1) + "\n")
+    atomic_write_text(folder / META, json.dumps(meta, indent=1) + "\n")
     info = {"k": K, "backend": "synthetic-random", "bank": meta["fingerprint"]}
-    atomic_write_text(folder / "neighbors.json", json.dumps(info, indent=1) + "\n")
-
-
-def advise(array: np.ndarray, advice: int) -> None:
-    array._mmap.madvise(advice)
+    atomic_write_text(folder / NEIGHBORS_META, json.dumps(info, indent=1) + "\n")
 
 
 def drop_from_page_cache(root: Path) -> None:
@@ -123,7 +125,7 @@ def measure(root: Path, steps: int, batch_size: int, advice: str, cold: bool = F
     """Run ``steps`` CLIP-PING steps over the banks in ``root``; memory and time."""
     import torch
 
-    from clip_ping.bank import Bank
+    from clip_ping.bank import FEATURES, NEIGHBORS, Bank
     from clip_ping.guidance import NeighborGuidance
     from clip_ping.losses import TOTAL_TERMS, ClipLoss, NeighborLoss
     from clip_ping.models import create_model
@@ -135,10 +137,10 @@ def measure(root: Path, steps: int, batch_size: int, advice: str, cold: bool = F
     image_bank, text_bank = Bank(root / "image"), Bank(root / "text")
     guidance = NeighborGuidance(image_bank, text_bank, k=K, target="bank", seed=0)
     if advice == "normal":  # undo what NeighborGuidance advised, for the comparison
-        for array in (image_bank.features, text_bank.features):
-            advise(array, mmap.MADV_NORMAL)
+        for array in (guidance.image_features, guidance.text_features):
+            array.base.madvise(mmap.MADV_NORMAL)  # mapped by clip_ping.bank.open_array
         for array in (guidance.image_neighbors, guidance.text_neighbors):
-            advise(array, mmap.MADV_NORMAL)
+            array.base.madvise(mmap.MADV_NORMAL)
     loss = NeighborLoss(model.embed_dim, image_bank_dim=DIM, text_bank_dim=DIM, target="bank")
     step_module = ContrastiveStep(model, ClipLoss(), loss)
     optimizer = torch.optim.AdamW(step_module.parameters(), lr=1e-4)
@@ -172,9 +174,7 @@ def measure(root: Path, steps: int, batch_size: int, advice: str, cold: bool = F
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_majflt - faults_before.ru_majflt
     read_mib = (disk_read_bytes() - read_before) / 2**20
     bank_bytes = sum(
-        (root / m / f).stat().st_size
-        for m in ("image", "text")
-        for f in ("features.npy", "neighbors.npy")
+        (root / m / f).stat().st_size for m in ("image", "text") for f in (FEATURES, NEIGHBORS)
     )
     return {
         "rows": num_rows, "steps": steps, "batch_size": batch_size, "madvise": advice,

@@ -42,17 +42,16 @@ BANK_DIMS = {"image": 1280, "text": 384}
 
 def prepare(work: Path, args) -> Path:
     """Shapes corpus and two random banks with top-10 tables; returns the train CSV."""
-    from clip_ping.bank import build_bank
+    from clip_ping.bank import build_bank, has_neighbor_table, mine_bank
     from clip_ping.data.loader import DataSpec
     from clip_ping.data.shapes import build_shapes
-    from clip_ping.neighbors import mine_bank
 
     info = build_shapes(work / "shapes", args.num_train, 64, args.image_size, seed=0)
     spec = DataSpec(str(info["train_csv"]))
     rng = np.random.default_rng(0)
     for modality, dim in BANK_DIMS.items():
         folder = work / f"{modality}_bank"
-        if (folder / "neighbors.json").is_file():
+        if has_neighbor_table(folder):
             continue
         features = rng.standard_normal((args.num_train, dim)).astype(np.float32)
         np.save(work / f"{modality}.npy", features)

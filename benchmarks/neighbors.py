@@ -106,7 +106,7 @@ def bank_stats(path: Path, queries: int = 1000, seed: int = 1) -> dict:
 def run_one(bank: str, backend: str, k: int, device: str, nprobe: int, nlist: int | None) -> dict:
     """In a child process: mine, measure, print one JSON line."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from clip_ping.neighbors import mine_neighbors
+    from clip_ping.bank import mine_neighbors
 
     features = np.load(bank, mmap_mode="r")
     started = time.perf_counter()

@@ -21,13 +21,12 @@ from pathlib import Path
 
 import torch
 
-from clip_ping.bank import build_bank
+from clip_ping.bank import build_bank, has_neighbor_table, mine_bank
 from clip_ping.config import build_config
 from clip_ping.data.loader import DataSpec, build_train_data
 from clip_ping.data.shapes import build_shapes
 from clip_ping.data.transforms import TrainTransform
 from clip_ping.models import create_model
-from clip_ping.neighbors import mine_bank
 from clip_ping.schedule import create_optimizer
 from clip_ping.task import create_task
 
@@ -39,7 +38,7 @@ def prepare(work: Path, image_size: int, num_train: int) -> DataSpec:
     for modality in ("image", "text"):
         bank = work / modality
         build_bank(spec, modality, bank, image_size=128 if modality == "image" else None)
-        if not (bank / "neighbors.json").exists():
+        if not has_neighbor_table(bank):
             mine_bank(bank, k=5, backend="exact")
     return spec
 

@@ -33,9 +33,8 @@ def small_corpus(tmp_path_factory):
 def shapes_banks(small_corpus, tmp_path_factory):
     """Image (EfficientNet-Lite0 at 64 px) and text (MiniLM) banks of ``small_corpus``
     with top-5 neighbour tables."""
-    from clip_ping.bank import build_bank
+    from clip_ping.bank import build_bank, mine_bank
     from clip_ping.data.loader import DataSpec
-    from clip_ping.neighbors import mine_bank
 
     root = tmp_path_factory.mktemp("shapes_banks")
     spec = DataSpec(str(small_corpus / "train.csv"))

@@ -58,10 +58,9 @@ def shard_run(small_corpus, tmp_path_factory):
     shards, a random image bank) with top-3 tables, and shards_worker.py's output."""
     import numpy as np
 
-    from clip_ping.bank import build_bank
+    from clip_ping.bank import build_bank, mine_bank
     from clip_ping.data.datasets import write_shards
     from clip_ping.data.loader import DataSpec
-    from clip_ping.neighbors import mine_bank
 
     tmp_path = tmp_path_factory.mktemp("ddp_shards")
     write_shards(small_corpus / "train.csv", tmp_path / "shards", samples_per_shard=100)

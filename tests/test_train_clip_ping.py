@@ -101,6 +101,15 @@ def test_active_search_finds_the_offline_neighbours_of_unchanged_captions(
             assert similarity >= float(offline_similarities[row].min()) - 2e-3
 
 
+def test_active_source_needs_an_image_teacher_it_can_run(shapes_banks):
+    from clip_ping.bank import Bank
+    from clip_ping.guidance import ActiveTeachers
+
+    text_bank = Bank(shapes_banks / "text")  # MiniLM: embeds captions, not pixels
+    with pytest.raises(ValueError, match="supports efficientnet-lite0 banks, not minilm"):
+        ActiveTeachers(text_bank, text_bank, torch.device("cpu"))
+
+
 def test_active_source_trains_and_logs_every_term(small_corpus, shapes_banks, tmp_path):
     run_dir = train(config(small_corpus, shapes_banks, tmp_path, name="active",
                            neighbor_source="active", stop_after_steps=4))  # fmt: skip

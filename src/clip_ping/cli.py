@@ -105,7 +105,7 @@ def _bank_build(args: argparse.Namespace) -> None:
 
 
 def _bank_neighbors(args: argparse.Namespace) -> None:
-    from .neighbors import caption_groups, mine_bank
+    from .bank import NEIGHBORS, caption_groups, mine_bank
 
     groups = None
     if args.exclude_same_caption:
@@ -119,7 +119,7 @@ def _bank_neighbors(args: argparse.Namespace) -> None:
     rate = len(result.neighbors) / max(result.seconds, 1e-9)
     print(
         f"top-{args.k} neighbours of {len(result.neighbors):,} rows with {result.backend} in "
-        f"{result.seconds:.1f} s ({rate:,.0f} rows/s) → {args.bank}/neighbors.npy"
+        f"{result.seconds:.1f} s ({rate:,.0f} rows/s) → {args.bank}/{NEIGHBORS}"
     )
 
 

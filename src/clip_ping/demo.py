@@ -106,10 +106,9 @@ class DemoData:
 
 def prepare_data(out: Path, size: DemoSize, assets: str | None = None) -> DemoData:
     """The corpus, both banks and their neighbour tables (also without same-caption pairs)."""
-    from .bank import build_bank
+    from .bank import build_bank, caption_groups, has_neighbor_table, mine_bank
     from .data.demo_corpus import build_demo_corpus
     from .data.loader import DataSpec, read_captions
-    from .neighbors import caption_groups, mine_bank
 
     data = DemoData(out / "data" / "corpus", out / "banks")
     build_demo_corpus(
@@ -121,10 +120,10 @@ def prepare_data(out: Path, size: DemoSize, assets: str | None = None) -> DemoDa
     captions = read_captions(spec)
     groups = caption_groups(captions)
     for modality in ("image", "text"):
-        if not (data.bank(modality) / "neighbors.json").is_file():
+        if not has_neighbor_table(data.bank(modality)):
             mine_bank(data.bank(modality), k=NEIGHBOR_K)
         alt = data.bank(modality, "no-same-caption")
-        if not (alt / "neighbors.json").is_file():
+        if not has_neighbor_table(alt):
             _link_bank(data.bank(modality), alt)
             mine_bank(alt, k=NEIGHBOR_K, exclude_groups=groups)
     return data
@@ -132,8 +131,10 @@ def prepare_data(out: Path, size: DemoSize, assets: str | None = None) -> DemoDa
 
 def _link_bank(source: Path, target: Path) -> None:
     """A bank folder sharing ``source``'s features (hard links), for another neighbour table."""
+    from .bank import FEATURES, META
+
     target.mkdir(parents=True, exist_ok=True)
-    for name in ("features.npy", "meta.json"):
+    for name in (FEATURES, META):
         if not (target / name).exists():
             os.link(source / name, target / name)
 

@@ -18,17 +18,14 @@ searched in the banks at that moment (exact blocked search, the anchor itself ex
 
 from __future__ import annotations
 
-import mmap
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .bank import Bank
+from .bank import Bank, search_vectors
 from .data.transforms import CLIP_MEAN, CLIP_STD
 from .losses import NeighborTargets
 from .memory import StudentMemory
-from .neighbors import search_vectors
 
 _MIX = (0x9E3779B1, 0x85EBCA77, 0xC2B2AE3D)  # odd constants of a multiplicative hash
 
@@ -46,15 +43,6 @@ def draw_offsets(indices: torch.Tensor, step: int, seed: int, k: int) -> torch.T
 def _rows(table: np.ndarray, indices: torch.Tensor) -> torch.Tensor:
     """Rows of a memory-mapped table; reads only those rows."""
     return torch.from_numpy(np.ascontiguousarray(table[indices.cpu().numpy()]))
-
-
-def read_at_random(array: np.ndarray) -> None:
-    """Tell the kernel that a memory-mapped ``array`` is read at random rows, so a page
-    fault reads that page, not a readahead window (128 KiB by default: ~170 rows of a
-    384-d float16 bank for the one row a step needs). No-op for in-memory arrays."""
-    mapping = getattr(array, "_mmap", None)
-    if mapping is not None and hasattr(mmap, "MADV_RANDOM"):
-        mapping.madvise(mmap.MADV_RANDOM)
 
 
 def bank_targets(
@@ -89,16 +77,14 @@ class ActiveTeachers:
     def __init__(self, image_bank: Bank, text_bank: Bank, device: torch.device):
         from .teachers import create_teacher
 
-        image_size = image_bank.meta.get("preprocessing", {}).get("image_size")
-        if image_bank.teacher != "efficientnet-lite0":
-            image_size = None  # hf: teachers resize with their own processor
-        self.image = create_teacher(image_bank.teacher, "image", image_size, str(device))
-        self.text = create_teacher(text_bank.teacher, "text", None, str(device))
-        if not hasattr(self.image, "model") or image_size is None:
+        image_size = image_bank.teacher_spec.online_image_size
+        if image_size is None:
             raise ValueError(
                 f"--neighbor-source active runs the image teacher on the augmented batch; "
                 f"it supports efficientnet-lite0 banks, not {image_bank.teacher}"
             )
+        self.image = create_teacher(image_bank.teacher, "image", image_size, str(device))
+        self.text = create_teacher(text_bank.teacher, "text", None, str(device))
         self.image_size = image_size
 
     @torch.inference_mode()
@@ -138,19 +124,18 @@ class NeighborGuidance:
         self.memory, self.seed, self.active = memory, seed, active
         if target == "memory" and memory is None:
             raise ValueError("memory targets need a StudentMemory")
+        self.image_features, self.text_features = image_bank.features, text_bank.features
         if active is not None:  # neighbours are searched online: no tables needed
             if not 1 <= k < len(image_bank):
                 raise ValueError(f"--neighbor-k {k}: need 1 <= k < {len(image_bank)} samples")
             return
-        self.image_neighbors, _ = image_bank.neighbors()
-        self.text_neighbors, _ = text_bank.neighbors()
         # A step reads a few scattered rows of each file (the active source above scans
         # whole banks, so it keeps the kernel's default readahead).
-        for array in (self.image_neighbors, self.text_neighbors):
-            read_at_random(array)
+        self.image_neighbors, _ = image_bank.neighbors(random_access=True)
+        self.text_neighbors, _ = text_bank.neighbors(random_access=True)
         if target == "bank":
-            read_at_random(image_bank.features)
-            read_at_random(text_bank.features)
+            self.image_features = image_bank.random_access_features()
+            self.text_features = text_bank.random_access_features()
         for bank, table in ((image_bank, self.image_neighbors), (text_bank, self.text_neighbors)):
             if not 1 <= k <= table.shape[1]:
                 raise ValueError(
@@ -187,9 +172,7 @@ class NeighborGuidance:
         images and captions, needed by the active source)."""
         image_nbr, text_nbr = self.draw(indices, step, batch)
         if self.target == "bank":
-            targets = bank_targets(
-                self.image_bank.features, self.text_bank.features, image_nbr, text_nbr
-            )
+            targets = bank_targets(self.image_features, self.text_features, image_nbr, text_nbr)
         else:
             targets = memory_targets(self.memory, image_nbr, text_nbr)
         return targets.to(device)

@@ -365,7 +365,7 @@ def create_teacher(
     else:
         raise ValueError(
             f"unknown teacher {name!r}; use efficientnet-lite0 (image), minilm (text), "
-            "hf:<model name or folder>, sentence-transformers:<folder> or npy:<features.npy>"
+            "hf:<model name or folder>, sentence-transformers:<folder> or npy:<file.npy>"
         )
     if teacher.modality != modality:
         raise ValueError(

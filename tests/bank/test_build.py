@@ -87,7 +87,7 @@ def test_killed_build_resumes_to_identical_bytes(corpus, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="2")  # the same threads as the reference below
 
     process = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
-    progress, deadline = tmp_path / "killed" / "progress.json", time.monotonic() + 120
+    progress, deadline = tmp_path / "killed" / "progress.json", time.monotonic() + 600
     while time.monotonic() < deadline and process.poll() is None:
         if progress.is_file() and json.loads(progress.read_text())["done"]:
             process.send_signal(signal.SIGKILL)  # right after the first chunk was flushed

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from clip_ping import neighbors as nb
-from clip_ping.neighbors import exact_search, mine_neighbors
+from clip_ping.bank import exact_search, mine_neighbors
+from clip_ping.bank import mine as nb
 
 K = 5
 

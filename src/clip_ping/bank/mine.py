@@ -25,7 +25,6 @@ Examples:
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -35,8 +34,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .distributed import resolve_device
-from .io import atomic_write_text
+from ..distributed import resolve_device
+from .store import Bank, write_neighbor_table
 
 BACKENDS = ("auto", "exact", "faiss-flat", "faiss-ivf")
 # Largest N mined exactly by `auto`: on 2 CPU cores 200k rows take a few minutes (N² work).
@@ -356,14 +355,11 @@ def drop_same_group(result: NeighborResult, groups: np.ndarray, k: int) -> Neigh
 def mine_bank(
     bank_dir: str | Path, k: int, exclude_groups: np.ndarray | None = None, **options
 ) -> NeighborResult:
-    """Mine the bank in ``bank_dir`` and write ``neighbors.npy``, ``similarities.npy`` and
-    ``neighbors.json`` (last: its presence marks a complete table).
+    """Mine the bank in ``bank_dir`` and write its neighbour table (:mod:`.store`).
 
     With ``exclude_groups`` ``(N,)``, rows of the anchor's own group are not neighbours
     (:func:`drop_same_group`); the search then asks for as many more as the largest group.
     """
-    from .bank import Bank
-
     bank = Bank(bank_dir)
     options.setdefault("exclude", bank.skipped)
     if exclude_groups is None:
@@ -377,15 +373,8 @@ def mine_bank(
         largest = int(np.unique(exclude_groups, return_counts=True)[1].max())
         result = mine_neighbors(bank.features, k + largest - 1, **options)
         result = drop_same_group(result, exclude_groups, k)
-    (bank.path / "neighbors.json").unlink(missing_ok=True)
-    for name, array in (("neighbors", result.neighbors), ("similarities", result.similarities)):
-        tmp = bank.path / f".{name}.npy.tmp"
-        out = np.lib.format.open_memmap(tmp, "w+", array.dtype, array.shape)
-        out[:] = array
-        out.flush()
-        del out
-        tmp.replace(bank.path / f"{name}.npy")
-    info = {"k": k, "backend": result.backend, "seconds": round(result.seconds, 2)}
-    info.update(recall=result.recall, settings=result.settings, bank=bank.fingerprint)
-    atomic_write_text(bank.path / "neighbors.json", json.dumps(info, indent=1) + "\n")
+    write_neighbor_table(
+        bank, result.neighbors, result.similarities, backend=result.backend,
+        seconds=round(result.seconds, 2), recall=result.recall, settings=result.settings,
+    )  # fmt: skip
     return result

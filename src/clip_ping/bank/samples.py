@@ -1,0 +1,123 @@
+"""The training data as a bank sees it: samples read by stable index, and the dataset's
+fingerprint (what a bank of it depends on, recorded at build time, checked before use).
+
+Examples:
+    >>> spec = DataSpec("shapes/train.csv")
+    >>> dataset_fingerprint(spec, "text")  # Fingerprint(digest='3e80...', num_samples=1536)
+    >>> next(SampleReader(spec).read(0, 1, "text"))  # (0, 'a large orange triangle ...')
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, NamedTuple
+
+from ..data.bad_samples import BadSample, check_caption
+from ..data.datasets import (
+    CsvDataset,
+    KeyIndex,
+    build_key_index,
+    decode_shard_sample,
+    expand_urls,
+    iter_shard,
+)
+from ..data.loader import DataSpec
+from ..data.transforms import to_rgb
+
+
+class Fingerprint(NamedTuple):
+    digest: str  # sha256 hex
+    num_samples: int
+
+
+def _open_csv(spec: DataSpec) -> CsvDataset:
+    return CsvDataset(
+        spec.train_data, spec.csv_img_key, spec.csv_caption_key, spec.csv_separator,
+        on_bad_sample="skip",  # SampleReader applies the policy itself
+    )  # fmt: skip
+
+
+def dataset_fingerprint(spec: DataSpec, modality: str) -> Fingerprint:
+    """What a bank of ``modality`` over ``spec`` depends on, hashed, and the sample count.
+
+    CSV: the image paths (+ the captions for text banks). Shards: the sample keys and shard
+    names, read from the key index (captions are not read: that would mean reading every
+    shard; the key index is rebuilt whenever a shard's size changes).
+    """
+    digest = hashlib.sha256(f"{modality}\n".encode())
+    if spec.resolved_type() == "csv":
+        dataset = _open_csv(spec)
+        keys = dataset.keys()
+        texts = dataset.captions if modality == "text" else None
+    else:
+        index = build_key_index(expand_urls(spec.train_data))
+        keys, texts = list(index.keys), None
+        digest.update("\n".join(index.shards).encode() + b"\0")
+    for i, key in enumerate(keys):
+        digest.update(key.encode() + b"\t")
+        if texts is not None:
+            digest.update((texts[i] or "").encode())  # None: a short CSV row
+        digest.update(b"\n")
+    return Fingerprint(digest.hexdigest(), len(keys))
+
+
+@dataclass
+class SampleReader:
+    """Reads samples ``[start, stop)`` in stable-index order: ``(index, item)`` pairs where
+    item is an RGB PIL image, a caption, or ``(image, caption)`` for ``modality="both"``.
+    A bad sample's item is its :class:`BadSample` (naming it) with ``spec.on_bad_sample ==
+    "skip"``; with ``"error"`` it is raised. Picklable: DataLoader workers open their own
+    files."""
+
+    spec: DataSpec
+
+    @cached_property
+    def _csv(self) -> CsvDataset:
+        return _open_csv(self.spec)
+
+    @cached_property
+    def _key_index(self) -> KeyIndex:
+        return build_key_index(expand_urls(self.spec.train_data))
+
+    def read(self, start: int, stop: int, modality: str) -> Iterator[tuple[int, Any]]:
+        for index, item in self._read(start, stop, modality):
+            if isinstance(item, BadSample) and self.spec.on_bad_sample == "error":
+                raise item
+            yield index, item
+
+    def _read(self, start: int, stop: int, modality: str) -> Iterator[tuple[int, Any]]:
+        if self.spec.resolved_type() == "csv":
+            dataset = self._csv
+            for i in range(start, stop):
+                where = f"image {dataset.keys()[i]!r} (row {i} of {dataset.path})"
+                try:
+                    caption = check_caption(dataset.captions[i])
+                    sample = dataset[i] if modality != "text" else {"image": None}
+                    if "bad" in sample:
+                        raise BadSample(sample["bad"])
+                except BadSample as bad:
+                    yield i, bad.at(where)
+                    continue
+                yield i, _pick(sample["image"], caption, modality)
+            return
+        urls = expand_urls(self.spec.train_data)
+        index = self._key_index
+        for shard, offset in enumerate(index.offsets):
+            first, end = max(start - offset, 0), min(stop - offset, index.counts[shard])
+            if first >= end:
+                continue
+            for position, key, files in iter_shard(urls[shard], first, end):
+                try:
+                    image, caption = decode_shard_sample(files, image=modality != "text")
+                except BadSample as bad:
+                    yield offset + position, bad.at(f"sample {key!r} of shard {urls[shard]}")
+                    continue
+                rgb = to_rgb(image) if image is not None else None
+                yield offset + position, _pick(rgb, caption, modality)
+
+
+def _pick(image: Any, caption: str, modality: str) -> Any:
+    return {"image": image, "text": caption, "both": (image, caption)}[modality]

@@ -1,0 +1,286 @@
+"""The bank folder: its file names, reading, validation and neighbour tables, in one place.
+
+A bank is a folder; row i of every array is sample i of the training data (its stable index)::
+
+    features.npy      (N, D) float16, L2-normalised rows; readers memory-map it
+    meta.json         teacher, modality, dim, N, dataset fingerprint, preprocessing, versions;
+                      written last, so its presence means the bank is complete
+    progress.json     only while building: the chunks of rows already flushed to features.npy
+    neighbors.npy     (N, K) int32: each row's K neighbour rows, most similar first
+    similarities.npy  (N, K) float16: their similarities
+    neighbors.json    K, backend, recall, settings, the bank's fingerprint; written after the
+                      two tables, so its presence means the table is complete
+
+:mod:`.build` writes the first three, :mod:`.mine` computes the tables and writes them with
+:func:`write_neighbor_table`. Samples skipped as bad at build time have all-zero rows and
+are listed in ``meta.json`` under ``"skipped"`` (:attr:`Bank.skipped`).
+
+Examples:
+    >>> bank = Bank("banks/image")
+    >>> bank.teacher_spec.image_size, bank.features.shape  # (64, (N, 1280))
+    >>> neighbors, similarities = bank.neighbors()  # (N, K) int32, (N, K) float16
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import mmap
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data.loader import DataSpec
+from ..io import atomic_write_text
+from ..teachers import EfficientNetLite0
+from .samples import dataset_fingerprint
+
+BANK_FORMAT = "clip-ping-bank/1"
+FEATURES, META, PROGRESS = "features.npy", "meta.json", "progress.json"
+NEIGHBORS, SIMILARITIES, NEIGHBORS_META = "neighbors.npy", "similarities.npy", "neighbors.json"
+
+
+# --------------------------------------------------------------------------- teacher
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    """The teacher a bank was built with, as its ``meta.json`` records it.
+
+    ``name``, ``modality`` and ``dim`` are top-level entries of ``meta.json``; the other
+    fields come from its ``"preprocessing"`` entry (the teacher's ``info``) and are None
+    where that teacher records no such field. Fields this version does not know are kept in
+    ``extra``, so ``spec.preprocessing`` gives back the entry it was read from.
+
+    Examples:
+        >>> spec = Bank("banks/image").teacher_spec
+        >>> spec.name, spec.image_size, spec.online_image_size  # efficientnet-lite0, 64, 64
+    """
+
+    name: str
+    modality: str
+    dim: int
+    image_size: int | None = None  # efficientnet-lite0: side of the square input, pixels
+    resize: str | None = None
+    normalize: str | None = None
+    pooling: str | None = None
+    weights: str | None = None  # efficientnet-lite0: the weights file's name
+    image_processor: dict | None = None  # hf: image teachers: their processor's settings
+    max_tokens: int | None = None  # text teachers: captions are cut to this many tokens
+    source: str | None = None  # npy: teachers: the features file
+    dtype: str | None = None  # npy: teachers: its dtype
+    extra: dict = field(default_factory=dict)
+    _NOT_PREPROCESSING = ("name", "modality", "dim", "extra")  # (not annotated: not a field)
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> TeacherSpec:
+        """The spec recorded in a bank's ``meta.json`` (``meta``: its parsed content)."""
+        preprocessing = dict(meta.get("preprocessing") or {})
+        known = {f.name for f in fields(cls)} - set(cls._NOT_PREPROCESSING)
+        typed = {key: preprocessing.pop(key) for key in list(preprocessing) if key in known}
+        return cls(
+            meta["teacher"], meta["modality"], int(meta["dim"]), **typed, extra=preprocessing
+        )
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        """The ``"preprocessing"`` entry of ``meta.json`` (fields that are not None)."""
+        recorded = (f.name for f in fields(self) if f.name not in self._NOT_PREPROCESSING)
+        values = {name: getattr(self, name) for name in recorded}
+        return {**{k: v for k, v in values.items() if v is not None}, **self.extra}
+
+    @property
+    def online_image_size(self) -> int | None:
+        """Side in pixels at which this teacher can embed an augmented ``(B, 3, s, s)``
+        batch itself (pixels in [0, 1] resized to it, then ``(x - 0.5) / 0.5``), as the
+        active neighbour source needs; None where it cannot: text teachers, ``hf:`` image
+        teachers (they resize with their own processor), ``npy:`` features (no model)."""
+        if self.modality == "image" and self.name == EfficientNetLite0.name:
+            return self.image_size
+        return None
+
+
+# --------------------------------------------------------------------------- arrays
+
+
+def open_array(path: str | Path, random_access: bool = False) -> np.ndarray:
+    """The ``.npy`` file ``path``, memory-mapped read-only.
+
+    ``random_access``: tell the kernel the array is read at scattered rows
+    (``madvise(MADV_RANDOM)``), so a page fault reads that page, not a readahead window
+    (128 KiB by default: ~170 rows of a 384-d float16 bank for the one row a step needs).
+    The result is then a plain ndarray over its own ``mmap`` (kept alive as its ``base``)
+    rather than an ``np.memmap``. Raises ``ValueError`` or ``OSError`` for a file that is
+    not a whole ``.npy`` array.
+    """
+    if not random_access:
+        return np.load(path, mmap_mode="r")
+    with open(path, "rb") as file:
+        version = np.lib.format.read_magic(file)
+        # Versions 2.0 and 3.0 share one header layout (3.0 only allows UTF-8 field names).
+        if version == (1, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(file)
+        else:
+            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(file)
+        if dtype.hasobject:
+            raise ValueError("an array of Python objects cannot be memory-mapped")
+        offset = file.tell()
+        mapping = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+    if len(mapping) < offset + dtype.itemsize * math.prod(shape):
+        mapping.close()
+        raise ValueError("mmap length is greater than file size")
+    if hasattr(mmap, "MADV_RANDOM"):
+        mapping.madvise(mmap.MADV_RANDOM)
+    order = "F" if fortran_order else "C"
+    return np.ndarray(shape, dtype, buffer=mapping, offset=offset, order=order)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def has_neighbor_table(folder: str | Path) -> bool:
+    """Whether the bank folder holds a complete neighbour table."""
+    return (Path(folder) / NEIGHBORS_META).is_file()
+
+
+class Bank:
+    """A finished bank folder, memory-mapped: ``bank.features`` is ``(N, D)`` float16.
+
+    Examples:
+        >>> bank = Bank("banks/image")
+        >>> bank.check_dataset(DataSpec("shapes/train.csv"), dim=1280)
+        >>> bank.features[17]  # sample 17's teacher feature, (1280,)
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not (self.path / META).is_file():
+            partial = (self.path / PROGRESS).is_file()
+            raise FileNotFoundError(
+                f"{self.path} is not a finished bank (no {META}"
+                + ("; its build was interrupted" if partial else "")
+                + "); run (or rerun, to resume) clip-ping bank build --out "
+                + f"{self.path} --train-data ... --modality image|text"
+            )
+        self.meta = json.loads((self.path / META).read_text())
+        self.modality, self.teacher = self.meta["modality"], self.meta["teacher"]
+        self.teacher_spec = TeacherSpec.from_meta(self.meta)
+        self.num_rows, self.dim = int(self.meta["num_rows"]), int(self.meta["dim"])
+        self.fingerprint = self.meta["fingerprint"]
+        self.features = self._open(FEATURES, (self.num_rows, self.dim), np.float16)
+        # Rows of samples skipped as bad at build time: zeros, never to be chosen as neighbours.
+        self.skipped = np.asarray(self.meta.get("skipped", []), dtype=np.int64)
+
+    def _open(
+        self, name: str, shape: tuple[int, ...], dtype: type, random_access: bool = False
+    ) -> np.ndarray:
+        path = self.path / name
+        expected = np.dtype(dtype).itemsize * math.prod(shape)
+        try:
+            array = open_array(path, random_access)
+        except (ValueError, OSError) as exc:  # e.g. "mmap length is greater than file size"
+            raise ValueError(
+                f"{path} is unreadable or truncated ({exc}; {path.stat().st_size:,} bytes for "
+                f"{expected:,} of data); rebuild it (delete {self.path}, rerun the command)"
+            ) from None
+        if array.shape != shape or array.dtype != dtype:
+            raise ValueError(
+                f"{path} holds {array.shape} {array.dtype} but {META} says {shape} "
+                f"{np.dtype(dtype)}; the folder is inconsistent: rebuild it"
+            )
+        return array
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+    def random_access_features(self) -> np.ndarray:
+        """``features`` mapped once more for reads of a few scattered rows at a time (see
+        :func:`open_array`); ``features`` itself keeps the kernel's readahead for scans."""
+        return self._open(FEATURES, (self.num_rows, self.dim), np.float16, random_access=True)
+
+    def validate(
+        self, fingerprint: str | None, num_rows: int, dim: int | None = None, data: str = ""
+    ) -> None:
+        """Raise ``ValueError`` unless this bank covers ``num_rows`` samples with this
+        fingerprint (see :func:`.samples.dataset_fingerprint`) and, if given,
+        has ``dim`` columns."""
+        fix = (
+            f"rebuild it with clip-ping bank build --train-data {data or '...'} --modality "
+            f"{self.modality} --teacher {self.teacher} --out NEW_DIR"
+        )
+        what = f"{self.modality} bank {self.path} ({self.teacher})"
+        data = f"--train-data {data}" if data else "the training data"
+        if num_rows != self.num_rows:
+            raise ValueError(
+                f"{what} has {self.num_rows:,} rows but {data} has {num_rows:,} samples; {fix}"
+            )
+        if fingerprint is not None and fingerprint != self.fingerprint:
+            raise ValueError(
+                f"{what} was built from other samples than {data} (same count, {num_rows:,}, "
+                f"but dataset fingerprint {self.fingerprint[:12]} ≠ {fingerprint[:12]}); {fix}"
+            )
+        if dim is not None and dim != self.dim:
+            raise ValueError(
+                f"{what} holds {self.dim}-d features but the config expects {dim}-d; set the "
+                f"bank dim to {self.dim} or build a bank with a {dim}-d teacher"
+            )
+
+    def check_dataset(self, spec: DataSpec, dim: int | None = None) -> None:
+        """:meth:`validate` against ``spec`` (hashes its keys and, for CSV text, captions)."""
+        fingerprint = dataset_fingerprint(spec, self.modality)
+        self.validate(fingerprint.digest, fingerprint.num_samples, dim, str(spec.train_data))
+
+    @property
+    def has_neighbors(self) -> bool:
+        return has_neighbor_table(self.path)
+
+    def neighbor_info(self) -> dict[str, Any]:
+        """The neighbour table's ``neighbors.json``: ``k``, ``backend``, ``recall``, ..."""
+        if not self.has_neighbors:
+            raise FileNotFoundError(
+                f"{self.path} has no neighbour table; run clip-ping bank neighbors {self.path} --k K"
+            )
+        return json.loads((self.path / NEIGHBORS_META).read_text())
+
+    def neighbors(self, random_access: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Memory-mapped ``(N, K)`` int32 neighbour indices and float16 similarities
+        (``random_access``: mapped for reads of scattered rows, see :func:`open_array`)."""
+        shape = (self.num_rows, int(self.neighbor_info()["k"]))
+        return (
+            self._open(NEIGHBORS, shape, np.int32, random_access),
+            self._open(SIMILARITIES, shape, np.float16, random_access),
+        )
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def write_neighbor_table(
+    bank: Bank, neighbors: np.ndarray, similarities: np.ndarray, **details: Any
+) -> None:
+    """Write ``(N, K)`` neighbour rows and their similarities into ``bank``'s folder.
+
+    ``neighbors.json`` (K, then ``details``, e.g. backend, seconds, recall and settings,
+    then the bank's fingerprint) is removed first and written last, so a table is never
+    read half-written. Read it back with :meth:`Bank.neighbors`.
+    """
+    if neighbors.ndim != 2 or neighbors.shape != similarities.shape or len(neighbors) != len(bank):
+        raise ValueError(
+            f"a neighbour table of {bank.path} is two (N, K) arrays with N = {len(bank):,}; "
+            f"got {neighbors.shape} neighbours and {similarities.shape} similarities"
+        )
+    (bank.path / NEIGHBORS_META).unlink(missing_ok=True)
+    for name, array in (
+        (NEIGHBORS, neighbors.astype(np.int32, copy=False)),
+        (SIMILARITIES, similarities.astype(np.float16, copy=False)),
+    ):
+        tmp = bank.path / f".{name}.tmp"
+        out = np.lib.format.open_memmap(tmp, "w+", array.dtype, array.shape)
+        out[:] = array
+        out.flush()
+        del out
+        tmp.replace(bank.path / name)
+    info = {"k": int(neighbors.shape[1]), **details, "bank": bank.fingerprint}
+    atomic_write_text(bank.path / NEIGHBORS_META, json.dumps(info, indent=1) + "\n")
