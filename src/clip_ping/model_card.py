@@ -8,6 +8,7 @@ whenever a later evaluation of the finished run adds numbers (the demo does).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import yaml
@@ -99,16 +100,27 @@ def _usage(run_dir: Path) -> list[str]:
     ]
 
 
-def write_model_card(run_dir: str | Path, parameters: int | None = None) -> Path:
+def exported_parameters(hf_dir: Path) -> int | None:
+    """Parameters in the export's safetensors weights (None if it has none)."""
+    from safetensors import safe_open
+
+    weights = hf_dir / "model.safetensors"
+    if not weights.is_file():
+        return None
+    with safe_open(str(weights), framework="pt") as f:
+        return sum(math.prod(f.get_slice(key).get_shape()) for key in f.keys())
+
+
+def write_model_card(run_dir: str | Path) -> Path:
     """Write ``run_dir/hf/README.md`` from the run's ``config.yaml``, its export's
-    ``config.json`` and its result records; return its path."""
+    ``config.json`` and weights, and its result records; return its path."""
     from .evaluation.run import run_results
 
     run_dir = Path(run_dir)
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     hf_config = json.loads((run_dir / "hf" / "config.json").read_text())
     lines = [_front_matter(), f"# {run_dir.name}", ""]
-    lines += _description(cfg, hf_config, parameters)
+    lines += _description(cfg, hf_config, exported_parameters(run_dir / "hf"))
     lines += ["", "## Training", ""] + _settings_table(cfg)
     lines += ["", "## Evaluation", ""]
     lines += ["The run's latest evaluation of each metric (`RUN/results/*.json`).", ""]

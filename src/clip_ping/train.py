@@ -41,6 +41,7 @@ from .data.transforms import TrainTransform
 from .distributed import DistInfo, barrier, cleanup, init_distributed, is_distributed
 from .evaluation.during_training import evaluate_during_training
 from .logger import MetricsLog, log, setup_logging
+from .model_card import write_model_card
 from .models import create_model, export_hf, get_model_spec
 from .schedule import autocast_context, cosine_lr, create_optimizer, create_scaler, set_lr
 from .task import TrainingTask, create_task
@@ -313,6 +314,7 @@ def finish(run: Run, stopped_early: bool) -> None:
     run.bar.close()
     if run.info.is_main and not stopped_early:
         export_hf(run.task.model, run.tokenizer, run.run_dir / "hf")
+        write_model_card(run.run_dir)
         log.info("finished %d steps; exported %s", run.progress.step, run.run_dir / "hf")
     elif stopped_early:
         log.info("stopped after step %d as asked; continue with --resume latest",

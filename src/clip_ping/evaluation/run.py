@@ -205,6 +205,25 @@ def result_record(task: str, dataset: str, model: str, metrics: dict[str, float]
     }
 
 
+def result_records(run_dir: str | os.PathLike) -> list[dict]:
+    """The records of ``RUN/results/*.json``, the first measured first: training's periodic
+    evaluations by their ``step``, then evaluations of the finished run (records without
+    ``step``: ``clip-ping eval``, the demo); file-name order between records measured alike.
+    Decided by what the records say, never by file times."""
+    paths = sorted((Path(run_dir) / "results").glob("*.json"))
+    named = [(path.name, json.loads(path.read_text())) for path in paths]
+    named.sort(key=lambda item: ("step" not in item[1], item[1].get("step", 0), item[0]))
+    return [record for _, record in named]
+
+
+def run_results(run_dir: str | os.PathLike) -> dict[str, float]:
+    """Every metric of a run's result records, the one measured last winning."""
+    metrics: dict[str, float] = {}
+    for record in result_records(run_dir):
+        metrics.update(record.get("metric_names", {}))
+    return metrics
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``clip-ping eval`` flags."""
     parser.add_argument("--model", required=True, help="run folder, checkpoint .pt or hf/ folder")
