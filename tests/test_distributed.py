@@ -59,8 +59,8 @@ def shard_run(small_corpus, tmp_path_factory):
     import numpy as np
 
     from clip_ping.bank import build_bank, mine_bank
-    from clip_ping.data.datasets import write_shards
     from clip_ping.data.loader import DataSpec
+    from clip_ping.data.shards import write_shards
 
     tmp_path = tmp_path_factory.mktemp("ddp_shards")
     write_shards(small_corpus / "train.csv", tmp_path / "shards", samples_per_shard=100)

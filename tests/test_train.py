@@ -141,7 +141,7 @@ def test_cli_trains_with_a_trained_tokenizer_and_exports(shapes_corpus, tmp_path
 
 
 def test_training_from_webdataset_shards(shapes_corpus, tmp_path):
-    from clip_ping.data.datasets import write_shards
+    from clip_ping.data.shards import write_shards
 
     shards = tmp_path / "shards"
     write_shards(shapes_corpus / "train.csv", shards, samples_per_shard=256)

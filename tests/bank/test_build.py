@@ -14,9 +14,10 @@ import torch
 
 from clip_ping.bank import Bank, build_bank, dataset_fingerprint
 from clip_ping.cli import main
-from clip_ping.data.datasets import CsvDataset, write_shards
+from clip_ping.data.datasets import CsvDataset
 from clip_ping.data.loader import DataSpec
 from clip_ping.data.shapes import build_shapes
+from clip_ping.data.shards import write_shards
 from clip_ping.teachers import create_teacher
 
 NUM_ROWS = 320

@@ -8,17 +8,12 @@ import pytest
 import torch
 from PIL import Image
 
-from clip_ping.data import datasets
+from clip_ping.data import tars
 from clip_ping.data.bad_samples import BadSample
-from clip_ping.data.datasets import (
-    CsvDataset,
-    ShardDataset,
-    build_key_index,
-    default_key_index_path,
-    expand_urls,
-    write_shards,
-)
+from clip_ping.data.datasets import CsvDataset
 from clip_ping.data.shapes import build_shapes
+from clip_ping.data.shards import ShardDataset, write_shards
+from clip_ping.data.tars import build_key_index, default_key_index_path, expand_urls
 from clip_ping.data.transforms import CLIP_MEAN, CLIP_STD, EvalTransform, TrainTransform
 
 
@@ -137,7 +132,7 @@ def test_write_shards_layout(corpus):
     assert [Path(s).name for s in shards] == ["00000.tar", "00001.tar", "00002.tar", "00003.tar"]
     sizes = json.loads((folder / "sizes.json").read_text())
     assert sizes == {"00000.tar": 16, "00001.tar": 16, "00002.tar": 16, "00003.tar": 2}
-    first = list(datasets.iter_shard(shards[1]))[0]
+    first = list(tars.iter_shard(shards[1]))[0]
     position, key, files = first
     assert (position, key, sorted(files)) == (0, "0000100", ["json", "png", "txt"])
     assert json.loads(files["json"])["csv_row"] == 16
@@ -150,9 +145,9 @@ def test_iter_shard_reads_only_the_requested_samples(corpus, monkeypatch):
     monkeypatch.setattr(
         tarfile.TarFile, "extractfile", lambda self, m: read.append(m.name) or extract(self, m)
     )
-    assert [key for _, key, _ in datasets.iter_shard(shards[0], read=False)][-1] == "0000015"
+    assert [key for _, key, _ in tars.iter_shard(shards[0], read=False)][-1] == "0000015"
     assert read == []
-    samples = list(datasets.iter_shard(shards[0], start=10, stop=12))
+    samples = list(tars.iter_shard(shards[0], start=10, stop=12))
     assert [(position, key) for position, key, _ in samples] == [(10, "0000010"), (11, "0000011")]
     assert sorted(read) == [f"00000{i}.{ext}" for i in (10, 11) for ext in ("json", "png", "txt")]
 
@@ -169,7 +164,7 @@ def test_key_index_order_cache_and_rebuild(corpus, monkeypatch):
     def no_scan(*args, **kwargs):
         raise AssertionError("the cached key index should have been used")
 
-    monkeypatch.setattr(datasets, "iter_shard", no_scan)
+    monkeypatch.setattr(tars, "iter_shard", no_scan)
     assert build_key_index(shards) == index
     # Another shard list is another index (and another cache file), which must be scanned.
     with pytest.raises(AssertionError, match="cached key index"):

@@ -4,9 +4,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from clip_ping.data.datasets import CsvDataset, write_shards
+from clip_ping.data.datasets import CsvDataset
 from clip_ping.data.loader import DataSpec, build_train_data
 from clip_ping.data.shapes import build_shapes
+from clip_ping.data.shards import write_shards
 from clip_ping.data.transforms import TrainTransform
 
 NUM_SAMPLES = 90

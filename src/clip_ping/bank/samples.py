@@ -16,15 +16,9 @@ from functools import cached_property
 from typing import Any, NamedTuple
 
 from ..data.bad_samples import BadSample, check_caption
-from ..data.datasets import (
-    CsvDataset,
-    KeyIndex,
-    build_key_index,
-    decode_shard_sample,
-    expand_urls,
-    iter_shard,
-)
+from ..data.datasets import CsvDataset
 from ..data.loader import DataSpec
+from ..data.tars import KeyIndex, build_key_index, decode_shard_sample, expand_urls, iter_shard
 from ..data.transforms import to_rgb
 
 

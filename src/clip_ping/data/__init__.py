@@ -4,18 +4,11 @@ The training loop uses :func:`build_train_data`; banks and evaluation read
 :class:`CsvDataset` / :class:`ShardDataset` directly.
 """
 
-from .datasets import (
-    CsvDataset,
-    KeyIndex,
-    ShardDataset,
-    build_key_index,
-    expand_urls,
-    iter_shard,
-    sample_rng,
-    write_shards,
-)
+from .datasets import CsvDataset, sample_rng
 from .loader import CsvTrainData, DataSpec, ShardTrainData, TrainData, build_train_data
 from .shapes import build_shapes
+from .shards import ShardDataset, write_shards
+from .tars import KeyIndex, build_key_index, expand_urls, iter_shard
 from .transforms import CLIP_MEAN, CLIP_STD, EvalTransform, TrainTransform, to_rgb
 
 __all__ = [

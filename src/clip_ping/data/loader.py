@@ -30,15 +30,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from .bad_samples import DEFAULT_MAX_BAD_SHARE, check_policy, collate_good
-from .datasets import (
-    CsvDataset,
-    ShardDataset,
-    Tokenizer,
-    Transform,
-    build_key_index,
-    expand_urls,
-    iter_shard,
-)
+from .datasets import CsvDataset, Tokenizer, Transform
+from .shards import ShardDataset
+from .tars import build_key_index, expand_urls, iter_shard
 
 DATASET_TYPES = ("csv", "webdataset", "auto")
 
