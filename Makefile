@@ -9,7 +9,7 @@ TORCH_VERSION := 2.13.0
 
 install: $(STAMP)
 
-# Offline demo corpus sources (docs: clip_ping.data.demo_corpus), fetched once into .assets/
+# Offline demo corpus sources (docs: clip_ping.experiments.demo_corpus), fetched once into .assets/
 # by package name: emoji sets from npm, clip-art from Debian (unpacked, not installed).
 ASSETS := .assets
 ASSETS_STAMP := $(ASSETS)/.complete

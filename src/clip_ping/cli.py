@@ -27,7 +27,7 @@ def _data_karpathy(args: argparse.Namespace) -> None:
 
 
 def _data_demo(args: argparse.Namespace) -> None:
-    from .data.demo_corpus import build_demo_corpus
+    from .experiments.demo_corpus import build_demo_corpus
 
     info = build_demo_corpus(
         args.out, assets=args.assets, max_concepts=args.max_concepts,
@@ -70,7 +70,7 @@ def _tokenizer_train(args: argparse.Namespace) -> None:
 
 def _demo(args: argparse.Namespace) -> None:
     if args.seeds > 1 or args.ablations is not None:
-        from .results import run_results
+        from .experiments.results import run_results
 
         ablations = True if args.ablations == [] else (args.ablations or False)
         run_results(
@@ -79,13 +79,13 @@ def _demo(args: argparse.Namespace) -> None:
             assets=args.assets, jobs=args.jobs,
         )  # fmt: skip
         return
-    from .demo import run_demo
+    from .experiments.demo import run_demo
 
     run_demo(args.out, quick=args.quick, assets=args.assets, jobs=args.jobs)
 
 
 def _report(args: argparse.Namespace) -> None:
-    from .report import main
+    from .experiments.report import main
 
     main(args.runs, args.out)
 
@@ -133,8 +133,8 @@ def _bank_neighbors(args: argparse.Namespace) -> None:
 
 
 def _bank_show(args: argparse.Namespace) -> None:
-    from .contact_sheet import contact_sheet
     from .data.loader import DataSpec
+    from .experiments.contact_sheet import contact_sheet
 
     spec = DataSpec(
         args.train_data, args.dataset_type, csv_img_key=args.csv_img_key,

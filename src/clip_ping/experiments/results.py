@@ -2,7 +2,7 @@
 
     clip-ping demo --seeds 3 --ablations          # make results
 
-Every variant of :data:`clip_ping.demo.VARIANTS` is trained and evaluated exactly as the
+Every variant of :data:`clip_ping.experiments.demo.VARIANTS` is trained and evaluated exactly as the
 demo's runs (same corpus, student, budget), once per seed. A seed fixes the initial weights
 and the batch order, so a variant and CLIP trained with the same seed differ only in their
 objective: the tables give each metric's mean ± std over seeds and the mean ± std of the
@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .io import atomic_write_text
+from ..io import atomic_write_text
 
 ABLATIONS = (
     "nn-only",

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .bank import Bank, SampleReader
-from .data.loader import DataSpec
-from .io import atomic_write
+from ..bank import Bank, SampleReader
+from ..data.loader import DataSpec
+from ..io import atomic_write
 
 CAPTION_WIDTH = 22  # characters per caption line under a thumbnail
 CELL_INCHES = 1.6

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from clip_ping import report
+from clip_ping.experiments import report
 
 
 def fake_run(path, records, results=None):

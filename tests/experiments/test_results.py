@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from clip_ping import results
+from clip_ping.experiments import results
 
 KEY = "zeroshot/concepts/acc1"
 
@@ -60,7 +60,7 @@ def test_ablation_seeds_per_name():
 
 
 def test_results_page_has_both_tables_and_its_figures(tmp_path):
-    from clip_ping.demo import FULL, DemoData
+    from clip_ping.experiments.demo import FULL, DemoData
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()

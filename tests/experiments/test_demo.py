@@ -8,7 +8,7 @@ import pytest
 
 from clip_ping.bank import Bank
 from clip_ping.data.loader import DataSpec, read_captions
-from clip_ping.demo import DemoData, DemoSize, run_demo, run_variants
+from clip_ping.experiments.demo import DemoData, DemoSize, run_demo, run_variants
 
 TINY = DemoSize(
     max_concepts=40, max_clipart=30, epochs=1, batch_size=32, model="cpu-micro-32",

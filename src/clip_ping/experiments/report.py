@@ -16,7 +16,7 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .io import atomic_write_text
+from ..io import atomic_write_text
 
 EVAL_PREFIXES = ("zeroshot", "retrieval", "linear_probe")
 # The metrics a short table shows first, when a run has them (DESIGN.md §4 names).

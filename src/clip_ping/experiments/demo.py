@@ -18,7 +18,7 @@ Stages, each cached (a second call reuses what is finished, and a killed call re
 6. ``summary.json`` (DESIGN.md §4 metric names) and ``report.md`` with figures.
 
 ``run_variant`` trains and evaluates any variant of :data:`VARIANTS` for any seed: the
-results command (:mod:`clip_ping.results`) uses it for its seeds and ablations.
+results command (:mod:`clip_ping.experiments.results`) uses it for its seeds and ablations.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .io import atomic_write_text
+from ..io import atomic_write_text
 
 # Teacher input: emoji are 64 px and clip-art 128 px; 128 px costs a third of 224 px and the
 # neighbours look as sensible on the contact sheet.
@@ -106,10 +106,10 @@ class DemoData:
 
 def prepare_data(out: Path, size: DemoSize, assets: str | None = None) -> DemoData:
     """The corpus, both banks and their neighbour tables (also without same-caption pairs)."""
-    from .bank import build_bank
-    from .data.demo_corpus import build_demo_corpus
-    from .data.loader import DataSpec, read_captions
-    from .neighbors import caption_groups, mine_bank
+    from ..bank import build_bank
+    from ..data.loader import DataSpec, read_captions
+    from ..neighbors import caption_groups, mine_bank
+    from .demo_corpus import build_demo_corpus
 
     data = DemoData(out / "data" / "corpus", out / "banks")
     build_demo_corpus(
@@ -140,7 +140,7 @@ def _link_bank(source: Path, target: Path) -> None:
 
 def train_config(data: DemoData, size: DemoSize, variant: str, seed: int, logs: Path, name: str):
     """The resolved training config of ``variant`` (shared settings + its overrides)."""
-    from .config import build_config
+    from ..config import build_config
 
     overrides = dict(VARIANTS[variant])
     banks = overrides.pop("banks", "default")
@@ -160,8 +160,8 @@ def train_config(data: DemoData, size: DemoSize, variant: str, seed: int, logs: 
 
 def evaluate_run(run_dir: Path, data: DemoData, probes: tuple[str, ...]) -> dict[str, float]:
     """Every evaluation of :meth:`DemoData.eval_jobs`, cached in ``run_dir/results/``."""
-    from .evaluation.datasets import csv_dataset_name
-    from .evaluation.run import run_eval
+    from ..evaluation.datasets import csv_dataset_name
+    from ..evaluation.run import run_eval
     from .report import final_metrics
 
     for task, dataset in data.eval_jobs(probes):
@@ -176,7 +176,7 @@ def run_variant(
     data: DemoData, size: DemoSize, variant: str, seed: int, logs: Path, name: str
 ) -> dict[str, float]:
     """Train (or finish training) one variant and evaluate it; its final metrics."""
-    from .train import train
+    from ..train import train
 
     run_dir = logs / name
     if not (run_dir / "hf" / "config.json").is_file():
@@ -291,8 +291,8 @@ def run_demo(
 
     ``size`` overrides the corpus limits and budget of ``quick`` (tests use a tiny one);
     ``jobs`` is how many runs train at once (:func:`run_variants`)."""
+    from ..data.loader import DataSpec
     from .contact_sheet import contact_sheet
-    from .data.loader import DataSpec
     from .report import plot_bars, plot_curves
 
     started = time.perf_counter()
