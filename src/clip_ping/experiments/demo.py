@@ -293,7 +293,8 @@ def run_demo(
     ``jobs`` is how many runs train at once (:func:`run_variants`)."""
     from ..data.loader import DataSpec
     from .contact_sheet import contact_sheet
-    from .report import plot_bars, plot_curves
+    from .figures import plot_bars
+    from .report import plot_curves
 
     started = time.perf_counter()
     out = Path(out)

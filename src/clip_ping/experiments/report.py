@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..io import atomic_write_text
+from .figures import plot_bars, pyplot, save_figure
 
 EVAL_PREFIXES = ("zeroshot", "retrieval", "linear_probe")
 # The metrics a short table shows first, when a run has them (DESIGN.md §4 names).
@@ -72,19 +73,10 @@ def metrics_table(metrics: Mapping[str, Mapping[str, float]], keys: Sequence[str
     return "\n".join(rows) + "\n"
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_curves(runs: Mapping[str, str | Path], out_png: str | Path) -> Path:
     """Left: every ``train/*_loss`` term against step (one colour per run, one line style
     per term). Right: the periodic eval metrics with the most points against step."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax_loss, ax_eval) = plt.subplots(1, 2, figsize=(11, 4))
     styles = {"train/clip_loss": "-", "train/nn_loss": "--", "train/xnn_loss": ":"}
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -109,44 +101,7 @@ def plot_curves(runs: Mapping[str, str | Path], out_png: str | Path) -> Path:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
-    return _save(fig, out_png)
-
-
-def plot_bars(
-    metrics: Mapping[str, Mapping[str, float]],
-    keys: Sequence[str],
-    out_png: str | Path,
-    errors: Mapping[str, Mapping[str, float]] | None = None,
-    title: str = "final held-out metrics",
-) -> Path:
-    """Grouped bars: one group per metric in ``keys``, one bar per run (± ``errors``)."""
-    import numpy as np
-
-    plt = _pyplot()
-    labels = list(metrics)
-    width = 0.8 / max(len(labels), 1)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(keys) * max(len(labels), 2) / 2), 4))
-    x = np.arange(len(keys))
-    for i, label in enumerate(labels):
-        values = [metrics[label].get(k, math.nan) for k in keys]
-        err = [errors[label].get(k, 0.0) for k in keys] if errors else None
-        ax.bar(x + (i - (len(labels) - 1) / 2) * width, values, width, yerr=err, label=label)
-    ax.set_xticks(x, [k.split("/", 1)[1] for k in keys], rotation=30, ha="right", fontsize=8)
-    ax.set(ylabel="score", title=title)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3, axis="y")
-    return _save(fig, out_png)
-
-
-def _save(fig, out_png: str | Path) -> Path:
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    tmp = out_png.with_name(f".{out_png.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(out_png)
-    _pyplot().close(fig)
-    return out_png
+    return save_figure(fig, out_png)
 
 
 def write_report(runs: Mapping[str, str | Path], out_dir: str | Path) -> Path:

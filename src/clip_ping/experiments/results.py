@@ -245,7 +245,7 @@ def plot_results(
     results: dict[str, dict[int, dict[str, float]]], keys: Sequence[str], figures: Path
 ) -> list[Path]:
     """Bars of CLIP vs CLIP-PING (± std over seeds), and each ablation's paired difference."""
-    from .report import _pyplot, _save, plot_bars
+    from .figures import plot_bars, pyplot, save_figure
 
     means, stds = {}, {}
     for variant in ("clip", "clip-ping"):
@@ -266,7 +266,7 @@ def plot_results(
     if len(variants) > 1:
         import numpy as np
 
-        plt = _pyplot()
+        plt = pyplot()
         fig, ax = plt.subplots(figsize=(11, 4))
         width = 0.8 / len(variants)
         x = np.arange(len(ABLATION_KEYS))
@@ -282,7 +282,7 @@ def plot_results(
         ax.set(ylabel="paired difference to CLIP", title="variants of CLIP-PING against CLIP")
         ax.legend(fontsize=7, ncol=2)
         ax.grid(alpha=0.3, axis="y")
-        paths.append(_save(fig, figures / "results_ablations.png"))
+        paths.append(save_figure(fig, figures / "results_ablations.png"))
     return paths
 
 
