@@ -199,6 +199,21 @@ def result_record(task: str, dataset: str, model: str, metrics: dict[str, float]
     }
 
 
+def result_path(run_dir: str | os.PathLike, task: str, dataset: str) -> Path:
+    """Where a run keeps its result record of ``task`` (zeroshot | retrieval | linear-probe)
+    on ``dataset`` (its name in the metric names): ``RUN/results/<prefix>_<dataset>.json``,
+    ``<prefix>`` being the metric-name prefix (``retrieval``, ``zeroshot``, ``linear_probe``).
+    Training's periodic evaluations and a later evaluation of the finished run share the file.
+
+    Examples:
+        >>> result_path("logs/demo", "linear-probe", "digits").as_posix()
+        'logs/demo/results/linear_probe_digits.json'
+    """
+    if task not in TASKS:
+        raise ValueError(f"task {task!r}: choose one of {', '.join(TASKS)}")
+    return Path(run_dir) / "results" / f"{TASKS[task][1]}_{dataset}.json"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``clip-ping eval`` flags."""
     parser.add_argument("--model", required=True, help="run folder, checkpoint .pt or hf/ folder")

@@ -4,9 +4,13 @@
 
 A run's final metrics are the last value of every eval metric logged in
 ``RUN/metrics.jsonl`` during training, overridden by the evaluation records in
-``RUN/results/*.json`` (written by training, ``clip-ping eval --out`` or the demo; the newest
-record of a metric wins). Figures: the training loss terms against step, the
-periodic eval metrics against step, and the final metrics as grouped bars.
+``RUN/results/*.json`` (written by training, ``clip-ping eval --out`` or the demo). Where
+several records hold a metric, the one measured last wins, by what the records say, not by
+when the files were written: training's periodic evaluations carry their ``step`` (a later
+step wins); a record without ``step`` evaluates the finished run and wins over them; between
+records measured alike, the file name that sorts last wins (:func:`result_records`). Figures:
+the training loss terms against step, the periodic eval metrics against step, and the final
+metrics as grouped bars.
 """
 
 from __future__ import annotations
@@ -36,16 +40,30 @@ def is_eval_metric(name: str) -> bool:
     return name.split("/", 1)[0] in EVAL_PREFIXES
 
 
+def after_training(record: Mapping) -> bool:
+    """Whether a result record evaluates the finished run (``clip-ping eval``, the demo): it
+    has no ``step``, the field training's periodic evaluations carry."""
+    return "step" not in record
+
+
+def result_records(run_dir: str | Path) -> list[dict]:
+    """The records of ``RUN/results/*.json``, the first measured first: training's periodic
+    evaluations by ``step``, then the evaluations of the finished run; file name order
+    between records measured alike."""
+    paths = (Path(run_dir) / "results").glob("*.json")
+    named = [(path.name, json.loads(path.read_text())) for path in paths]
+    named.sort(key=lambda item: (after_training(item[1]), item[1].get("step", 0), item[0]))
+    return [record for _, record in named]
+
+
 def final_metrics(run_dir: str | Path) -> dict[str, float]:
-    """Every eval metric of a run: the last logged value, overridden by ``results/*.json``."""
-    run_dir = Path(run_dir)
+    """Every eval metric of a run: the last logged value, overridden by the result records
+    (:func:`result_records`; the one measured last wins)."""
     final: dict[str, float] = {}
     for record in read_metrics(run_dir):
         final.update({k: v for k, v in record.items() if is_eval_metric(k)})
-    # Oldest first, so the latest evaluation of a metric wins (training writes its periodic
-    # evals here too; an evaluation after training is newer).
-    for path in sorted((run_dir / "results").glob("*.json"), key=lambda p: p.stat().st_mtime_ns):
-        final.update(json.loads(path.read_text()).get("metric_names", {}))
+    for record in result_records(run_dir):
+        final.update(record.get("metric_names", {}))
     return final
 
 

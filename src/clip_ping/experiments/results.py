@@ -2,8 +2,8 @@
 
     clip-ping demo --seeds 3 --ablations          # make results
 
-Every variant of :data:`clip_ping.experiments.demo.VARIANTS` is trained and evaluated exactly as the
-demo's runs (same corpus, student, budget), once per seed. A seed fixes the initial weights
+Every variant of :data:`clip_ping.experiments.runs.VARIANTS` is trained and evaluated exactly as
+the demo's runs (same corpus, student, budget), once per seed. A seed fixes the initial weights
 and the batch order, so a variant and CLIP trained with the same seed differ only in their
 objective: the tables give each metric's mean ± std over seeds and the mean ± std of the
 **paired** difference to CLIP (same seed), with how many seeds it was ahead. Runs are cached
@@ -207,7 +207,8 @@ def run_results(
     """Train and evaluate CLIP and CLIP-PING for ``seeds`` seeds and each ablation (all of
     :data:`ABLATIONS` for ``True``, or the named ones) for ``ablation_seeds`` (default:
     ``seeds``); write the tables to ``markdown``."""
-    from .demo import FULL, QUICK, prepare_data, run_variants
+    from .demo import FULL, QUICK, prepare_data
+    from .runs import run_variants
 
     started = time.perf_counter()
     out, size = Path(out), (QUICK if quick else FULL)
@@ -287,14 +288,14 @@ def plot_results(
 
 
 def render_results(results, summary, data, markdown: Path, figures: Path, quick: bool) -> str:
-    from .demo import NEIGHBOR_K, corpus_counts, demo_keys
+    from .demo import NEIGHBOR_K, demo_keys
 
     clip, ping = results["clip"], results["clip-ping"]
     keys = demo_keys({"clip": clip[min(clip)], "clip-ping": ping[min(ping)]})
     plots = plot_results(results, keys, figures)
     clear = [k for k in keys if "more than the spread" in verdict(k, ping, clip)]
     rel = [Path(os.path.relpath(p, markdown.parent)) for p in plots]
-    corpus = corpus_counts(json.loads((data.corpus / "corpus.json").read_text()))
+    corpus = data.split_rows()
     size = summary["size"]
     lines = [
         "# Results: CLIP vs CLIP-PING on the demo corpus",
