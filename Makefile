@@ -47,7 +47,7 @@ demo: $(STAMP) $(ASSETS_STAMP)
 # docs/results.md: CLIP and CLIP-PING over 3 seeds, and the ablations, one seed each except
 # K = 1 (three): the command that wrote the page. Reuses the demo's runs.
 results: $(STAMP) $(ASSETS_STAMP)
-	$(BIN)/clip-ping demo --seeds 3 --ablation-seeds 1 --ablations nn-only xnn-only memory \
+	$(BIN)/clip-ping results --seeds 3 --ablation-seeds 1 --ablations nn-only xnn-only memory \
 	  active k1:3 lambda-0.5 lambda-2 no-same-caption
 
 test: $(STAMP) $(ASSETS_STAMP)

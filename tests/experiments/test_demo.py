@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from clip_ping.bank import Bank
+from clip_ping.cli import build_parser
 from clip_ping.data.loader import DataSpec, read_captions
 from clip_ping.evaluation.run import result_path
 from clip_ping.experiments.demo import DemoData, DemoSize, run_demo
@@ -87,3 +88,12 @@ def test_demo_writes_summary_report_and_figures_then_reuses_its_stages(tmp_path)
     logs = [(out / name / "console.log").read_text() for _, _, name in plan]
     assert any("--batch-size 100000" in log for log in logs)
 
+
+def test_demo_command_is_the_demo_only():
+    parser = build_parser()
+    args = parser.parse_args(["demo", "--quick", "--out", "x", "--jobs", "1"])
+    assert (args.quick, args.out, args.jobs, args.assets) == (True, "x", 1, None)
+    for flags in (["--seeds", "3"], ["--ablations"], ["--ablation-seeds", "1"], ["--results", "r"]):
+        with pytest.raises(SystemExit) as refused:  # results flags: `clip-ping results`
+            parser.parse_args(["demo", *flags])
+        assert refused.value.code == 2

@@ -1,6 +1,7 @@
 """Seeds and ablations on the demo corpus → ``docs/results.md`` (DESIGN.md §6).
 
-    clip-ping demo --seeds 3 --ablations          # make results
+    clip-ping results --seeds 3 --ablations    # CLIP, CLIP-PING and every ablation, 3 seeds
+    make results                               # the command that wrote docs/results.md
 
 Every variant of :data:`clip_ping.experiments.runs.VARIANTS` is trained and evaluated exactly as
 the demo's runs (same corpus, student, budget), once per seed. A seed fixes the initial weights
@@ -224,7 +225,7 @@ def run_results(
         name = run_name(variant, seed)
         results.setdefault(variant, {})[seed] = metrics[name]
         speed.setdefault(variant, []).append(samples_per_second(out / name))
-    command = f"clip-ping demo --seeds {seeds}" + (" --quick" if quick else "")
+    command = f"clip-ping results --seeds {seeds}" + (" --quick" if quick else "")
     if chosen:
         command += " --ablations" + ("" if ablations is True else " " + " ".join(chosen))
         command += f" --ablation-seeds {ablation_seeds}" if ablation_seeds else ""
@@ -330,7 +331,7 @@ def render_results(results, summary, data, markdown: Path, figures: Path, quick:
         lines += [
             "## Ablations",
             "",
-            f"Not in this run: {', '.join(missing)} (`clip-ping demo --seeds N --ablations "
+            f"Not in this run: {', '.join(missing)} (`clip-ping results --seeds N --ablations "
             "[NAME ...]` runs them; finished runs are reused).",
             "",
         ]
