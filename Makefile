@@ -9,7 +9,7 @@ TORCH_VERSION := 2.13.0
 
 install: $(STAMP)
 
-# Offline demo corpus sources (docs: clip_ping.data.demo_corpus), fetched once into .assets/
+# Offline demo corpus sources (docs: clip_ping.experiments.demo_corpus), fetched once into .assets/
 # by package name: emoji sets from npm, clip-art from Debian (unpacked, not installed).
 ASSETS := .assets
 ASSETS_STAMP := $(ASSETS)/.complete
@@ -47,7 +47,7 @@ demo: $(STAMP) $(ASSETS_STAMP)
 # docs/results.md: CLIP and CLIP-PING over 3 seeds, and the ablations, one seed each except
 # K = 1 (three): the command that wrote the page. Reuses the demo's runs.
 results: $(STAMP) $(ASSETS_STAMP)
-	$(BIN)/clip-ping demo --seeds 3 --ablation-seeds 1 --ablations nn-only xnn-only memory \
+	$(BIN)/clip-ping results --seeds 3 --ablation-seeds 1 --ablations nn-only xnn-only memory \
 	  active k1:3 lambda-0.5 lambda-2 no-same-caption
 
 test: $(STAMP) $(ASSETS_STAMP)

@@ -36,6 +36,7 @@ STAGES = [
             "clip_ping.logger",
             "clip_ping.checkpoint",
             "clip_ping.task",
+            "clip_ping.model_card",
             "clip_ping.train",
             "clip_ping.evaluation.during_training",
         ],

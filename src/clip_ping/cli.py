@@ -27,7 +27,7 @@ def _data_karpathy(args: argparse.Namespace) -> None:
 
 
 def _data_demo(args: argparse.Namespace) -> None:
-    from .data.demo_corpus import build_demo_corpus
+    from .experiments.demo_corpus import build_demo_corpus
 
     info = build_demo_corpus(
         args.out, assets=args.assets, max_concepts=args.max_concepts,
@@ -65,23 +65,23 @@ def _tokenizer_train(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    if args.seeds > 1 or args.ablations is not None:
-        from .results import run_results
-
-        ablations = True if args.ablations == [] else (args.ablations or False)
-        run_results(
-            args.out, seeds=args.seeds, ablations=ablations,
-            ablation_seeds=args.ablation_seeds, quick=args.quick, markdown=args.results,
-            assets=args.assets, jobs=args.jobs,
-        )  # fmt: skip
-        return
-    from .demo import run_demo
+    from .experiments.demo import run_demo
 
     run_demo(args.out, quick=args.quick, assets=args.assets, jobs=args.jobs)
 
 
+def _results(args: argparse.Namespace) -> None:
+    from .experiments.results import run_results
+
+    ablations = True if args.ablations == [] else (args.ablations or False)
+    run_results(
+        args.out, seeds=args.seeds, ablations=ablations, ablation_seeds=args.ablation_seeds,
+        quick=args.quick, markdown=args.markdown, assets=args.assets, jobs=args.jobs,
+    )  # fmt: skip
+
+
 def _report(args: argparse.Namespace) -> None:
-    from .report import main
+    from .experiments.report import main
 
     main(args.runs, args.out)
 
@@ -124,7 +124,7 @@ def _bank_neighbors(args: argparse.Namespace) -> None:
 
 
 def _bank_show(args: argparse.Namespace) -> None:
-    from .contact_sheet import contact_sheet
+    from .experiments.contact_sheet import contact_sheet
 
     contact_sheet(
         args.image_bank, args.text_bank, _data_spec(args), args.out,
@@ -212,6 +212,55 @@ def _add_bank_commands(commands: argparse._SubParsersAction) -> None:
     show.set_defaults(func=_bank_show)
 
 
+def _add_demo_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags the demo and the results page share: where, how big, how many at once."""
+    parser.add_argument("--out", default="runs/demo", help="output folder")
+    parser.add_argument("--quick", action="store_true", help="a smaller, faster run")
+    parser.add_argument(
+        "--assets",
+        default=None,
+        help="asset packages folder (default: $CLIP_PING_ASSETS or .assets)",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="runs trained at once, each with an equal share of the cores (default: 2)",
+    )
+
+
+def _add_experiment_commands(commands: argparse._SubParsersAction) -> None:
+    demo = commands.add_parser("demo", help="the main job: corpus → training → evaluation")
+    _add_demo_flags(demo)
+    demo.set_defaults(func=_demo)
+
+    results = commands.add_parser(
+        "results",
+        help="seeds and ablations on the demo corpus → docs/results.md (reuses the demo's runs)",
+    )
+    _add_demo_flags(results)
+    results.add_argument(
+        "--seeds", type=int, default=3, help="CLIP and CLIP-PING for N seeds (default: 3)"
+    )
+    results.add_argument(
+        "--ablations",
+        nargs="*",
+        default=None,
+        help="also these ablation variants (none named: all of them); "
+        "NAME:SEEDS gives one its own number of seeds",
+    )
+    results.add_argument(
+        "--ablation-seeds", type=int, default=None, help="seeds per ablation (default: --seeds)"
+    )
+    results.add_argument("--markdown", default="docs/results.md", help="the markdown file written")
+    results.set_defaults(func=_results)
+
+    report = commands.add_parser("report", help="compare finished runs: table + figures")
+    report.add_argument("runs", nargs="+", help="run folders (logs/<name>)")
+    report.add_argument("--out", required=True, help="folder for report.md and figures/")
+    report.set_defaults(func=_report)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .config import TrainConfig
     from .flags import add_arguments
@@ -287,43 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=evaluation_run.main)
 
     _add_bank_commands(commands)
-
-    demo = commands.add_parser("demo", help="the main job: corpus → training → evaluation")
-    demo.add_argument("--out", default="runs/demo", help="output folder")
-    demo.add_argument("--quick", action="store_true", help="a smaller, faster run")
-    demo.add_argument(
-        "--assets",
-        default=None,
-        help="asset packages folder (default: $CLIP_PING_ASSETS or .assets)",
-    )
-    demo.add_argument(
-        "--jobs",
-        type=int,
-        default=None,
-        help="runs trained at once, each with an equal share of the cores (default: 2)",
-    )
-    demo.add_argument(
-        "--seeds", type=int, default=1, help="results mode: CLIP and CLIP-PING for N seeds"
-    )
-    demo.add_argument(
-        "--ablations",
-        nargs="*",
-        default=None,
-        help="results mode: also these ablation variants (none named: all of them); "
-        "NAME:SEEDS gives one its own number of seeds",
-    )
-    demo.add_argument(
-        "--ablation-seeds", type=int, default=None, help="seeds per ablation (default: --seeds)"
-    )
-    demo.add_argument(
-        "--results", default="docs/results.md", help="results mode: the markdown file written"
-    )
-    demo.set_defaults(func=_demo)
-
-    report = commands.add_parser("report", help="compare finished runs: table + figures")
-    report.add_argument("runs", nargs="+", help="run folders (logs/<name>)")
-    report.add_argument("--out", required=True, help="folder for report.md and figures/")
-    report.set_defaults(func=_report)
+    _add_experiment_commands(commands)
     return parser
 
 

@@ -1,12 +1,13 @@
 """End to end: a tiny shapes model trained once, evaluated by every task and every loader."""
 
 import json
+from pathlib import Path
 
 import pytest
 
 from clip_ping.cli import main
 from clip_ping.config import build_config
-from clip_ping.evaluation.run import run_eval
+from clip_ping.evaluation.run import result_path, run_eval
 from clip_ping.train import train
 
 EPOCHS = 4
@@ -38,6 +39,19 @@ def test_periodic_eval_logs_retrieval_on_val_and_zero_shot_on_digits(run_dir):
         assert {"dataset", "model", "task", "metrics"} <= set(saved)
         for name, value in saved["metric_names"].items():
             assert last[name] == value
+
+
+def test_result_path_names_one_file_per_task_and_dataset(run_dir):
+    assert result_path("logs/a", "retrieval", "val_concepts") == Path(
+        "logs/a/results/retrieval_val_concepts.json"
+    )
+    assert result_path(Path("r"), "zeroshot", "concepts").name == "zeroshot_concepts.json"
+    assert result_path("r", "linear-probe", "digits").name == "linear_probe_digits.json"
+    with pytest.raises(ValueError, match="'linear_probe'.*zeroshot, retrieval, linear-probe"):
+        result_path("r", "linear_probe", "digits")  # the CLI task name, not the prefix
+    # Training's periodic evaluations are written where result_path says.
+    for task, dataset in (("retrieval", "val"), ("zeroshot", "digits")):
+        assert json.loads(result_path(run_dir, task, dataset).read_text())["dataset"] == dataset
 
 
 def test_trained_model_beats_chance_on_every_task(run_dir, shapes_corpus):

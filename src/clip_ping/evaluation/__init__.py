@@ -8,7 +8,7 @@ from .datasets import EvalDataset, builtin_datasets, load_eval_dataset
 from .features import encode_images, encode_texts
 from .linear_probe import linear_probe
 from .retrieval import group_captions, retrieval_metrics
-from .run import evaluate_dataset, run_eval
+from .run import evaluate_dataset, result_path, run_eval
 from .zeroshot import class_embeddings, zero_shot_metrics
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "group_captions",
     "linear_probe",
     "load_eval_dataset",
+    "result_path",
     "retrieval_metrics",
     "run_eval",
     "zero_shot_metrics",

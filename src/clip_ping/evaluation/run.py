@@ -187,12 +187,6 @@ def run_eval(
     return record
 
 
-def result_path(run_dir: str | os.PathLike, task: str, dataset: str) -> Path:
-    """Where a run keeps its latest ``task`` result on ``dataset``:
-    ``RUN/results/<prefix>_<dataset>.json`` (prefix as in the metric names)."""
-    return Path(run_dir) / "results" / f"{TASKS[task][1]}_{dataset}.json"
-
-
 def result_record(task: str, dataset: str, model: str, metrics: dict[str, float]) -> dict:
     """CLIP_benchmark's fields plus the run-log metric names (DESIGN.md §4)."""
     benchmark_task, prefix = TASKS[task]
@@ -205,14 +199,35 @@ def result_record(task: str, dataset: str, model: str, metrics: dict[str, float]
     }
 
 
+def result_path(run_dir: str | os.PathLike, task: str, dataset: str) -> Path:
+    """Where a run keeps its result record of ``task`` (zeroshot | retrieval | linear-probe)
+    on ``dataset`` (its name in the metric names): ``RUN/results/<prefix>_<dataset>.json``,
+    ``<prefix>`` being the metric-name prefix (``retrieval``, ``zeroshot``, ``linear_probe``).
+    Training's periodic evaluations and a later evaluation of the finished run share the file.
+
+    Examples:
+        >>> result_path("logs/demo", "linear-probe", "digits").as_posix()
+        'logs/demo/results/linear_probe_digits.json'
+    """
+    if task not in TASKS:
+        raise ValueError(f"task {task!r}: choose one of {', '.join(TASKS)}")
+    return Path(run_dir) / "results" / f"{TASKS[task][1]}_{dataset}.json"
+
+
+def after_training(record: dict) -> bool:
+    """Whether a result record evaluates the finished run (``clip-ping eval``, the demo): it
+    has no ``step``, the field training's periodic evaluations carry."""
+    return "step" not in record
+
+
 def result_records(run_dir: str | os.PathLike) -> list[dict]:
     """The records of ``RUN/results/*.json``, the first measured first: training's periodic
-    evaluations by their ``step``, then evaluations of the finished run (records without
-    ``step``: ``clip-ping eval``, the demo); file-name order between records measured alike.
-    Decided by what the records say, never by file times."""
-    paths = sorted((Path(run_dir) / "results").glob("*.json"))
+    evaluations by their ``step``, then evaluations of the finished run
+    (:func:`after_training`); file-name order between records measured alike. Decided by
+    what the records say, never by file times."""
+    paths = (Path(run_dir) / "results").glob("*.json")
     named = [(path.name, json.loads(path.read_text())) for path in paths]
-    named.sort(key=lambda item: ("step" not in item[1], item[1].get("step", 0), item[0]))
+    named.sort(key=lambda item: (after_training(item[1]), item[1].get("step", 0), item[0]))
     return [record for _, record in named]
 
 

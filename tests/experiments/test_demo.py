@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 
 from clip_ping.bank import Bank
+from clip_ping.cli import build_parser
 from clip_ping.data.loader import DataSpec, read_captions
-from clip_ping.demo import DemoData, DemoSize, run_demo, run_variants
+from clip_ping.evaluation.run import result_path
+from clip_ping.experiments.demo import DemoData, DemoSize, run_demo
+from clip_ping.experiments.runs import run_variants
 
 TINY = DemoSize(
     max_concepts=40, max_clipart=30, epochs=1, batch_size=32, model="cpu-micro-32",
@@ -48,13 +51,31 @@ def test_demo_writes_summary_report_and_figures_then_reuses_its_stages(tmp_path)
     neighbors, _ = Bank(out / "banks" / "text-no-same-caption").neighbors()
     assert not (captions[np.asarray(neighbors)] == captions[:, None]).any()
 
-    # A second call trains nothing and evaluates nothing again.
+    # One result file per evaluation, named by result_path: the evaluation of the finished
+    # run replaced training's periodic record of val_concepts (which carries its step).
+    results = out / "clip-ping" / "results"
+    named = {("retrieval", "val_concepts"), ("retrieval", "val_clipart"), ("zeroshot", "concepts"),
+             ("zeroshot", "subgroups"), ("linear-probe", "digits")}  # fmt: skip
+    assert {p.name for p in results.iterdir()} == {
+        result_path(out / "clip-ping", task, name).name for task, name in named
+    }
+    record = json.loads(result_path(out / "clip-ping", "retrieval", "val_concepts").read_text())
+    assert "step" not in record
+    for key, value in record["metric_names"].items():
+        assert summary["runs"]["clip-ping"][key] == value
+
+    # A second call trains nothing and evaluates nothing again, also where a result file
+    # still has the demo's earlier name (task-dataset.json): it is renamed, not redone.
     checkpoint = out / "clip-ping" / "checkpoints" / "latest.pt"
     stamp = checkpoint.stat().st_mtime_ns
+    (results / "zeroshot_subgroups.json").rename(results / "zeroshot-subgroups.json")
+    written = {p.name: p.stat().st_mtime_ns for p in results.iterdir()}
+    written["zeroshot_subgroups.json"] = written.pop("zeroshot-subgroups.json")
     again = run_demo(out, size=TINY)
     assert again["runs"] == summary["runs"]
     assert checkpoint.stat().st_mtime_ns == stamp
     assert again["wall_seconds"] < summary["wall_seconds"]
+    assert {p.name: p.stat().st_mtime_ns for p in results.iterdir()} == written
 
     # A run that fails in its worker process is reported with where its output went.
     data = DemoData(out / "data" / "corpus", out / "banks")
@@ -66,3 +87,13 @@ def test_demo_writes_summary_report_and_figures_then_reuses_its_stages(tmp_path)
         run_variants(data, too_big, plan, out)
     logs = [(out / name / "console.log").read_text() for _, _, name in plan]
     assert any("--batch-size 100000" in log for log in logs)
+
+
+def test_demo_command_is_the_demo_only():
+    parser = build_parser()
+    args = parser.parse_args(["demo", "--quick", "--out", "x", "--jobs", "1"])
+    assert (args.quick, args.out, args.jobs, args.assets) == (True, "x", 1, None)
+    for flags in (["--seeds", "3"], ["--ablations"], ["--ablation-seeds", "1"], ["--results", "r"]):
+        with pytest.raises(SystemExit) as refused:  # results flags: `clip-ping results`
+            parser.parse_args(["demo", *flags])
+        assert refused.value.code == 2

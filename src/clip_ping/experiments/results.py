@@ -1,9 +1,10 @@
 """Seeds and ablations on the demo corpus → ``docs/results.md`` (DESIGN.md §6).
 
-    clip-ping demo --seeds 3 --ablations          # make results
+    clip-ping results --seeds 3 --ablations    # CLIP, CLIP-PING and every ablation, 3 seeds
+    make results                               # the command that wrote docs/results.md
 
-Every variant of :data:`clip_ping.demo.VARIANTS` is trained and evaluated exactly as the
-demo's runs (same corpus, student, budget), once per seed. A seed fixes the initial weights
+Every variant of :data:`clip_ping.experiments.runs.VARIANTS` is trained and evaluated exactly as
+the demo's runs (same corpus, student, budget), once per seed. A seed fixes the initial weights
 and the batch order, so a variant and CLIP trained with the same seed differ only in their
 objective: the tables give each metric's mean ± std over seeds and the mean ± std of the
 **paired** difference to CLIP (same seed), with how many seeds it was ahead. Runs are cached
@@ -20,7 +21,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .io import atomic_write_text
+from ..io import atomic_write_text
 
 ABLATIONS = (
     "nn-only",
@@ -207,7 +208,8 @@ def run_results(
     """Train and evaluate CLIP and CLIP-PING for ``seeds`` seeds and each ablation (all of
     :data:`ABLATIONS` for ``True``, or the named ones) for ``ablation_seeds`` (default:
     ``seeds``); write the tables to ``markdown``."""
-    from .demo import FULL, QUICK, prepare_data, run_variants
+    from .demo import FULL, QUICK, prepare_data
+    from .runs import run_variants
 
     started = time.perf_counter()
     out, size = Path(out), (QUICK if quick else FULL)
@@ -223,7 +225,7 @@ def run_results(
         name = run_name(variant, seed)
         results.setdefault(variant, {})[seed] = metrics[name]
         speed.setdefault(variant, []).append(samples_per_second(out / name))
-    command = f"clip-ping demo --seeds {seeds}" + (" --quick" if quick else "")
+    command = f"clip-ping results --seeds {seeds}" + (" --quick" if quick else "")
     if chosen:
         command += " --ablations" + ("" if ablations is True else " " + " ".join(chosen))
         command += f" --ablation-seeds {ablation_seeds}" if ablation_seeds else ""
@@ -245,7 +247,7 @@ def plot_results(
     results: dict[str, dict[int, dict[str, float]]], keys: Sequence[str], figures: Path
 ) -> list[Path]:
     """Bars of CLIP vs CLIP-PING (± std over seeds), and each ablation's paired difference."""
-    from .report import _pyplot, _save, plot_bars
+    from .figures import plot_bars, pyplot, save_figure
 
     means, stds = {}, {}
     for variant in ("clip", "clip-ping"):
@@ -266,7 +268,7 @@ def plot_results(
     if len(variants) > 1:
         import numpy as np
 
-        plt = _pyplot()
+        plt = pyplot()
         fig, ax = plt.subplots(figsize=(11, 4))
         width = 0.8 / len(variants)
         x = np.arange(len(ABLATION_KEYS))
@@ -282,19 +284,19 @@ def plot_results(
         ax.set(ylabel="paired difference to CLIP", title="variants of CLIP-PING against CLIP")
         ax.legend(fontsize=7, ncol=2)
         ax.grid(alpha=0.3, axis="y")
-        paths.append(_save(fig, figures / "results_ablations.png"))
+        paths.append(save_figure(fig, figures / "results_ablations.png"))
     return paths
 
 
 def render_results(results, summary, data, markdown: Path, figures: Path, quick: bool) -> str:
-    from .demo import NEIGHBOR_K, corpus_counts, demo_keys
+    from .demo import NEIGHBOR_K, demo_keys
 
     clip, ping = results["clip"], results["clip-ping"]
     keys = demo_keys({"clip": clip[min(clip)], "clip-ping": ping[min(ping)]})
     plots = plot_results(results, keys, figures)
     clear = [k for k in keys if "more than the spread" in verdict(k, ping, clip)]
     rel = [Path(os.path.relpath(p, markdown.parent)) for p in plots]
-    corpus = corpus_counts(json.loads((data.corpus / "corpus.json").read_text()))
+    corpus = data.split_rows()
     size = summary["size"]
     lines = [
         "# Results: CLIP vs CLIP-PING on the demo corpus",
@@ -329,7 +331,7 @@ def render_results(results, summary, data, markdown: Path, figures: Path, quick:
         lines += [
             "## Ablations",
             "",
-            f"Not in this run: {', '.join(missing)} (`clip-ping demo --seeds N --ablations "
+            f"Not in this run: {', '.join(missing)} (`clip-ping results --seeds N --ablations "
             "[NAME ...]` runs them; finished runs are reused).",
             "",
         ]

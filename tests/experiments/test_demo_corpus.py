@@ -12,18 +12,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clip_ping.data.clipart import _title_problem
 from clip_ping.data.datasets import CsvDataset
-from clip_ping.data.demo_corpus import (
+from clip_ping.data.transforms import EvalTransform
+from clip_ping.evaluation.datasets import load_eval_dataset
+from clip_ping.experiments.clipart import _title_problem
+from clip_ping.experiments.demo_corpus import (
     ASSETS_ENV,
     SOURCES,
     build_demo_corpus,
     package_dir,
     resolve_assets,
 )
-from clip_ping.data.emoji import EMOJI_STYLES, caption, load_concepts
-from clip_ping.data.transforms import EvalTransform
-from clip_ping.evaluation.datasets import load_eval_dataset
+from clip_ping.experiments.emoji import EMOJI_STYLES, caption, load_concepts
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = {"max_concepts": 60, "max_clipart": 40}

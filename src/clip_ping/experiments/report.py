@@ -4,9 +4,13 @@
 
 A run's final metrics are the last value of every eval metric logged in
 ``RUN/metrics.jsonl`` during training, overridden by the evaluation records in
-``RUN/results/*.json`` (written by training, ``clip-ping eval --out`` or the demo; the newest
-record of a metric wins). Figures: the training loss terms against step, the
-periodic eval metrics against step, and the final metrics as grouped bars.
+``RUN/results/*.json`` (written by training, ``clip-ping eval --out`` or the demo). Where
+several records hold a metric, the one measured last wins, by what the records say, not by
+when the files were written: training's periodic evaluations carry their ``step`` (a later
+step wins); a record without ``step`` evaluates the finished run and wins over them; between
+records measured alike, the file name that sorts last wins (:func:`~clip_ping.evaluation.run.result_records`). Figures:
+the training loss terms against step, the periodic eval metrics against step, and the final
+metrics as grouped bars.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .io import atomic_write_text
+from ..evaluation.run import run_results
+from ..io import atomic_write_text
+from .figures import plot_bars, pyplot, save_figure
 
 EVAL_PREFIXES = ("zeroshot", "retrieval", "linear_probe")
 # The metrics a short table shows first, when a run has them (DESIGN.md §4 names).
@@ -36,15 +42,12 @@ def is_eval_metric(name: str) -> bool:
 
 
 def final_metrics(run_dir: str | Path) -> dict[str, float]:
-    """Every eval metric of a run: the last logged value, overridden by ``results/*.json``."""
-    run_dir = Path(run_dir)
+    """Every eval metric of a run: the last logged value, overridden by the result records
+    (:func:`~clip_ping.evaluation.run.result_records`; the one measured last wins)."""
     final: dict[str, float] = {}
     for record in read_metrics(run_dir):
         final.update({k: v for k, v in record.items() if is_eval_metric(k)})
-    # Oldest first, so the latest evaluation of a metric wins (training writes its periodic
-    # evals here too; an evaluation after training is newer).
-    for path in sorted((run_dir / "results").glob("*.json"), key=lambda p: p.stat().st_mtime_ns):
-        final.update(json.loads(path.read_text()).get("metric_names", {}))
+    final.update(run_results(run_dir))
     return final
 
 
@@ -72,19 +75,10 @@ def metrics_table(metrics: Mapping[str, Mapping[str, float]], keys: Sequence[str
     return "\n".join(rows) + "\n"
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_curves(runs: Mapping[str, str | Path], out_png: str | Path) -> Path:
     """Left: every ``train/*_loss`` term against step (one colour per run, one line style
     per term). Right: the periodic eval metrics with the most points against step."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax_loss, ax_eval) = plt.subplots(1, 2, figsize=(11, 4))
     styles = {"train/clip_loss": "-", "train/nn_loss": "--", "train/xnn_loss": ":"}
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -109,44 +103,7 @@ def plot_curves(runs: Mapping[str, str | Path], out_png: str | Path) -> Path:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
-    return _save(fig, out_png)
-
-
-def plot_bars(
-    metrics: Mapping[str, Mapping[str, float]],
-    keys: Sequence[str],
-    out_png: str | Path,
-    errors: Mapping[str, Mapping[str, float]] | None = None,
-    title: str = "final held-out metrics",
-) -> Path:
-    """Grouped bars: one group per metric in ``keys``, one bar per run (± ``errors``)."""
-    import numpy as np
-
-    plt = _pyplot()
-    labels = list(metrics)
-    width = 0.8 / max(len(labels), 1)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(keys) * max(len(labels), 2) / 2), 4))
-    x = np.arange(len(keys))
-    for i, label in enumerate(labels):
-        values = [metrics[label].get(k, math.nan) for k in keys]
-        err = [errors[label].get(k, 0.0) for k in keys] if errors else None
-        ax.bar(x + (i - (len(labels) - 1) / 2) * width, values, width, yerr=err, label=label)
-    ax.set_xticks(x, [k.split("/", 1)[1] for k in keys], rotation=30, ha="right", fontsize=8)
-    ax.set(ylabel="score", title=title)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3, axis="y")
-    return _save(fig, out_png)
-
-
-def _save(fig, out_png: str | Path) -> Path:
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    tmp = out_png.with_name(f".{out_png.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(out_png)
-    _pyplot().close(fig)
-    return out_png
+    return save_figure(fig, out_png)
 
 
 def write_report(runs: Mapping[str, str | Path], out_dir: str | Path) -> Path:

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .bank import Bank, SampleReader
-from .data.loader import DataSpec
-from .io import atomic_write
+from ..bank import Bank, SampleReader
+from ..data.loader import DataSpec
+from ..io import atomic_write
+from .figures import pyplot
 
 CAPTION_WIDTH = 22  # characters per caption line under a thumbnail
 CELL_INCHES = 1.6
@@ -40,11 +41,7 @@ def contact_sheet(
 ) -> Path:
     """Draw ``num_anchors`` random anchors with ``num_neighbors`` image and caption
     neighbours each into the PNG ``out``. Both banks need neighbour tables."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display needed
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     banks = {"image": Bank(image_bank), "text": Bank(text_bank)}
     tables = {}
     for modality, bank in banks.items():

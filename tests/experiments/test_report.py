@@ -1,10 +1,12 @@
 """Run comparison: final metrics from a run's logs and eval results, table and figures."""
 
 import json
+import os
 
 import pytest
 
-from clip_ping import report
+from clip_ping.evaluation.run import result_records
+from clip_ping.experiments import report
 
 
 def fake_run(path, records, results=None):
@@ -64,3 +66,24 @@ def test_report_refuses_a_folder_that_is_not_a_run(tmp_path):
     fake_run(tmp_path / "empty", [{"step": 1, "train/clip_loss": 1.0}])
     with pytest.raises(ValueError, match="has no evaluation results"):
         report.main([str(tmp_path / "empty")], str(tmp_path / "out"))
+
+
+def test_the_record_measured_last_wins_whatever_the_file_times(tmp_path):
+    key = "retrieval/val/image_to_text_R@1"
+    run = fake_run(tmp_path / "run", [{"step": 30, key: 0.1}])
+    (run / "results").mkdir()
+    written = {  # file name → (record, mtime): the newest file is the earliest measurement
+        "retrieval_val.json": ({"step": 20, "metric_names": {key: 0.2}}, 4),
+        "a_periodic.json": ({"step": 30, "metric_names": {key: 0.3}}, 3),
+        "retrieval-val.json": ({"metric_names": {key: 0.4}}, 2),  # after training
+        "z_final.json": ({"metric_names": {key: 0.5}}, 1),  # after training, name sorts last
+    }
+    for name, (record, mtime) in written.items():
+        (run / "results" / name).write_text(json.dumps(record))
+        os.utime(run / "results" / name, ns=(mtime, mtime))
+    assert [r["metric_names"][key] for r in result_records(run)] == [0.2, 0.3, 0.4, 0.5]
+    assert report.final_metrics(run)[key] == 0.5
+    (run / "results" / "z_final.json").unlink()
+    assert report.final_metrics(run)[key] == 0.4
+    (run / "results" / "retrieval-val.json").unlink()
+    assert report.final_metrics(run)[key] == 0.3  # step 30 beats step 20

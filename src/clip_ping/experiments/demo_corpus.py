@@ -54,10 +54,10 @@ from typing import Any
 from PIL import Image
 from tqdm import tqdm
 
+from ..data.transforms import to_rgb
 from ..io import atomic_write_text
 from .clipart import CLIPART_IMAGE_SIZE, load_clipart
 from .emoji import EMOJI_IMAGE_SIZE, EMOJI_STYLES, load_concepts
-from .transforms import to_rgb
 
 FORMAT = "clip-ping-demo-corpus"
 FORMAT_VERSION = 1

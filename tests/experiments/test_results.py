@@ -4,7 +4,8 @@ import math
 
 import pytest
 
-from clip_ping import results
+from clip_ping.cli import build_parser
+from clip_ping.experiments import results
 
 KEY = "zeroshot/concepts/acc1"
 
@@ -60,7 +61,7 @@ def test_ablation_seeds_per_name():
 
 
 def test_results_page_has_both_tables_and_its_figures(tmp_path):
-    from clip_ping.demo import FULL, DemoData
+    from clip_ping.experiments.demo import FULL, DemoData
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -85,3 +86,19 @@ def test_results_page_has_both_tables_and_its_figures(tmp_path):
     assert "![CLIP vs CLIP-PING](figures/results_clip_vs_ping.png)" in text
     for png in ("results_clip_vs_ping.png", "results_ablations.png"):
         assert (tmp_path / "docs" / "figures" / png).is_file()
+
+
+def test_results_command_and_its_flags(capsys):
+    parser = build_parser()
+    with pytest.raises(SystemExit) as shown:
+        parser.parse_args(["results", "--help"])
+    assert shown.value.code == 0
+    usage = capsys.readouterr().out
+    for flag in ("--seeds", "--ablations", "--ablation-seeds", "--quick", "--out", "--assets",
+                 "--jobs", "--markdown"):  # fmt: skip
+        assert flag in usage
+    args = parser.parse_args(["results", "--seeds", "2", "--ablations", "k1:3", "memory"])
+    assert (args.seeds, args.ablations, args.ablation_seeds) == (2, ["k1:3", "memory"], None)
+    assert (args.out, args.markdown, args.quick) == ("runs/demo", "docs/results.md", False)
+    assert parser.parse_args(["results", "--ablations"]).ablations == []  # all of them
+    assert parser.parse_args(["results"]).ablations is None  # none
