@@ -15,14 +15,9 @@ from PIL import Image
 from clip_ping.data.datasets import CsvDataset
 from clip_ping.data.transforms import EvalTransform
 from clip_ping.evaluation.datasets import load_eval_dataset
+from clip_ping.experiments.assets import ASSETS_ENV, SOURCES, package_dir, resolve_assets
 from clip_ping.experiments.clipart import _title_problem
-from clip_ping.experiments.demo_corpus import (
-    ASSETS_ENV,
-    SOURCES,
-    build_demo_corpus,
-    package_dir,
-    resolve_assets,
-)
+from clip_ping.experiments.demo_corpus import build_demo_corpus
 from clip_ping.experiments.emoji import EMOJI_STYLES, caption, load_concepts
 
 REPO = Path(__file__).resolve().parents[2]

@@ -37,17 +37,15 @@ Examples:
 from __future__ import annotations
 
 import csv
-import gzip
 import hashlib
 import io
 import json
 import os
-import re
 import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +54,7 @@ from tqdm import tqdm
 
 from ..data.transforms import to_rgb
 from ..io import atomic_write_text
+from .assets import SOURCES, package_dir, package_version, resolve_assets
 from .clipart import CLIPART_IMAGE_SIZE, load_clipart
 from .emoji import EMOJI_IMAGE_SIZE, EMOJI_STYLES, load_concepts
 
@@ -65,8 +64,6 @@ VAL_CONCEPT_FRACTION = 0.25
 VAL_CLIPART_FRACTION = 0.10
 MIN_SUBGROUP_IMAGES = 5
 TEMPLATES = ("an emoji of {}.", "a {} emoji.", "{}.", "an icon of {}.")
-ASSETS_ENV = "CLIP_PING_ASSETS"
-DEFAULT_ASSETS = ".assets"
 CAPTION_RECIPE = (
     "emoji: lowercased CLDR label (emojibase; emoji.json name where missing), then the CLDR "
     "keywords and emoji.json short names, de-duplicated; variants use their own label "
@@ -74,69 +71,6 @@ CAPTION_RECIPE = (
     "dc:title (author prefix removed) plus dc:description when at most 12 words, then the "
     "dc:subject keywords. At most 30 words."
 )
-
-
-@dataclass(frozen=True)
-class Source:
-    package: str
-    manager: str  # "npm" or "debian"
-    version: str  # the pinned version (npm); Debian's is read from the unpacked package
-    licence: str
-    url: str
-
-
-SOURCES = {
-    s.package: s
-    for s in (
-        Source("emoji-datasource-google", "npm", "16.0.0", "Apache-2.0 (Noto Emoji images)",
-               "https://github.com/iamcal/emoji-data"),
-        Source("emoji-datasource-twitter", "npm", "16.0.0", "CC-BY-4.0 (Twemoji images)",
-               "https://github.com/iamcal/emoji-data"),
-        Source("openmoji", "npm", "17.0.0", "CC-BY-SA-4.0", "https://openmoji.org"),
-        Source("emojibase-data", "npm", "17.0.0", "MIT (data from Unicode CLDR, Unicode License)",
-               "https://emojibase.dev"),
-        Source("openclipart-svg", "debian", "", "public domain (CC0)", "https://openclipart.org"),
-        Source("openclipart-png", "debian", "", "public domain (CC0)", "https://openclipart.org"),
-    )
-}  # fmt: skip
-
-
-def resolve_assets(assets: str | os.PathLike | None = None) -> Path:
-    """``assets``, else ``$CLIP_PING_ASSETS``, else ``./.assets``."""
-    return Path(assets or os.environ.get(ASSETS_ENV) or DEFAULT_ASSETS)
-
-
-def package_dir(root: Path, package: str) -> Path:
-    """Folder of an unpacked asset package, or a FileNotFoundError saying how to fetch it."""
-    source = SOURCES[package]
-    if source.manager == "npm":
-        folder = root / "npm" / "node_modules" / package
-        marker = folder / "package.json"
-        fetch = (
-            f"npm install --prefix {root / 'npm'} --no-audit --no-fund --ignore-scripts "
-            f"{package}@{source.version}"
-        )
-    else:
-        folder = root / "openclipart" / "usr" / "share" / "openclipart" / package.split("-")[1]
-        marker = root / "openclipart" / "usr" / "share" / "doc" / package / "changelog.Debian.gz"
-        fetch = f"apt-get download {package} && dpkg-deb -x {package}_*.deb {root / 'openclipart'}"
-    if not marker.is_file():
-        raise FileNotFoundError(
-            f"demo corpus asset {package} ({source.manager}) not found in {root}: run `make "
-            f"assets` in the repository, or `{fetch}`; or point --assets / ${ASSETS_ENV} at a "
-            "folder that has it"
-        )
-    return folder
-
-
-def package_version(root: Path, package: str) -> str:
-    if SOURCES[package].manager == "npm":
-        meta = root / "npm" / "node_modules" / package / "package.json"
-        return json.loads(meta.read_text(encoding="utf-8"))["version"]
-    log = root / "openclipart" / "usr" / "share" / "doc" / package / "changelog.Debian.gz"
-    with gzip.open(log, "rt", encoding="utf-8") as f:
-        match = re.search(r"\((.+?)\)", f.readline())  # "openclipart (1:0.18+dfsg-19) unstable"
-    return match.group(1) if match else "unknown"
 
 
 def unit_hash(seed: int, purpose: str, name: str) -> float:
@@ -275,9 +209,67 @@ def build_demo_corpus(
 
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    jobs: list[tuple[Path, Path, int]] = []  # (source, image path under out, size)
-    splits: dict[str, list[dict]] = {"train": [], "val_concepts": [], "val_clipart": []}
-    zeroshot_concepts, zeroshot_subgroups = [], []
+    plan = _plan(concepts, drawings, folders, seed)
+    for source, image, size in tqdm(
+        plan.jobs, desc="demo corpus images", unit="img", mininterval=1
+    ):
+        _convert(source, tmp / image, size)
+    counts: dict = {}
+    for split, rows in plan.splits.items():
+        counts[f"{split}_rows"] = _write_csv(
+            tmp / f"{split}.csv", ["filepath", "title", "key", "source"], rows
+        )
+    subgroup_sizes = Counter(name for _, name, _ in plan.zeroshot_subgroups)
+    zeroshot_subgroups = [
+        i for i in plan.zeroshot_subgroups if subgroup_sizes[i[1]] >= MIN_SUBGROUP_IMAGES
+    ]
+    zeroshot = {
+        "concepts": _write_zeroshot(tmp / "zeroshot" / "concepts", plan.zeroshot_concepts),
+        "subgroups": _write_zeroshot(tmp / "zeroshot" / "subgroups", zeroshot_subgroups),
+    }
+    val_concept_count = sum(
+        unit_hash(seed, "split", c.base) < VAL_CONCEPT_FRACTION for c in concepts
+    )
+    per_style = sum(len(c.variants) for c in concepts)
+    counts.update({
+        "concepts": len(concepts), "train_concepts": len(concepts) - val_concept_count,
+        "val_concepts": val_concept_count, "emoji_images_per_style": per_style,
+        "emoji_variants_dropped": dropped_variants,
+        "openmoji_images": len(plan.zeroshot_concepts),
+        # Drops are counted over the whole package, before --max-clipart subsets the rest.
+        "clipart_kept": len(drawings), "clipart_dropped": sum(dropped_clipart.values()),
+        "clipart_dropped_by_reason": dict(sorted(dropped_clipart.items())),
+        "zeroshot_concepts_classes": zeroshot["concepts"]["classes"],
+        "zeroshot_subgroups_classes": zeroshot["subgroups"]["classes"],
+        "zeroshot_subgroups_images": zeroshot["subgroups"]["images"],
+    })  # fmt: skip
+    source_counts = {
+        "emoji-datasource-google": per_style, "emoji-datasource-twitter": per_style,
+        "openmoji": len(plan.zeroshot_concepts), "emojibase-data": len(concepts),
+        "openclipart-svg": len(drawings), "openclipart-png": len(drawings),
+    }  # fmt: skip
+    meta = _corpus_meta(root, options, counts, zeroshot, source_counts)
+    meta["build_seconds"] = round(time.perf_counter() - started, 1)
+    atomic_write_text(tmp / "corpus.json", json.dumps(meta, indent=2) + "\n")  # last: complete
+    _swap_in(tmp, out)
+    return {**_files(out), "counts": counts, "cached": False}
+
+
+@dataclass
+class _Plan:
+    """What the corpus will hold: image conversions and the rows of every split."""
+
+    jobs: list[tuple[Path, Path, int]] = field(default_factory=list)  # (source, image, size)
+    splits: dict[str, list[dict]] = field(
+        default_factory=lambda: {"train": [], "val_concepts": [], "val_clipart": []}
+    )
+    zeroshot_concepts: list[tuple[str, str, str]] = field(default_factory=list)
+    zeroshot_subgroups: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+def _plan(concepts, drawings, folders: dict[str, Path], seed: int) -> _Plan:
+    """Assign every emoji concept and drawing to its split (hashes salted by ``seed``)."""
+    plan = _Plan()
     emoji_images = {
         style: folders[f"emoji-datasource-{style}"] / "img" / style / str(EMOJI_IMAGE_SIZE)
         for style in EMOJI_STYLES
@@ -289,66 +281,32 @@ def build_demo_corpus(
             for variant in concept.variants:
                 image = Path("images", "emoji", style, f"{variant.stem}.png")
                 source = emoji_images[style] / f"{variant.stem}.png"
-                jobs.append((source, image, EMOJI_IMAGE_SIZE))
-                splits[split].append({
+                plan.jobs.append((source, image, EMOJI_IMAGE_SIZE))
+                plan.splits[split].append({
                     "filepath": image.as_posix(), "title": variant.caption,
                     "key": f"emoji/{style}/{variant.stem}", "source": f"emoji-datasource-{style}",
                 })  # fmt: skip
         if concept.openmoji is not None and concept.openmoji.is_file():
             image = Path("images", "openmoji", f"{concept.openmoji.stem.lower()}.png")
-            jobs.append((concept.openmoji, image, EMOJI_IMAGE_SIZE))
+            plan.jobs.append((concept.openmoji, image, EMOJI_IMAGE_SIZE))
             key = f"openmoji/{concept.openmoji.stem.lower()}"
-            zeroshot_concepts.append((image.as_posix(), concept.label, key))
-            zeroshot_subgroups.append((image.as_posix(), concept.subgroup.replace("-", " "), key))
+            plan.zeroshot_concepts.append((image.as_posix(), concept.label, key))
+            subgroup = concept.subgroup.replace("-", " ")
+            plan.zeroshot_subgroups.append((image.as_posix(), subgroup, key))
     for drawing in drawings:
         image = Path("images", f"{drawing.key}.png")
-        jobs.append((drawing.image, image, CLIPART_IMAGE_SIZE))
-        split = (
-            "val_clipart"
-            if unit_hash(seed, "split", drawing.key) < VAL_CLIPART_FRACTION
-            else "train"
-        )
-        splits[split].append({
+        plan.jobs.append((drawing.image, image, CLIPART_IMAGE_SIZE))
+        held_out = unit_hash(seed, "split", drawing.key) < VAL_CLIPART_FRACTION
+        plan.splits["val_clipart" if held_out else "train"].append({
             "filepath": image.as_posix(), "title": drawing.caption, "key": drawing.key,
             "source": "openclipart",
         })  # fmt: skip
+    return plan
 
-    for source, image, size in tqdm(jobs, desc="demo corpus images", unit="img", mininterval=1):
-        _convert(source, tmp / image, size)
-    counts: dict = {}
-    for split, rows in splits.items():
-        counts[f"{split}_rows"] = _write_csv(
-            tmp / f"{split}.csv", ["filepath", "title", "key", "source"], rows
-        )
-    subgroup_sizes = Counter(name for _, name, _ in zeroshot_subgroups)
-    zeroshot_subgroups = [
-        i for i in zeroshot_subgroups if subgroup_sizes[i[1]] >= MIN_SUBGROUP_IMAGES
-    ]
-    zeroshot = {
-        "concepts": _write_zeroshot(tmp / "zeroshot" / "concepts", zeroshot_concepts),
-        "subgroups": _write_zeroshot(tmp / "zeroshot" / "subgroups", zeroshot_subgroups),
-    }
-    val_concept_count = sum(
-        unit_hash(seed, "split", c.base) < VAL_CONCEPT_FRACTION for c in concepts
-    )
-    per_style = sum(len(c.variants) for c in concepts)
-    counts.update({
-        "concepts": len(concepts), "train_concepts": len(concepts) - val_concept_count,
-        "val_concepts": val_concept_count, "emoji_images_per_style": per_style,
-        "emoji_variants_dropped": dropped_variants, "openmoji_images": len(zeroshot_concepts),
-        # Drops are counted over the whole package, before --max-clipart subsets the rest.
-        "clipart_kept": len(drawings), "clipart_dropped": sum(dropped_clipart.values()),
-        "clipart_dropped_by_reason": dict(sorted(dropped_clipart.items())),
-        "zeroshot_concepts_classes": zeroshot["concepts"]["classes"],
-        "zeroshot_subgroups_classes": zeroshot["subgroups"]["classes"],
-        "zeroshot_subgroups_images": zeroshot["subgroups"]["images"],
-    })  # fmt: skip
-    source_counts = {
-        "emoji-datasource-google": per_style, "emoji-datasource-twitter": per_style,
-        "openmoji": len(zeroshot_concepts), "emojibase-data": len(concepts),
-        "openclipart-svg": len(drawings), "openclipart-png": len(drawings),
-    }  # fmt: skip
-    meta = {
+
+def _corpus_meta(root: Path, options: dict, counts: dict, zeroshot: dict, source_counts: dict):
+    """``corpus.json``'s content (its build time is added by the caller)."""
+    return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "options": options,
@@ -373,15 +331,16 @@ def build_demo_corpus(
         "counts": counts,
         "captions": CAPTION_RECIPE,
         "templates": list(TEMPLATES),
-        "build_seconds": round(time.perf_counter() - started, 1),
     }
-    atomic_write_text(tmp / "corpus.json", json.dumps(meta, indent=2) + "\n")  # last: complete
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Replace ``out`` by the finished ``tmp`` (an older corpus is deleted after the swap)."""
     _check_replaceable(out)
-    if out.exists():  # an older corpus (other options): swap, then delete it
+    if out.exists():
         old = out.parent / f".{out.name}.old-{os.getpid()}"
         out.rename(old)
         tmp.rename(out)
         shutil.rmtree(old)
     else:
         tmp.rename(out)
-    return {**_files(out), "counts": counts, "cached": False}
