@@ -62,3 +62,31 @@ def test_shipped_recipes_are_valid_configs(name, tmp_path):
     assert cfg.batch_size * 8 == 4096 and cfg.local_loss and cfg.gather_with_grad
     assert cfg.zeroshot_classnames == cfg.zeroshot_templates == "imagenet1k"
     assert cfg.save_every_steps > 0  # checkpoints within epochs, not only at their ends
+
+
+def test_settings_that_would_do_nothing_are_refused_or_warned():
+    common = dict(train_data="train.csv", image_bank="banks/image", text_bank="banks/text")
+    with pytest.raises(ValueError, match="no neighbour term is left.*--loss clip"):
+        build_config(overrides=dict(common, loss="clip-ping", nn_weight=0.0, xnn_weight=0.0))
+    assert build_config(overrides=dict(common, loss="clip-ping")).unused_settings() == []
+    # A recipe's banks with --loss clip (a baseline run): warned, not refused.
+    baseline = build_config(overrides=dict(common, loss="clip", nn_weight=2.0))
+    (warning,) = baseline.unused_settings()
+    assert "--image-bank, --text-bank, --nn-weight set, but --loss clip" in warning
+    memory = build_config(
+        overrides=dict(common, loss="clip-ping", neighbor_target="memory", aux_temperature=0.2)
+    )
+    assert "memory targets use the CLIP logit scale" in memory.unused_settings()[0]
+    no_eval = build_config(overrides=dict(train_data="t.csv", zeroshot_templates="t.txt"))
+    assert "--zeroshot-templates set, but there is no --val-data" in no_eval.unused_settings()[0]
+    rare = build_config(overrides=dict(train_data="t.csv", val_data="v.csv", val_frequency=3))
+    assert "no evaluation during training" in rare.unused_settings()[0]
+
+
+def test_a_neighbour_warmup_longer_than_the_run_is_warned():
+    from clip_ping.schedule import neighbor_ramp, ramp_warning
+
+    assert ramp_warning(10, 10) is None
+    message = ramp_warning(40, 10)
+    assert "longer than the run (10 steps)" in message
+    assert neighbor_ramp(9, 40) == 0.25 and "end at 0.25 of their value" in message

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clip_ping.losses import NeighborLoss, NeighborTargets, neighbor_contrast
+from clip_ping.losses import NeighborLoss, NeighborTargets, neighbor_contrast, target_keys
 
 
 def reference_contrast(queries, targets, ids, valid, scale):
@@ -56,13 +56,17 @@ def test_contrast_is_log_batch_at_zero_scale_and_zero_when_nothing_is_valid():
     assert neighbor_contrast(q, t, ids, none_valid, 5.0).item() == 0.0
 
 
-def make_targets(batch, image_dim, text_dim, with_validity):
+def make_targets(batch, image_dim, text_dim, with_validity, num_samples=6):
+    """Targets as a real batch has them: a neighbour drawn twice has the same target rows
+    (each sample's image-side and caption-side rows are fixed)."""
     valid = (lambda: torch.rand(batch) > 0.3) if with_validity else (lambda: None)
+    image_rows, text_rows = unit(num_samples, image_dim), unit(num_samples, text_dim)
+    image_nbr = torch.randint(0, num_samples, (batch,))
+    text_nbr = torch.randint(0, num_samples, (batch,))
     return NeighborTargets(
-        image_neighbors=torch.randint(0, 6, (batch,)),
-        text_neighbors=torch.randint(0, 6, (batch,)),
-        nn_image=unit(batch, image_dim), nn_text=unit(batch, text_dim),
-        xnn_image=unit(batch, text_dim), xnn_text=unit(batch, image_dim),
+        image_neighbors=image_nbr, text_neighbors=text_nbr,
+        nn_image=image_rows[image_nbr], nn_text=text_rows[text_nbr],
+        xnn_image=text_rows[image_nbr], xnn_text=image_rows[text_nbr],
         nn_image_valid=valid(), nn_text_valid=valid(),
         xnn_image_valid=valid(), xnn_text_valid=valid(),
     )  # fmt: skip
@@ -130,3 +134,37 @@ def test_bank_mode_needs_the_bank_dimensions():
         NeighborLoss(8, target="bank")
     with pytest.raises(ValueError, match="--neighbor-target 'teacher'"):
         NeighborLoss(8, image_bank_dim=8, text_bank_dim=8, target="teacher")
+
+
+def test_identical_targets_under_other_ids_are_not_negatives():
+    """Two samples with one caption have identical text-bank rows: the row of one is not a
+    negative for an anchor whose positive is the other (a tied false negative)."""
+    torch.manual_seed(2)
+    batch, d, image_dim, text_dim = 6, 8, 5, 4
+    targets = make_targets(batch, image_dim, text_dim, with_validity=False)
+    targets.text_neighbors = torch.arange(batch) + 10  # all different samples...
+    targets.nn_text = unit(batch, text_dim)
+    targets.nn_text[3] = targets.nn_text[1]  # ...but 1 and 3 share a caption
+    loss = NeighborLoss(d, image_bank_dim=image_dim, text_bank_dim=text_dim, nn_weight=1.0,
+                        xnn_weight=0.0, aux_temperature=0.5).double()  # fmt: skip
+    z_text = unit(batch, d)
+    terms = loss(unit(batch, d), z_text, torch.tensor(1.0), targets=targets)
+    query = F.normalize(loss.heads["nn_text"](z_text), dim=-1)
+    content_ids = torch.tensor([0, 1, 2, 1, 4, 5])  # the same content, the same identity
+    expected = reference_contrast(query, targets.nn_text, content_ids, [True] * batch, 2.0)
+    torch.testing.assert_close(terms["nn_text_loss"], expected)
+    by_sample = reference_contrast(query, targets.nn_text, torch.arange(batch), [True] * batch, 2.0)
+    assert not torch.isclose(terms["nn_text_loss"], by_sample)  # the exclusion matters here
+
+
+def test_target_keys_tell_equal_rows_only():
+    rows = torch.randn(64, 384).half().float()
+    rows[10] = rows[20]
+    keys = target_keys(rows)
+    equal = (keys[:, None] == keys[None, :]).all(-1)
+    expected = torch.eye(64, dtype=torch.bool)
+    expected[10, 20] = expected[20, 10] = True
+    assert torch.equal(equal, expected)
+    nudged = rows.clone()
+    nudged[20, 0] = torch.nextafter(nudged[20, 0], torch.tensor(float("inf")))
+    assert not torch.equal(target_keys(nudged)[20], keys[10])  # one ulp apart: not equal

@@ -153,3 +153,19 @@ def test_training_from_webdataset_shards(shapes_corpus, tmp_path):
     records = read_metrics(run_dir)
     assert any("zeroshot/val/acc1" in r for r in records)
     assert (run_dir / "hf" / "config.json").is_file()
+
+
+def test_unused_settings_are_warned_in_the_run_log(shapes_corpus, tmp_path):
+    run_dir = train(
+        config(
+            shapes_corpus,
+            tmp_path,
+            name="w",
+            stop_after_steps=1,
+            val_data=None,
+            nn_weight=2.0,
+            neighbor_warmup=50,
+        )  # fmt: skip
+    )
+    log = (run_dir / "out.log").read_text()
+    assert "WARNING | --nn-weight, --neighbor-warmup set, but --loss clip uses no neighbours" in log

@@ -24,6 +24,11 @@ DATASET_TYPES = ("auto", "csv", "webdataset")
 LOSSES = ("clip", "clip-ping")
 NEIGHBOR_TARGETS = ("bank", "memory")
 NEIGHBOR_SOURCES = ("offline", "active")
+# Settings only --loss clip-ping reads.
+NEIGHBOR_FIELDS = (
+    "image_bank", "text_bank", "nn_weight", "xnn_weight", "neighbor_k", "neighbor_target",
+    "neighbor_source", "aux_temperature", "neighbor_warmup",
+)  # fmt: skip
 
 
 def _f(default: Any, help: str, group: str, **kw: Any) -> Any:
@@ -162,6 +167,12 @@ class TrainConfig:
                 bad("aux_temperature", "must be positive")
             if self.neighbor_warmup < 0:
                 bad("neighbor_warmup", "must be 0 or more")
+            if self.nn_weight == 0 and self.xnn_weight == 0:
+                bad(
+                    "nn_weight",
+                    "with --xnn-weight 0 too no neighbour term is left: the run would be plain "
+                    "CLIP that still loads the banks; use --loss clip, or give a weight above 0",
+                )
         if not 0 <= self.max_bad_share < 1:
             bad("max_bad_share", "use a fraction in [0, 1), e.g. 0.01")
         if self.lr <= 0:
@@ -181,6 +192,39 @@ class TrainConfig:
             if not Path(self.zeroshot_data).exists():  # fail now, not after the first epoch
                 bad("zeroshot_data", f"no such file or folder, nor a built-in ({builtins})")
         return self
+
+    def unused_settings(self) -> list[str]:
+        """A warning for each setting given a non-default value that this run never uses."""
+        defaults = TrainConfig(train_data=self.train_data)
+        changed = [
+            f.name
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) != getattr(defaults, f.name)
+        ]
+        flags = lambda names: ", ".join("--" + n.replace("_", "-") for n in names)  # noqa: E731
+        warnings = []
+        if self.loss == "clip" and (unused := [n for n in changed if n in NEIGHBOR_FIELDS]):
+            warnings.append(f"{flags(unused)} set, but --loss clip uses no neighbours: ignored")
+        if (
+            self.loss == "clip-ping"
+            and self.neighbor_target == "memory"
+            and "aux_temperature" in changed
+        ):
+            warnings.append(
+                "--aux-temperature set, but memory targets use the CLIP logit scale: ignored"
+            )
+        if not (self.val_data or self.zeroshot_data):
+            unused = [n for n in changed if n in ("zeroshot_classnames", "zeroshot_templates")]
+            if unused:
+                warnings.append(
+                    f"{flags(unused)} set, but there is no --val-data or --zeroshot-data: ignored"
+                )
+        elif self.val_frequency > self.epochs:
+            warnings.append(
+                f"--val-frequency {self.val_frequency} exceeds --epochs {self.epochs}: no "
+                "evaluation during training (use --val-frequency 1, or 0 to say so)"
+            )
+        return warnings
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -111,6 +111,20 @@ class NeighborTargets:
         return NeighborTargets(**{k: v if v is None else v.to(device) for k, v in moved.items()})
 
 
+def target_keys(targets: torch.Tensor) -> torch.Tensor:
+    """``(B, 2)`` int64 keys of the rows of ``targets`` ``(B, D)``: equal rows get equal keys
+    (two random integer projections of the rows' exact float32 bits; unequal rows collide
+    with probability ~2^-40). Two samples with the same caption have identical text-bank rows
+    under different ids: their keys say so."""
+    bits = targets.detach().float().contiguous().view(torch.int32).long()
+    generator = torch.Generator().manual_seed(0x5EED)
+    # |bits| < 2^31 and coefficients < 2^20: a product is below 2^51, so sums over up to
+    # 4,096 dimensions are exact in int64 (wider rows wrap around, still equal for equal rows).
+    coefficients = torch.randint(1, 1 << 20, (2, targets.shape[-1]), generator=generator)
+    coefficients = coefficients.to(bits.device)
+    return torch.stack([(bits * c).sum(-1) for c in coefficients], dim=-1)  # no int GEMM on GPUs
+
+
 def neighbor_contrast(
     queries: torch.Tensor,
     targets: torch.Tensor,
@@ -126,9 +140,10 @@ def neighbor_contrast(
     Args:
         queries: ``(B, D)`` normalised, with gradient.
         targets: ``(B, D)`` normalised constants (no gradient flows into them).
-        target_ids: ``(B,)`` sample index of each target. A column holding the same sample
-            as a row's positive is not a negative for that row (two anchors often share a
-            neighbour).
+        target_ids: ``(B,)`` or ``(B, k)`` identity of each target (a sample index, or the
+            :func:`target_keys` of its content). A column whose identity equals that of a
+            row's positive is not a negative for that row: two anchors often share a
+            neighbour, and two samples may share a caption.
         valid: ``(B,)`` bool or None. Invalid targets are neither positives (their row is
             skipped) nor negatives.
         scale: logit scale (1 / temperature).
@@ -137,7 +152,7 @@ def neighbor_contrast(
     ``local_loss`` that the DDP gradient average turns into the same mean).
     """
     if valid is None:
-        valid = torch.ones_like(target_ids, dtype=torch.bool)
+        valid = torch.ones(len(target_ids), dtype=torch.bool, device=target_ids.device)
     all_targets = gather_batch(targets.detach(), with_grad=False)
     all_ids = gather_batch(target_ids, with_grad=False)
     all_valid = gather_batch(valid.to(torch.uint8), with_grad=False).bool()
@@ -148,7 +163,10 @@ def neighbor_contrast(
         rows, row_ids, row_valid = gather_batch(queries, gather_with_grad), all_ids, all_valid
         labels = torch.arange(rows.shape[0], device=queries.device)
     logits = scale * rows @ all_targets.to(rows.dtype).T
-    excluded = (row_ids[:, None] == all_ids[None, :]) | ~all_valid[None, :]
+    same = row_ids[:, None] == all_ids[None, :]
+    if same.ndim == 3:  # keys of several columns: equal when all are
+        same = same.all(-1)
+    excluded = same | ~all_valid[None, :]
     excluded[torch.arange(len(labels), device=labels.device), labels] = False
     logits = logits.masked_fill(excluded, float("-inf"))
     per_row = F.cross_entropy(logits, labels, reduction="none")
@@ -216,13 +234,14 @@ class NeighborLoss(nn.Module):
     def _term(
         self, name: str, query: torch.Tensor, targets: NeighborTargets, scale
     ) -> torch.Tensor:
-        ids = targets.image_neighbors if name.endswith("_image") else targets.text_neighbors
+        raw = getattr(targets, name)
+        keys = target_keys(raw)  # identical targets (shared neighbour or caption): no negatives
         if self.target == "bank":
             query, scale = F.normalize(self.heads[name](query), dim=-1), 1.0 / self.aux_temperature
-        target = F.normalize(getattr(targets, name).to(query.dtype), dim=-1)
+        target = F.normalize(raw.to(query.dtype), dim=-1)
         valid = getattr(targets, f"{name}_valid")
         return neighbor_contrast(
-            query, target, ids, valid, scale, self.local_loss, self.gather_with_grad
+            query, target, keys, valid, scale, self.local_loss, self.gather_with_grad
         )
 
     def forward(

@@ -46,6 +46,17 @@ def neighbor_ramp(step: int, warmup_steps: int) -> float:
     return min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
 
 
+def ramp_warning(warmup_steps: int, total_steps: int) -> str | None:
+    """The warning for a neighbour warm-up the run never finishes (None if it does)."""
+    if warmup_steps <= total_steps:
+        return None
+    return (
+        f"--neighbor-warmup {warmup_steps} is longer than the run ({total_steps} steps): the "
+        f"neighbour weights end at {neighbor_ramp(total_steps - 1, warmup_steps):.2f} of their "
+        "value; shorten the warm-up or train longer"
+    )
+
+
 def autocast_context(precision: str, device: torch.device):
     """The autocast of ``--precision`` on ``device`` (fp32: none)."""
     if precision == "amp":

@@ -43,7 +43,14 @@ from .evaluation.during_training import evaluate_during_training
 from .logger import MetricsLog, log, setup_logging
 from .model_card import write_model_card
 from .models import create_model, export_hf, get_model_spec
-from .schedule import autocast_context, cosine_lr, create_optimizer, create_scaler, set_lr
+from .schedule import (
+    autocast_context,
+    cosine_lr,
+    create_optimizer,
+    create_scaler,
+    ramp_warning,
+    set_lr,
+)
 from .task import TrainingTask, create_task
 from .tokenizer import Tokenizer, get_tokenizer
 
@@ -134,6 +141,12 @@ def setup(cfg: TrainConfig, info: DistInfo) -> Run:
             f"--batch-size {cfg.batch_size} × --accum-freq {cfg.accum_freq} × {info.world_size} "
             f"process(es) needs more than the {data.num_samples} training samples; lower them"
         )
+    for warning in cfg.unused_settings():
+        log.warning(warning)
+    if cfg.loss == "clip-ping" and (
+        late := ramp_warning(cfg.neighbor_warmup, steps_per_epoch * cfg.epochs)
+    ):
+        log.warning(late)
     task = create_task(cfg, model, spec, info.device)
     optimizer, scaler = create_optimizer(task, cfg), create_scaler(cfg.precision)
     progress = Progress()
