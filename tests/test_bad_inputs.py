@@ -10,6 +10,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from clip_ping.bank import Bank, build_bank, mine_bank
@@ -188,3 +189,54 @@ def test_bank_build_skips_bad_rows_and_mining_never_returns_them(dirty, tmp_path
         build_bank(DataSpec(str(path)), "text", tmp_path / "share", workers=0, progress=False)
     assert not (tmp_path / "share" / "meta.json").exists()
     shutil.rmtree(tmp_path / "share")
+
+
+def test_a_sample_bad_in_either_bank_is_never_a_neighbour(dirty, tmp_path):
+    """A bad image with a good caption: a zero image-bank row but a valid text-bank row.
+    It must not be drawn as a caption neighbour (its image-side XNN target would be zero)."""
+    from clip_ping.data.datasets import CsvDataset
+    from clip_ping.data.transforms import TrainTransform
+    from clip_ping.guidance import ActiveTeachers, NeighborGuidance
+
+    path, bad_rows = dirty
+    spec = DataSpec(str(path), max_bad_share=0.1)
+    options = dict(workers=0, progress=False)
+    image = Bank(build_bank(spec, "image", tmp_path / "image", image_size=64, **options))
+    text = Bank(build_bank(spec, "text", tmp_path / "text", **options))
+    image_only = sorted(set(image.skipped.tolist()) - set(text.skipped.tolist()))
+    assert len(image_only) == 4  # truncated, noise, missing, bomb: captions all fine
+    union = np.union1d(image.skipped, text.skipped)
+
+    # Mined alone, the text table proposes them (they share the caption "a red square")...
+    alone = mine_bank(text.path, k=10, backend="exact", progress=False)
+    assert np.isin(alone.neighbors, image_only).any()
+    mine_bank(image.path, k=10, backend="exact", progress=False)
+    # ... and training's draw passes them over, whatever the table says.
+    guidance = NeighborGuidance(image, text, k=10, target="bank")
+    anchors = torch.tensor([i for i in range(64) if i not in union])
+    for step in range(30):
+        targets = guidance.targets(anchors, step, torch.device("cpu"))
+        for drawn in (targets.image_neighbors, targets.text_neighbors):
+            assert not np.isin(drawn.numpy(), union).any(), step
+        norms = targets.xnn_text.float().norm(dim=1)  # image side of the caption neighbour
+        torch.testing.assert_close(norms, torch.ones_like(norms), atol=2e-3, rtol=0)
+
+    # An anchor whose every drawable neighbour is bad gets masked targets: the bad rows'
+    # own nearest caption neighbour is another "a red square" row, bad too.
+    nearest = NeighborGuidance(image, text, k=1, target="bank")
+    targets = nearest.targets(torch.tensor(image_only), 0, torch.device("cpu"))
+    assert not targets.nn_text_valid.any() and not targets.xnn_text_valid.any()
+
+    # Mined with the paired bank, the table itself holds none of them.
+    paired = mine_bank(text.path, k=10, backend="exact", progress=False, paired_bank=image.path)
+    assert not np.isin(paired.neighbors, union).any()
+    # The active source searches without them too.
+    active = NeighborGuidance(
+        image, text, k=10, target="bank", active=ActiveTeachers(image, text, torch.device("cpu"))
+    )
+    dataset = CsvDataset(path, transform=TrainTransform(32), on_bad_sample="skip")
+    rows = anchors[:16].tolist()
+    batch = torch.utils.data.default_collate([dataset[(0, i)] for i in rows])
+    image_nbr, text_nbr, image_ok, text_ok = active.draw(torch.tensor(rows), 0, batch)
+    assert image_ok.all() and text_ok.all()
+    assert not np.isin(torch.cat([image_nbr, text_nbr]).numpy(), union).any()

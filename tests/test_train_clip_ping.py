@@ -94,7 +94,7 @@ def test_active_search_finds_the_offline_neighbours_of_unchanged_captions(
     features = torch.from_numpy(text_bank.features[:].astype("float32"))
     _, offline_similarities = text_bank.neighbors()
     for k in range(5):
-        image_nbr, text_nbr = guidance.draw(torch.tensor(rows), step=k, batch=batch)
+        image_nbr, text_nbr, *_ = guidance.draw(torch.tensor(rows), step=k, batch=batch)
         for b, row in enumerate(rows):
             assert text_nbr[b] != row and image_nbr[b] != row
             similarity = float(text_query[b] @ features[text_nbr[b]])

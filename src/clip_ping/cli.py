@@ -115,6 +115,7 @@ def _bank_neighbors(args: argparse.Namespace) -> None:
     result = mine_bank(
         args.bank, args.k, backend=args.backend, device=args.device, nlist=args.nlist,
         nprobe=args.nprobe, recall_sample=args.recall_sample, exclude_groups=groups,
+        paired_bank=args.exclude_skipped_of,
     )  # fmt: skip
     rate = len(result.neighbors) / max(result.seconds, 1e-9)
     print(
@@ -198,6 +199,13 @@ def _add_bank_commands(commands: argparse._SubParsersAction) -> None:
         metavar="TRAIN_DATA",
         default=None,
         help="no neighbour has the anchor's exact caption in this data (the bank's own)",
+    )
+    neighbors.add_argument(
+        "--exclude-skipped-of",
+        metavar="OTHER_BANK",
+        default=None,
+        help="the other modality's bank of the same data: its skipped (bad) samples are no "
+        "neighbours either (training also passes them over)",
     )
     neighbors.set_defaults(func=_bank_neighbors)
 

@@ -122,6 +122,9 @@ class NeighborGuidance:
     ):
         self.image_bank, self.text_bank, self.k, self.target = image_bank, text_bank, k, target
         self.memory, self.seed, self.active = memory, seed, active
+        # A sample skipped in either bank (a bad image, a bad caption) has a zero row in that
+        # bank: it is never a neighbour, whichever table or search proposes it.
+        self.skipped = np.union1d(image_bank.skipped, text_bank.skipped)
         if target == "memory" and memory is None:
             raise ValueError("memory targets need a StudentMemory")
         self.image_features, self.text_features = image_bank.features, text_bank.features
@@ -146,33 +149,48 @@ class NeighborGuidance:
 
     def draw(
         self, indices: torch.Tensor, step: int, batch: dict | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(B,)`` image and caption neighbours of the anchors ``indices``: from the tables,
-        or (active) from an online search with the teachers' features of ``batch``."""
+    ) -> tuple[torch.Tensor, ...]:
+        """Image and caption neighbours ``(B,)`` of the anchors ``indices`` and whether each
+        is usable ``(B,)``: drawn from the top-K of the tables, or (active) of an online
+        search with the teachers' features of ``batch``. A neighbour skipped in either bank
+        is passed over for the next usable one of the anchor's top-K; an anchor with none
+        gets an unusable (masked) neighbour."""
         offsets = draw_offsets(indices.cpu(), step, self.seed, self.k)
         if self.active is not None:
             image_query, text_query = self.active.encode(batch["image"], batch["caption"])
+            never = torch.from_numpy(self.skipped)
             image_top = search_vectors(
-                self.image_bank.features, image_query, indices, self.k, self.image_bank.skipped
+                self.image_bank.features, image_query, indices, self.k, never
             )
-            text_top = search_vectors(
-                self.text_bank.features, text_query, indices, self.k, self.text_bank.skipped
-            )
-            pick = offsets[:, None]
-            return image_top.gather(1, pick)[:, 0], text_top.gather(1, pick)[:, 0]
-        rows, offsets = indices.cpu().numpy(), offsets.numpy()
-        image = self.image_neighbors[rows, offsets]
-        text = self.text_neighbors[rows, offsets]
-        return torch.from_numpy(image.astype(np.int64)), torch.from_numpy(text.astype(np.int64))
+            text_top = search_vectors(self.text_bank.features, text_query, indices, self.k, never)
+        else:
+            rows = indices.cpu().numpy()
+            image_top = torch.from_numpy(self.image_neighbors[rows, : self.k].astype(np.int64))
+            text_top = torch.from_numpy(self.text_neighbors[rows, : self.k].astype(np.int64))
+        image, image_ok = self._pick(image_top, offsets)
+        text, text_ok = self._pick(text_top, offsets)
+        return image, text, image_ok, text_ok
+
+    def _pick(self, top: torch.Tensor, offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``offsets``-th usable entry (cyclically) of each ``(B, k)`` row of ``top``."""
+        usable = ~torch.from_numpy(np.isin(top.numpy(), self.skipped))
+        count = usable.sum(1)
+        # Position of the (offset mod count)-th usable entry: the first whose running count
+        # of usable entries passes it.
+        wanted = offsets % count.clamp(min=1)
+        position = ((usable.cumsum(1) > wanted[:, None]) & usable).int().argmax(1)
+        return top.gather(1, position[:, None])[:, 0], count > 0
 
     def targets(
         self, indices: torch.Tensor, step: int, device: torch.device, batch: dict | None = None
     ) -> NeighborTargets:
         """The anchors' :class:`NeighborTargets`, on ``device`` (``batch``: the current
         images and captions, needed by the active source)."""
-        image_nbr, text_nbr = self.draw(indices, step, batch)
+        image_nbr, text_nbr, image_ok, text_ok = self.draw(indices, step, batch)
         if self.target == "bank":
             targets = bank_targets(self.image_features, self.text_features, image_nbr, text_nbr)
         else:
             targets = memory_targets(self.memory, image_nbr, text_nbr)
+        if not (image_ok.all() and text_ok.all()):  # anchors whose top-K are all skipped
+            targets.mask_unusable(image_ok, text_ok)
         return targets.to(device)

@@ -105,6 +105,15 @@ class NeighborTargets:
     xnn_image_valid: torch.Tensor | None = None
     xnn_text_valid: torch.Tensor | None = None
 
+    def mask_unusable(self, image_ok: torch.Tensor, text_ok: torch.Tensor) -> None:
+        """Mark the targets of unusable image (``image_ok`` False, ``(B,)``) and caption
+        neighbours invalid: NN and XNN image terms follow the image neighbour, the text terms
+        the caption neighbour."""
+        for name, ok in (("nn_image", image_ok), ("xnn_image", image_ok),
+                         ("nn_text", text_ok), ("xnn_text", text_ok)):  # fmt: skip
+            valid = getattr(self, f"{name}_valid")
+            setattr(self, f"{name}_valid", ok if valid is None else valid & ok)
+
     def to(self, device: torch.device | str) -> NeighborTargets:
         """A copy with every tensor on ``device``."""
         moved = {f.name: getattr(self, f.name) for f in fields(self)}

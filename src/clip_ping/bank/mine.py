@@ -353,15 +353,31 @@ def drop_same_group(result: NeighborResult, groups: np.ndarray, k: int) -> Neigh
 
 
 def mine_bank(
-    bank_dir: str | Path, k: int, exclude_groups: np.ndarray | None = None, **options
+    bank_dir: str | Path,
+    k: int,
+    exclude_groups: np.ndarray | None = None,
+    paired_bank: str | Path | None = None,
+    **options,
 ) -> NeighborResult:
     """Mine the bank in ``bank_dir`` and write its neighbour table (:mod:`.store`).
 
+    The bank's skipped rows are never neighbours; with ``paired_bank`` (the other modality's
+    bank of the same data) its skipped rows are not either: a sample with a bad image but a
+    good caption must not become a caption neighbour whose image-side target is a zero row.
     With ``exclude_groups`` ``(N,)``, rows of the anchor's own group are not neighbours
     (:func:`drop_same_group`); the search then asks for as many more as the largest group.
     """
     bank = Bank(bank_dir)
-    options.setdefault("exclude", bank.skipped)
+    excluded = bank.skipped
+    if paired_bank is not None:
+        paired = Bank(paired_bank)
+        if paired.num_rows != bank.num_rows:
+            raise ValueError(
+                f"--exclude-skipped-of {paired.path} has {paired.num_rows:,} rows but "
+                f"{bank.path} has {bank.num_rows:,}; pass the other bank of the same data"
+            )
+        excluded = np.union1d(excluded, paired.skipped)
+    options.setdefault("exclude", excluded)
     if exclude_groups is None:
         result = mine_neighbors(bank.features, k, **options)
     else:
@@ -376,5 +392,6 @@ def mine_bank(
     write_neighbor_table(
         bank, result.neighbors, result.similarities, backend=result.backend,
         seconds=round(result.seconds, 2), recall=result.recall, settings=result.settings,
+        excluded_rows=int(len(excluded)),
     )  # fmt: skip
     return result

@@ -107,13 +107,14 @@ def prepare_data(out: Path, size: DemoSize, assets: str | None = None) -> DemoDa
     build_bank(spec, "text", data.bank("text"), workers=0)
     captions = read_captions(spec)
     groups = caption_groups(captions)
-    for modality in ("image", "text"):
+    for modality, other in (("image", "text"), ("text", "image")):
+        paired = data.bank(other)  # a sample bad in either bank is no neighbour
         if not has_neighbor_table(data.bank(modality)):
-            mine_bank(data.bank(modality), k=NEIGHBOR_K)
+            mine_bank(data.bank(modality), k=NEIGHBOR_K, paired_bank=paired)
         alt = data.bank(modality, "no-same-caption")
         if not has_neighbor_table(alt):
             _link_bank(data.bank(modality), alt)
-            mine_bank(alt, k=NEIGHBOR_K, exclude_groups=groups)
+            mine_bank(alt, k=NEIGHBOR_K, exclude_groups=groups, paired_bank=paired)
     return data
 
 
