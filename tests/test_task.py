@@ -1,5 +1,8 @@
 """The training task: one module owns the step, its state and its memory."""
 
+import contextlib
+
+import pytest
 import torch
 from torch import nn
 
@@ -26,10 +29,10 @@ class Passthrough(nn.Module):
 
 def make_task(corpus, banks, **overrides):
     cfg = build_config(
-        overrides=dict(
-            train_data=str(corpus / "train.csv"), model="cpu-micro-32", loss="clip-ping",
-            image_bank=str(banks / "image"), text_bank=str(banks / "text"), **overrides,
-        )
+        overrides={
+            "train_data": str(corpus / "train.csv"), "model": "cpu-micro-32", "loss": "clip-ping",
+            "image_bank": str(banks / "image"), "text_bank": str(banks / "text"), **overrides,
+        }
     )  # fmt: skip
     model, tokenizer = create_model(cfg.model, seed=0)
     data = build_train_data(cfg.data_spec(), TrainTransform(model.image_size), tokenizer, seed=0)
@@ -70,3 +73,52 @@ def test_the_neighbour_weights_ramp_up_over_the_warmup(small_corpus, shapes_bank
         torch.testing.assert_close(early[f"{kind}_loss"].detach(), 0.25 * unweighted)
         unweighted = 0.5 * (late[f"{kind}_image_loss"] + late[f"{kind}_text_loss"])
         torch.testing.assert_close(late[f"{kind}_loss"].detach(), unweighted)
+
+
+def micro_batches(batch: dict, parts: int) -> list[dict]:
+    size = len(batch["index"]) // parts
+    return [
+        {key: value[i * size : (i + 1) * size] for key, value in batch.items()}
+        for i in range(parts)
+    ]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(loss="clip", image_bank=None, text_bank=None),
+        dict(neighbor_target="bank"),
+        dict(neighbor_target="memory"),
+    ],  # fmt: skip
+    ids=["clip", "bank", "memory"],
+)
+def test_four_accumulated_micro_batches_give_the_loss_and_gradients_of_one_batch(
+    small_corpus, shapes_banks, overrides
+):
+    task, batch = make_task(small_corpus, shapes_banks, **overrides)
+    if task.memory is not None:  # half the memory written: valid and masked targets both
+        with torch.no_grad():
+            _, _, out = task(batch, step=0)
+        task.remember(batch["index"][::2], {k: v[::2] for k, v in out.items() if v.ndim})
+    parameters = dict(task.named_parameters())
+
+    loss, terms, _ = task(batch, step=3)
+    loss.backward()
+    whole = {name: p.grad.clone() for name, p in parameters.items() if p.grad is not None}
+    task.zero_grad(set_to_none=True)
+
+    loss_acc, terms_acc, out = task.accumulate(
+        micro_batches(batch, 4), 3, "cpu", backward=lambda x: x.backward(),
+        autocast=contextlib.nullcontext,
+    )  # fmt: skip
+    for name in TOTAL_TERMS:
+        if name in terms:
+            torch.testing.assert_close(terms_acc[name], terms[name], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(loss_acc, loss, atol=1e-5, rtol=1e-5)
+    accumulated = {name: p.grad for name, p in parameters.items() if p.grad is not None}
+    assert accumulated.keys() == whole.keys()
+    if overrides.get("neighbor_target") == "bank":
+        assert any(name.startswith("neighbor_loss.heads") for name in whole)
+    for name, grad in whole.items():
+        torch.testing.assert_close(accumulated[name], grad, atol=2e-5, rtol=1e-4, msg=name)
+    assert out["image_features"].shape == (len(batch["index"]), task.model.embed_dim)

@@ -114,6 +114,23 @@ class NeighborTargets:
             valid = getattr(self, f"{name}_valid")
             setattr(self, f"{name}_valid", ok if valid is None else valid & ok)
 
+    @classmethod
+    def cat(cls, parts: list[NeighborTargets]) -> NeighborTargets:
+        """The targets of several micro-batches as those of one batch, in order."""
+        merged = {}
+        for f in fields(cls):
+            values = [getattr(part, f.name) for part in parts]
+            if all(v is None for v in values):
+                merged[f.name] = None
+                continue
+            if any(v is None for v in values):  # some parts all valid
+                values = [
+                    torch.ones(len(part.image_neighbors), dtype=torch.bool) if v is None else v
+                    for part, v in zip(parts, values, strict=True)
+                ]
+            merged[f.name] = torch.cat([v.to(values[0].device) for v in values])
+        return cls(**merged)
+
     def to(self, device: torch.device | str) -> NeighborTargets:
         """A copy with every tensor on ``device``."""
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -241,12 +258,17 @@ class NeighborLoss(nn.Module):
                     self.heads[name] = nn.Linear(embed_dim, out_dim, bias=False)
 
     def _term(
-        self, name: str, query: torch.Tensor, targets: NeighborTargets, scale
+        self, name: str, query: torch.Tensor, targets: NeighborTargets, scale, grad_rows=None
     ) -> torch.Tensor:
         raw = getattr(targets, name)
         keys = target_keys(raw)  # identical targets (shared neighbour or caption): no negatives
         if self.target == "bank":
-            query, scale = F.normalize(self.heads[name](query), dim=-1), 1.0 / self.aux_temperature
+            head = self.heads[name]
+            projected = head(query)
+            if grad_rows is not None:  # rows cached from other micro-batches: no head gradient
+                cached = F.linear(query, head.weight.detach())
+                projected = torch.where(grad_rows[:, None], projected, cached)
+            query, scale = F.normalize(projected, dim=-1), 1.0 / self.aux_temperature
         target = F.normalize(raw.to(query.dtype), dim=-1)
         valid = getattr(targets, f"{name}_valid")
         return neighbor_contrast(
@@ -260,16 +282,22 @@ class NeighborLoss(nn.Module):
         logit_scale: torch.Tensor,
         targets: NeighborTargets,
         ramp: float = 1.0,
+        grad_rows: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """``image_features, text_features``: ``(B, d)`` normalised student embeddings."""
+        """``image_features, text_features``: ``(B, d)`` normalised student embeddings.
+        ``grad_rows`` ``(B,)`` bool (gradient accumulation): the rows this pass trains; the
+        heads get their gradient through those rows only, so that the passes over an
+        accumulated batch sum to the gradient of one pass over it."""
         terms: dict[str, torch.Tensor] = {}
         zero = image_features.new_zeros(())
         for kind, weight in (("nn", self.nn_weight), ("xnn", self.xnn_weight)):
             if weight == 0:
                 terms[f"{kind}_loss"] = zero
                 continue
-            image_term = self._term(f"{kind}_image", image_features, targets, logit_scale)
-            text_term = self._term(f"{kind}_text", text_features, targets, logit_scale)
+            image_term = self._term(
+                f"{kind}_image", image_features, targets, logit_scale, grad_rows
+            )
+            text_term = self._term(f"{kind}_text", text_features, targets, logit_scale, grad_rows)
             terms[f"{kind}_image_loss"] = image_term.detach()
             terms[f"{kind}_text_loss"] = text_term.detach()
             terms[f"{kind}_loss"] = weight * ramp * 0.5 * (image_term + text_term)

@@ -26,6 +26,10 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -37,11 +41,44 @@ from .memory import StudentMemory
 from .schedule import neighbor_ramp
 
 
+@dataclass
+class Accumulated:
+    """The rest of an accumulated batch while one micro-batch is recomputed with gradient.
+
+    ``image_features``/``text_features``: every micro-batch's ``(b_i, d)`` embeddings, cached
+    without gradient; ``index``: the micro-batch this pass recomputes; ``targets``: the whole
+    batch's neighbour targets (or None).
+    """
+
+    image_features: list[torch.Tensor]
+    text_features: list[torch.Tensor]
+    index: int
+    targets: NeighborTargets | None = None
+
+    def splice(self, fresh: torch.Tensor, cached: list[torch.Tensor]) -> torch.Tensor:
+        """The whole batch's rows, this pass's micro-batch being ``fresh`` (with gradient)."""
+        return torch.cat([*cached[: self.index], fresh, *cached[self.index + 1 :]])
+
+    def grad_rows(self, device: torch.device) -> torch.Tensor:
+        sizes = [len(part) for part in self.image_features]
+        return torch.cat([
+            torch.full((size,), i == self.index, dtype=torch.bool, device=device)
+            for i, size in enumerate(sizes)
+        ])  # fmt: skip
+
+
+def total(terms: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The loss the optimiser minimises: the sum of :data:`~clip_ping.losses.TOTAL_TERMS`."""
+    return sum(v for k, v in terms.items() if k in TOTAL_TERMS)
+
+
 class ContrastiveStep(nn.Module):
     """Student and losses: every trained parameter (the neighbour heads too), so DDP,
     ``torch.compile`` and the optimiser see them all.
 
-    ``forward(images (B, 3, H, W), texts (B, L), targets, ramp) -> (terms, outputs)``.
+    ``forward(images (B, 3, H, W), texts (B, L), targets, ramp, accumulated) -> (terms,
+    outputs)``. With ``accumulated`` (gradient accumulation), the losses span the whole
+    accumulated batch: this micro-batch's fresh embeddings among the others' cached ones.
     """
 
     def __init__(self, model, clip_loss: ClipLoss, neighbor_loss: NeighborLoss | None = None):
@@ -54,13 +91,60 @@ class ContrastiveStep(nn.Module):
         texts: torch.Tensor,
         targets: NeighborTargets | None = None,
         ramp: float = 1.0,
+        accumulated: Accumulated | None = None,
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         out = self.model(images, texts)
-        features = (out["image_features"], out["text_features"], out["logit_scale"])
-        terms = self.clip_loss(*features)
+        image, text, scale = out["image_features"], out["text_features"], out["logit_scale"]
+        grad_rows = None
+        if accumulated is not None:
+            image = accumulated.splice(image, accumulated.image_features)
+            text = accumulated.splice(text, accumulated.text_features)
+            if accumulated.index > 0:  # the scale's gradient counts once per batch (a zero
+                scale = scale.detach() + 0.0 * scale  # here keeps it in DDP's graph)
+            grad_rows, targets = accumulated.grad_rows(image.device), accumulated.targets
+        terms = self.clip_loss(image, text, scale)
         if self.neighbor_loss is not None:
-            terms.update(self.neighbor_loss(*features, targets=targets, ramp=ramp))
+            terms.update(
+                self.neighbor_loss(
+                    image, text, scale, targets=targets, ramp=ramp, grad_rows=grad_rows
+                )
+            )
         return terms, out
+
+
+def accumulate_gradients(
+    step_module: nn.Module,
+    model,
+    inputs: list[tuple[torch.Tensor, torch.Tensor]],
+    targets: NeighborTargets | None,
+    ramp: float,
+    backward: Callable,
+    autocast: Callable = contextlib.nullcontext,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Gradients of one batch given as micro-batches, as open_clip accumulates: every
+    micro-batch ``(images, texts)`` of ``inputs`` is embedded by ``model`` without gradient
+    first; then each is embedded again with gradient by ``step_module``
+    (:class:`ContrastiveStep`, or its DDP wrapper) and scored against the cached embeddings
+    of all the others, so every loss term has the whole batch as negatives. ``targets``: the
+    whole batch's neighbour targets. ``backward(loss)`` runs after each pass; the passes'
+    gradients sum to those of one pass over the whole batch. ``autocast()``: the student's
+    precision. Returns the last pass's ``(loss, terms)`` (every pass has the whole batch's
+    values) and the cached outputs of the whole batch."""
+    with torch.no_grad(), autocast():
+        cached = [model(images, texts) for images, texts in inputs]
+    images_cached = [c["image_features"] for c in cached]
+    texts_cached = [c["text_features"] for c in cached]
+    for index, (images, texts) in enumerate(inputs):
+        accumulated = Accumulated(images_cached, texts_cached, index, targets)
+        with autocast():
+            terms, _ = step_module(images, texts, None, ramp, accumulated)
+            loss = total(terms)
+        backward(loss)
+    out = {
+        "image_features": torch.cat(images_cached), "text_features": torch.cat(texts_cached),
+        "logit_scale": cached[-1]["logit_scale"],
+    }  # fmt: skip
+    return loss, terms, out
 
 
 class TrainingTask(nn.Module):
@@ -108,6 +192,15 @@ class TrainingTask(nn.Module):
         """Replace the step module by ``wrapper(step_module)`` (DDP, ``torch.compile``)."""
         self._set_step_module(wrapper(self.step_module))
 
+    def targets(self, batch: dict, step: int, device) -> NeighborTargets | None:
+        """The neighbour targets of ``batch``'s anchors at ``step`` (None without guidance)."""
+        if self.guidance is None:
+            return None
+        # Bank rows are read as stored and the active teachers run in float32, whatever the
+        # student's autocast.
+        with torch.autocast(torch.device(device).type, enabled=False):
+            return self.guidance.targets(batch["index"], step, device, batch)
+
     def forward(
         self, batch: dict, step: int, device: torch.device | str = "cpu"
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -119,16 +212,27 @@ class TrainingTask(nn.Module):
         """
         images = batch["image"].to(device, non_blocking=True)
         texts = batch["text"].to(device, non_blocking=True)
-        targets, ramp = None, 1.0
-        if self.guidance is not None:
-            # Bank rows are read as stored and the active teachers run in float32, whatever
-            # the student's autocast.
-            with torch.autocast(torch.device(device).type, enabled=False):
-                targets = self.guidance.targets(batch["index"], step, device, batch)
-            ramp = neighbor_ramp(step, self.neighbor_warmup)
+        targets = self.targets(batch, step, device)
+        ramp = neighbor_ramp(step, self.neighbor_warmup)
         terms, out = self.step_module(images, texts, targets, ramp)
-        loss = sum(v for k, v in terms.items() if k in TOTAL_TERMS)
-        return loss, terms, out
+        return total(terms), terms, out
+
+    def accumulate(
+        self, batches: list[dict], step: int, device, backward: Callable, autocast: Callable
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """One optimiser step's gradients over several micro-batches
+        (:func:`accumulate_gradients`), their neighbours drawn at ``step``."""
+        inputs = [
+            (b["image"].to(device, non_blocking=True), b["text"].to(device, non_blocking=True))
+            for b in batches
+        ]
+        targets = None
+        if self.guidance is not None:
+            targets = NeighborTargets.cat([self.targets(b, step, device) for b in batches])
+        ramp = neighbor_ramp(step, self.neighbor_warmup)
+        return accumulate_gradients(
+            self.step_module, self.model, inputs, targets, ramp, backward, autocast
+        )
 
     def remember(self, indices: torch.Tensor, out: dict[str, torch.Tensor]) -> None:
         """Write the batch's embeddings to the student memory (``memory`` targets only).

@@ -194,21 +194,18 @@ def train_one_epoch(run: Run) -> bool:
     )
     run.task.train()
     window = (time.perf_counter(), 0)  # (start, samples) of the throughput window
-    micro = 0
+    micro: list[dict] = []  # the micro-batches of the step being accumulated
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
     for batch in batches:
-        batch = good_part(run, batch)
-        with autocast_context(cfg.precision, device):
-            loss, terms, out = run.task(batch, progress.step, device)
+        micro.append(good_part(run, batch))
+        if len(micro) < cfg.accum_freq:
+            continue
+        loss, terms, out = forward_backward(run, micro)
         nonfinite |= ~torch.isfinite(loss.detach())  # no sync here: read once per step
-        run.scaler.scale(loss / cfg.accum_freq).backward()
         # A skipped non-finite step must not leave NaN rows behind in the memory.
         if not cfg.skip_nonfinite or torch.isfinite(loss):
-            run.task.remember(batch["index"], out)
-        micro += 1
-        if micro < cfg.accum_freq:
-            continue
-        micro = 0
+            run.task.remember(torch.cat([b["index"] for b in micro]), out)
+        micro = []
         lr = optimizer_step(run, nonfinite)
         window = (window[0], window[1] + run.global_batch)
         last_of_epoch = progress.batch == run.steps_per_epoch
@@ -223,6 +220,20 @@ def train_one_epoch(run: Run) -> bool:
             run.save()
             return True
     return False
+
+
+def forward_backward(run: Run, micro: list[dict]) -> tuple[torch.Tensor, dict, dict]:
+    """Loss terms and gradients of one optimiser step's batch: one forward and backward, or
+    (``--accum-freq``) the task's accumulation over its micro-batches."""
+    cfg, device = run.cfg, run.info.device
+    backward = lambda loss: run.scaler.scale(loss).backward()  # noqa: E731
+    if len(micro) == 1:
+        with autocast_context(cfg.precision, device):
+            loss, terms, out = run.task(micro[0], run.progress.step, device)
+        backward(loss)
+        return loss, terms, out
+    autocast = lambda: autocast_context(cfg.precision, device)  # noqa: E731
+    return run.task.accumulate(micro, run.progress.step, device, backward, autocast)
 
 
 def good_part(run: Run, batch: dict) -> dict:
