@@ -18,13 +18,16 @@ from clip_ping.guidance import bank_targets, memory_targets
 from clip_ping.losses import TOTAL_TERMS, ClipLoss, NeighborLoss
 from clip_ping.memory import StudentMemory
 from clip_ping.models import create_model
-from clip_ping.task import ContrastiveStep
+from clip_ping.task import ContrastiveStep, accumulate_gradients
 
 GLOBAL_BATCH, IMAGE_DIM, TEXT_DIM, NUM_SAMPLES = 8, 12, 10, 20
-CASES = [  # (name, neighbour target mode or None, local_loss)
-    ("clip", None, False), ("clip-local", None, True),
-    ("bank", "bank", False), ("bank-local", "bank", True),
-    ("memory", "memory", False), ("memory-local", "memory", True),
+CASES = [  # (name, neighbour target mode or None, local_loss, micro-batches per rank)
+    ("clip", None, False, 1), ("clip-local", None, True, 1),
+    ("bank", "bank", False, 1), ("bank-local", "bank", True, 1),
+    ("memory", "memory", False, 1), ("memory-local", "memory", True, 1),
+    # --accum-freq 2: each rank's slice as two micro-batches; must equal the cases above.
+    ("clip-accum", None, False, 2), ("bank-accum", "bank", False, 2),
+    ("bank-local-accum", "bank", True, 2), ("memory-accum", "memory", False, 2),
 ]  # fmt: skip
 
 
@@ -61,7 +64,7 @@ def main(out_path):
     per_rank = GLOBAL_BATCH // info.world_size
     part = slice(info.rank * per_rank, (info.rank + 1) * per_rank)
     results = {}
-    for name, mode, local_loss in CASES:
+    for name, mode, local_loss, accum in CASES:
         model, tokenizer = create_model("cpu-micro-32", seed=0)
         torch.manual_seed(1)  # the same head initialisation in every process
         neighbor_loss = None
@@ -81,11 +84,20 @@ def main(out_path):
             targets = neighbor_targets(
                 mode, img_nbr[part], txt_nbr[part], image_bank, text_bank, memory
             )
-        terms, out = step(images[part], texts[part], targets)
-        loss = sum(v for k, v in terms.items() if k in TOTAL_TERMS)
-        loss.backward()
-        memory.update(indices[part], out["image_features"], out["text_features"])
         module = step.module if info.world_size > 1 else step
+        if accum == 1:
+            terms, out = step(images[part], texts[part], targets)
+            sum(v for k, v in terms.items() if k in TOTAL_TERMS).backward()
+        else:  # what --accum-freq runs: the rank's slice as micro-batches
+            size = per_rank // accum
+            inputs = [
+                (images[part][i * size : (i + 1) * size], texts[part][i * size : (i + 1) * size])
+                for i in range(accum)
+            ]
+            _, terms, out = accumulate_gradients(
+                step, module.model, inputs, targets, 1.0, backward=lambda loss: loss.backward()
+            )
+        memory.update(indices[part], out["image_features"], out["text_features"])
         values = {k: v.detach().clone() for k, v in terms.items()}
         if local_loss and info.world_size > 1:  # per-rank shares: average them like DDP does
             for v in values.values():
