@@ -30,6 +30,8 @@ from clip_ping.models import create_model
 from clip_ping.schedule import create_optimizer
 from clip_ping.task import create_task
 
+TEACHER_SIZE = 128  # the image bank's input size
+
 
 def prepare(work: Path, image_size: int, num_train: int) -> DataSpec:
     corpus = work / "shapes"
@@ -37,7 +39,7 @@ def prepare(work: Path, image_size: int, num_train: int) -> DataSpec:
     spec = DataSpec(str(corpus / "train.csv"))
     for modality in ("image", "text"):
         bank = work / modality
-        build_bank(spec, modality, bank, image_size=128 if modality == "image" else None)
+        build_bank(spec, modality, bank, image_size=TEACHER_SIZE if modality == "image" else None)
         if not has_neighbor_table(bank):
             mine_bank(bank, k=5, backend="exact")
     return spec
@@ -76,7 +78,9 @@ def main() -> None:
     work = Path(args.work)
     model, tokenizer = create_model(args.model)
     spec = prepare(work, model.image_size, num_train=2048)
-    data = build_train_data(spec, TrainTransform(model.image_size), tokenizer, seed=0)
+    # Teacher views ride along for the active variant (the others ignore them).
+    transform = TrainTransform(model.image_size, teacher_size=TEACHER_SIZE)
+    data = build_train_data(spec, transform, tokenizer, seed=0)
     loader = data.loader(0, 0, args.batch_size, workers=0)
     batches = [b for _, b in zip(range(8), loader, strict=False)]
     names = ["clip", "clip-ping-bank", "clip-ping-memory", "clip-ping-bank-active"]

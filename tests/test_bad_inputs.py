@@ -234,7 +234,7 @@ def test_a_sample_bad_in_either_bank_is_never_a_neighbour(dirty, tmp_path):
     active = NeighborGuidance(
         image, text, k=10, target="bank", active=ActiveTeachers(image, text, torch.device("cpu"))
     )
-    dataset = CsvDataset(path, transform=TrainTransform(32), on_bad_sample="skip")
+    dataset = CsvDataset(path, transform=TrainTransform(32, teacher_size=64), on_bad_sample="skip")
     rows = anchors[:16].tolist()
     batch = torch.utils.data.default_collate([dataset[(0, i)] for i in rows])
     image_nbr, text_nbr, image_ok, text_ok = active.draw(torch.tensor(rows), 0, batch)

@@ -87,10 +87,10 @@ def test_active_search_finds_the_offline_neighbours_of_unchanged_captions(
     from clip_ping.data.datasets import CsvDataset
     from clip_ping.data.transforms import TrainTransform
 
-    dataset = CsvDataset(small_corpus / "train.csv", transform=TrainTransform(32))
+    dataset = CsvDataset(small_corpus / "train.csv", transform=TrainTransform(32, teacher_size=64))
     rows = [3, 50, 200, 511]
     batch = torch.utils.data.default_collate([dataset[(0, i)] for i in rows])
-    _, text_query = active.encode(batch["image"], batch["caption"])
+    _, text_query = active.encode(batch)
     features = torch.from_numpy(text_bank.features[:].astype("float32"))
     _, offline_similarities = text_bank.neighbors()
     for k in range(5):

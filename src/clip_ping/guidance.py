@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .bank import Bank, search_vectors
-from .data.transforms import CLIP_MEAN, CLIP_STD
 from .losses import NeighborTargets
 from .memory import StudentMemory
 
@@ -85,16 +83,26 @@ class ActiveTeachers:
             )
         self.image = create_teacher(image_bank.teacher, "image", image_size, str(device))
         self.text = create_teacher(text_bank.teacher, "text", None, str(device))
-        self.image_size = image_size
+        self.image_size, self.device = image_size, device
 
     @torch.inference_mode()
-    def encode(self, images: torch.Tensor, captions: list[str]) -> tuple[torch.Tensor, ...]:
-        """Student-normalised ``(B, 3, s, s)`` pixels and captions → unit teacher features."""
-        mean = torch.tensor(CLIP_MEAN, device=images.device).view(1, 3, 1, 1)
-        std = torch.tensor(CLIP_STD, device=images.device).view(1, 3, 1, 1)
-        pixels = (images.float() * std + mean).clamp(0, 1)  # the augmented view in [0, 1]
-        pixels = F.interpolate(pixels, size=self.image_size, mode="bicubic", align_corners=False)
-        image = self.image.encode((pixels - 0.5) / 0.5)
+    def encode(self, batch: dict) -> tuple[torch.Tensor, ...]:
+        """Unit teacher features of ``batch``: ``teacher_image`` ``(B, 3, s, s)`` (the
+        student's crop of the full-resolution image at the bank's input size, see
+        :class:`~clip_ping.data.transforms.TrainTransform`) and ``caption``."""
+        if "teacher_image" not in batch:
+            raise ValueError(
+                "--neighbor-source active needs the teacher's view of each crop: build the "
+                f"training data with TrainTransform(..., teacher_size={self.image_size})"
+            )
+        pixels = batch["teacher_image"].to(self.device)
+        if pixels.shape[-1] != self.image_size:
+            raise ValueError(
+                f"teacher views of {pixels.shape[-1]} px, but the image bank was built at "
+                f"{self.image_size} px; build the data with teacher_size={self.image_size}"
+            )
+        image = self.image.encode(pixels)
+        captions = batch["caption"]
         text = self.text.encode(self.text.collate([self.text.preprocess(c) for c in captions]))
         return image, text
 
@@ -157,7 +165,7 @@ class NeighborGuidance:
         gets an unusable (masked) neighbour."""
         offsets = draw_offsets(indices.cpu(), step, self.seed, self.k)
         if self.active is not None:
-            image_query, text_query = self.active.encode(batch["image"], batch["caption"])
+            image_query, text_query = self.active.encode(batch)
             never = torch.from_numpy(self.skipped)
             image_top = search_vectors(
                 self.image_bank.features, image_query, indices, self.k, never

@@ -241,6 +241,22 @@ class TrainingTask(nn.Module):
             self.memory.update(indices, out["image_features"], out["text_features"])
 
 
+def teacher_view_size(cfg: TrainConfig) -> int | None:
+    """The input size of the image teacher that ``--neighbor-source active`` runs on each
+    crop (the training transform's ``teacher_size``); None for other runs."""
+    if cfg.loss != "clip-ping" or cfg.neighbor_source != "active":
+        return None
+    from .bank import Bank
+
+    bank = Bank(cfg.image_bank)
+    if bank.teacher_spec.online_image_size is None:
+        raise ValueError(
+            f"--neighbor-source active runs the image teacher on the augmented batch; it "
+            f"supports efficientnet-lite0 banks, not {bank.teacher} ({bank.path})"
+        )
+    return bank.teacher_spec.online_image_size
+
+
 def create_task(cfg: TrainConfig, model, spec: DataSpec, device: torch.device) -> TrainingTask:
     """The :class:`TrainingTask` of ``cfg`` around ``model`` (already on ``device``). For
     ``--loss clip-ping`` the banks are validated against the training data ``spec``

@@ -51,7 +51,7 @@ from .schedule import (
     ramp_warning,
     set_lr,
 )
-from .task import TrainingTask, create_task
+from .task import TrainingTask, create_task, teacher_view_size
 from .tokenizer import Tokenizer, get_tokenizer
 
 
@@ -133,7 +133,12 @@ def setup(cfg: TrainConfig, info: DistInfo) -> Run:
     model.to(info.device)
     spec = cfg.data_spec()
     data = build_train_data(
-        spec, TrainTransform(model.image_size), tokenizer, cfg.seed, info.rank, info.world_size
+        spec,
+        TrainTransform(model.image_size, teacher_size=teacher_view_size(cfg)),
+        tokenizer,
+        cfg.seed,
+        info.rank,
+        info.world_size,
     )
     steps_per_epoch = data.batches_per_epoch(cfg.batch_size) // cfg.accum_freq
     if steps_per_epoch < 1:

@@ -207,3 +207,31 @@ def test_missing_shard_and_duplicate_keys(corpus, tmp_path):
     duplicate.write_bytes(Path(shards[0]).read_bytes())
     with pytest.raises(ValueError, match="'0000000' occurs more than once"):
         build_key_index([shards[0], str(duplicate)])
+
+
+def test_the_teacher_view_is_the_students_crop_at_the_teachers_size():
+    """--neighbor-source active: the teacher sees the student's crop box of the full image at
+    its own input size (as its bank saw images), not the small student view upscaled."""
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 255, (160, 200, 3), dtype=np.uint8))
+    both = TrainTransform(32, scale=(0.4, 0.6), teacher_size=96)
+    views = both(image, np.random.default_rng(7))
+    student = TrainTransform(32, scale=(0.4, 0.6))(image, np.random.default_rng(7))
+    assert torch.equal(views["image"], student)  # the student's view is unchanged
+    box = both.crop_box(200, 160, np.random.default_rng(7))
+    crop = image.resize((96, 96), Image.Resampling.BICUBIC, box=box)
+    expected = torch.from_numpy(np.asarray(crop, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1
+    torch.testing.assert_close(views["teacher_image"], expected, atol=1e-5, rtol=0)
+    # Upscaling the student's 32 px view loses what the 96 px crop keeps.
+    upscaled = torch.nn.functional.interpolate(
+        (student * torch.tensor(CLIP_STD).view(3, 1, 1) + torch.tensor(CLIP_MEAN).view(3, 1, 1))[None]
+        * 2 - 1, size=96, mode="bicubic", align_corners=False,
+    )[0]  # fmt: skip
+    assert (upscaled - expected).abs().mean() > 0.1
+
+
+def test_readers_pass_the_teacher_view_on(corpus):
+    info, _ = corpus
+    dataset = CsvDataset(info["train_csv"], transform=TrainTransform(32, teacher_size=64))
+    sample = dataset[(0, 3)]
+    assert sample["image"].shape == (3, 32, 32) and sample["teacher_image"].shape == (3, 64, 64)

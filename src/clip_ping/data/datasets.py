@@ -59,9 +59,10 @@ def make_sample(
     # Without a transform / tokenizer the raw RGB image / caption string is returned, which is
     # what feature extractors with their own preprocessing want.
     pixels = transform(image, sample_rng(seed, epoch, index)) if transform else to_rgb(image)
+    views = pixels if isinstance(pixels, dict) else {"image": pixels}  # + teacher_image
     text = tokenizer([caption])[0] if tokenizer else caption
     # The caption string rides along for online text teachers (--neighbor-source active).
-    return {"image": pixels, "text": text, "index": index, "caption": caption}
+    return {**views, "text": text, "index": index, "caption": caption}
 
 
 def _split_item(item: int | tuple[int, int]) -> tuple[int, int]:

@@ -74,11 +74,20 @@ class EvalTransform:
         return _to_tensor(image, self.mean, self.std)
 
 
+TEACHER_MEAN = TEACHER_STD = (0.5, 0.5, 0.5)  # the image teacher's (x/255 − 0.5)/0.5
+
+
 @dataclass
 class TrainTransform:
     """Random resized crop (area ``scale``, aspect ``ratio``), then normalise.
 
     ``rng`` makes the draw reproducible; without it a fresh generator is used.
+
+    With ``teacher_size`` (``--neighbor-source active``) the call returns
+    ``{"image": student view, "teacher_image": teacher view}``: the teacher view is the same
+    crop box of the full-resolution image, resized to the teacher's input size and
+    normalised as the image teacher's bank was, so the online teacher sees what the bank
+    saw (not the student's small view upscaled).
     """
 
     image_size: int
@@ -86,6 +95,7 @@ class TrainTransform:
     ratio: tuple = (3 / 4, 4 / 3)
     mean: tuple = CLIP_MEAN
     std: tuple = CLIP_STD
+    teacher_size: int | None = None
 
     def crop_box(self, width: int, height: int, rng: np.random.Generator) -> tuple:
         area = width * height
@@ -103,9 +113,18 @@ class TrainTransform:
         left, top = (width - side) // 2, (height - side) // 2
         return left, top, left + side, top + side
 
-    def __call__(self, image: Image.Image, rng: np.random.Generator | None = None) -> torch.Tensor:
+    def __call__(
+        self, image: Image.Image, rng: np.random.Generator | None = None
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
         rng = rng if rng is not None else np.random.default_rng()
         image = to_rgb(image)
         box = self.crop_box(*image.size, rng)
-        image = image.resize((self.image_size, self.image_size), Image.Resampling.BICUBIC, box=box)
-        return _to_tensor(image, self.mean, self.std)
+        size = (self.image_size, self.image_size)
+        student = _to_tensor(
+            image.resize(size, Image.Resampling.BICUBIC, box=box), self.mean, self.std
+        )
+        if self.teacher_size is None:
+            return student
+        size = (self.teacher_size, self.teacher_size)
+        teacher = image.resize(size, Image.Resampling.BICUBIC, box=box)
+        return {"image": student, "teacher_image": _to_tensor(teacher, TEACHER_MEAN, TEACHER_STD)}
