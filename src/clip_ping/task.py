@@ -3,7 +3,8 @@
 :class:`TrainingTask` owns the student, the CLIP loss, the neighbour loss (with its heads),
 the neighbour guidance and the student memory (``memory`` targets; buffers). Its one
 ``state_dict`` is what a checkpoint saves. The loop asks it for the loss terms of a batch
-and, after the backward pass, tells it to remember the batch's embeddings.
+(or, with ``--accum-freq``, for the gradients of several micro-batches scored as one batch:
+:meth:`TrainingTask.accumulate`) and then tells it to remember the batch's embeddings.
 
 Two parts stay out of the data-parallel wrapper on purpose:
 
