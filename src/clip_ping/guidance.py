@@ -69,18 +69,25 @@ def memory_targets(
     )  # fmt: skip
 
 
+def active_image_size(image_bank: Bank) -> int:
+    """The input size at which the image bank's teacher runs on augmented crops (the active
+    source), or an error naming the bank when it cannot run online."""
+    size = image_bank.teacher_spec.online_image_size
+    if size is None:
+        raise ValueError(
+            f"--neighbor-source active runs the image teacher on the augmented batch; it "
+            f"supports efficientnet-lite0 banks, not {image_bank.teacher} ({image_bank.path})"
+        )
+    return size
+
+
 class ActiveTeachers:
     """The banks' own teachers, run on the current batch (frozen, no gradients)."""
 
     def __init__(self, image_bank: Bank, text_bank: Bank, device: torch.device):
         from .teachers import create_teacher
 
-        image_size = image_bank.teacher_spec.online_image_size
-        if image_size is None:
-            raise ValueError(
-                f"--neighbor-source active runs the image teacher on the augmented batch; "
-                f"it supports efficientnet-lite0 banks, not {image_bank.teacher}"
-            )
+        image_size = active_image_size(image_bank)
         self.image = create_teacher(image_bank.teacher, "image", image_size, str(device))
         self.text = create_teacher(text_bank.teacher, "text", None, str(device))
         self.image_size, self.device = image_size, device

@@ -248,14 +248,9 @@ def teacher_view_size(cfg: TrainConfig) -> int | None:
     if cfg.loss != "clip-ping" or cfg.neighbor_source != "active":
         return None
     from .bank import Bank
+    from .guidance import active_image_size
 
-    bank = Bank(cfg.image_bank)
-    if bank.teacher_spec.online_image_size is None:
-        raise ValueError(
-            f"--neighbor-source active runs the image teacher on the augmented batch; it "
-            f"supports efficientnet-lite0 banks, not {bank.teacher} ({bank.path})"
-        )
-    return bank.teacher_spec.online_image_size
+    return active_image_size(Bank(cfg.image_bank))
 
 
 def create_task(cfg: TrainConfig, model, spec: DataSpec, device: torch.device) -> TrainingTask:
