@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_VERSION := 2.13.0
 
-.PHONY: install assets demo results test lint format bench clean
+.PHONY: install assets demo results sweeps test lint format bench clean
 
 install: $(STAMP)
 
@@ -44,11 +44,15 @@ $(STAMP): requirements.txt pyproject.toml
 demo: $(STAMP) $(ASSETS_STAMP)
 	$(BIN)/clip-ping demo
 
-# docs/results.md: CLIP and CLIP-PING over 3 seeds, and the ablations, one seed each except
-# K = 1 (three): the command that wrote the page. Reuses the demo's runs.
+# docs/results.md: CLIP and CLIP-PING over 5 seeds on the test sets, CLIP-PING's settings over
+# 3 seeds on val (the command that wrote the page). Finished runs are reused.
 results: $(STAMP) $(ASSETS_STAMP)
-	$(BIN)/clip-ping results --seeds 3 --ablation-seeds 1 --ablations nn-only xnn-only memory \
-	  active k1:3 lambda-0.5 lambda-2 no-same-caption
+	$(BIN)/clip-ping results --seeds 5 --sweep-seeds 3
+
+# docs/method.md's sweep tables on val: the recipe (both methods), then CLIP-PING's settings.
+sweeps: $(STAMP) $(ASSETS_STAMP)
+	$(BIN)/clip-ping results --sweep recipe --sweep-seeds 2
+	$(BIN)/clip-ping results --sweep method --sweep-seeds 3
 
 test: $(STAMP) $(ASSETS_STAMP)
 	$(BIN)/python -m pytest -q

@@ -116,3 +116,51 @@ def test_active_source_trains_and_logs_every_term(small_corpus, shapes_banks, tm
     last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     for term in TERMS:
         assert f"train/{term}" in last, term
+
+
+def test_self_targets_draw_the_anchor_itself_or_beside_its_neighbours(shapes_banks):
+    from clip_ping.bank import Bank
+    from clip_ping.guidance import NeighborGuidance, draw_offsets
+
+    image_bank, text_bank = Bank(shapes_banks / "image"), Bank(shapes_banks / "text")
+    anchors = torch.arange(0, 64)
+    only = NeighborGuidance(image_bank, text_bank, 5, "bank", self_targets="only")
+    image, text, image_ok, text_ok = only.draw(anchors, step=3)
+    assert torch.equal(image, anchors) and torch.equal(text, anchors)
+    assert bool(image_ok.all() and text_ok.all())
+    targets = only.targets(anchors, 3, torch.device("cpu"))  # the anchors' own bank rows
+    assert torch.equal(targets.nn_image, torch.from_numpy(image_bank.features[:64].copy()))
+
+    both = NeighborGuidance(image_bank, text_bank, 5, "bank", self_targets="include")
+    plain = NeighborGuidance(image_bank, text_bank, 5, "bank")
+    table, _ = image_bank.neighbors()
+    drawn = torch.stack([both.draw(anchors, step)[0] for step in range(60)])  # (steps, B)
+    offsets = torch.stack([draw_offsets(anchors, step, 0, 6) for step in range(60)])
+    expected = torch.where(  # offset 0: the anchor; offset i: its i-th table entry
+        offsets == 0,
+        anchors,
+        torch.as_tensor(table[anchors.numpy()].astype("int64")).T.gather(
+            0, (offsets - 1).clamp(min=0)
+        ),
+    )
+    assert torch.equal(drawn, expected)
+    assert (drawn == anchors).any() and (drawn != anchors).any()
+    assert not (plain.draw(anchors, 0)[0] == anchors).any()  # the default never draws self
+    with pytest.raises(ValueError, match="self_targets='all'"):
+        NeighborGuidance(image_bank, text_bank, 5, "bank", self_targets="all")
+
+
+def test_neighbor_self_trains(small_corpus, shapes_banks, tmp_path):
+    for mode in ("only", "include"):
+        run_dir = train(
+            config(
+                small_corpus,
+                shapes_banks,
+                tmp_path,
+                name=mode,
+                neighbor_self=mode,
+                stop_after_steps=8,
+            )  # fmt: skip
+        )
+        last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+        assert last["train/nn_loss"] > 0 and last["train/xnn_loss"] > 0

@@ -34,11 +34,12 @@ def _data_demo(args: argparse.Namespace) -> None:
         max_clipart=args.max_clipart, seed=args.seed,
     )  # fmt: skip
     counts = info["counts"]
+    groups = counts["groups"]
     print(
         f"demo corpus in {args.out}{' (already built)' if info['cached'] else ''}: "
-        f"{counts['concepts']:,} emoji concepts, {counts['train_rows']:,} train / "
-        f"{counts['val_concepts_rows']:,} val-concept / {counts['val_clipart_rows']:,} "
-        f"val-clip-art rows, {counts['zeroshot_concepts_classes']:,} zero-shot classes"
+        f"{counts['concepts']:,} emoji concepts, {counts['clipart_kept']:,} drawings; groups "
+        f"train {groups['train']:,} / val {groups['val']:,} / test {groups['test']:,}; rows: "
+        + ", ".join(f"{name} {n:,}" for name, n in counts.items() if name.endswith("_rows"))
     )
 
 
@@ -71,11 +72,16 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _results(args: argparse.Namespace) -> None:
+    if args.sweep:
+        from .experiments.sweep import run_sweep
+
+        markdown = "docs/method.md" if args.markdown == "docs/results.md" else args.markdown
+        run_sweep(args.sweep, args.out, args.sweep_seeds, args.jobs, args.assets, markdown)
+        return
     from .experiments.results import run_results
 
-    ablations = True if args.ablations == [] else (args.ablations or False)
     run_results(
-        args.out, seeds=args.seeds, ablations=ablations, ablation_seeds=args.ablation_seeds,
+        args.out, seeds=args.seeds, sweep_seeds=args.sweep_seeds, ablations=not args.no_ablations,
         quick=args.quick, markdown=args.markdown, assets=args.assets, jobs=args.jobs,
     )  # fmt: skip
 
@@ -244,23 +250,30 @@ def _add_experiment_commands(commands: argparse._SubParsersAction) -> None:
 
     results = commands.add_parser(
         "results",
-        help="seeds and ablations on the demo corpus → docs/results.md (reuses the demo's runs)",
+        help="CLIP vs CLIP-PING over seeds on test, ablations on val → docs/results.md",
     )
     _add_demo_flags(results)
     results.add_argument(
-        "--seeds", type=int, default=3, help="CLIP and CLIP-PING for N seeds (default: 3)"
+        "--seeds", type=int, default=5, help="final CLIP and CLIP-PING runs per method (5)"
     )
     results.add_argument(
-        "--ablations",
-        nargs="*",
+        "--no-ablations", action="store_true", help="only the final runs, not the method sweep"
+    )
+    results.add_argument(
+        "--sweep",
+        choices=("recipe", "method"),
         default=None,
-        help="also these ablation variants (none named: all of them); "
-        "NAME:SEEDS gives one its own number of seeds",
+        help="instead: sweep the recipe (CLIP and CLIP-PING) or CLIP-PING's settings on val, "
+        "and write the table into docs/method.md",
     )
     results.add_argument(
-        "--ablation-seeds", type=int, default=None, help="seeds per ablation (default: --seeds)"
+        "--sweep-seeds", type=int, default=3, help="seeds per sweep point and ablation (3)"
     )
-    results.add_argument("--markdown", default="docs/results.md", help="the markdown file written")
+    results.add_argument(
+        "--markdown",
+        default="docs/results.md",
+        help="the markdown file written (with --sweep: docs/method.md)",
+    )
     results.set_defaults(func=_results)
 
     report = commands.add_parser("report", help="compare finished runs: table + figures")

@@ -24,6 +24,7 @@ DATASET_TYPES = ("auto", "csv", "webdataset")
 LOSSES = ("clip", "clip-ping")
 NEIGHBOR_TARGETS = ("bank", "memory")
 NEIGHBOR_SOURCES = ("offline", "active")
+NEIGHBOR_SELF = ("exclude", "only", "include")
 # Settings only --loss clip-ping reads.
 NEIGHBOR_FIELDS = (
     "image_bank", "text_bank", "nn_weight", "xnn_weight", "neighbor_k", "neighbor_target",
@@ -71,6 +72,9 @@ class TrainConfig:
     model: str = _f("cpu-small-64", "student size (clip_ping.list_models())", "model")
     tokenizer: str | None = _f(None, "tokenizer folder or 'minilm' (default)", "model")
     torch_compile: bool = _f(False, "torch.compile the model (opt-in)", "model")
+    aug_scale_min: float = _f(
+        0.9, "random resized crop: smallest share of the image's area kept (max 1.0)", "model"
+    )
     # optimiser and schedule
     batch_size: int = _f(64, "batch size per process", "optimiser")
     epochs: int = _f(1, "passes over the training data", "optimiser")
@@ -100,6 +104,12 @@ class TrainConfig:
     neighbor_target: str = _f("bank", "bank (teacher features) | memory (student)", "loss")
     neighbor_source: str = _f(
         "offline", "offline (precomputed tables) | active (teachers on the batch)", "loss"
+    )
+    neighbor_self: str = _f(
+        "exclude",
+        "exclude (neighbours only) | only (each anchor's own teacher features: distillation "
+        "without neighbours, a control) | include (the anchor drawn beside its top K)",
+        "loss",
     )
     aux_temperature: float = _f(0.1, "temperature of bank-mode neighbour logits", "loss")
     neighbor_warmup: int = _f(0, "ramp the neighbour weights up over N steps", "loss")
@@ -145,6 +155,7 @@ class TrainConfig:
             ("loss", LOSSES),
             ("neighbor_target", NEIGHBOR_TARGETS),
             ("neighbor_source", NEIGHBOR_SOURCES),
+            ("neighbor_self", NEIGHBOR_SELF),
             ("on_bad_sample", BAD_SAMPLE_POLICIES),
         ):
             if getattr(self, name) not in allowed:
@@ -155,6 +166,8 @@ class TrainConfig:
         for name in ("warmup", "save_every_steps", "save_frequency", "workers", "val_frequency"):
             if getattr(self, name) < 0:
                 bad(name, "must be 0 or more")
+        if not 0 < self.aug_scale_min <= 1:
+            bad("aug_scale_min", "must be in (0, 1]; 1.0 turns the crop off")
         if self.loss == "clip-ping":
             for name in ("image_bank", "text_bank"):
                 if not getattr(self, name):

@@ -123,6 +123,10 @@ class NeighborGuidance:
         target: ``bank`` or ``memory``.
         memory: the student memory (``memory`` mode).
         seed: seed of the neighbour draw.
+        active: the active source's online teachers (None: the offline tables).
+        self_targets: ``exclude`` (neighbours only), ``only`` (every anchor is its own
+            "neighbour": its own teacher features, distillation without neighbours) or
+            ``include`` (the anchor is drawn beside its top-``k``, uniformly among k + 1).
     """
 
     def __init__(
@@ -134,7 +138,11 @@ class NeighborGuidance:
         memory: StudentMemory | None = None,
         seed: int = 0,
         active: ActiveTeachers | None = None,
+        self_targets: str = "exclude",
     ):
+        if self_targets not in ("exclude", "only", "include"):
+            raise ValueError(f"self_targets={self_targets!r}: choose exclude, only or include")
+        self.self_targets = self_targets
         self.image_bank, self.text_bank, self.k, self.target = image_bank, text_bank, k, target
         self.memory, self.seed, self.active = memory, seed, active
         # A sample skipped in either bank (a bad image, a bad caption) has a zero row in that
@@ -170,8 +178,12 @@ class NeighborGuidance:
         search with the teachers' features of ``batch``. A neighbour skipped in either bank
         is passed over for the next usable one of the anchor's top-K; an anchor with none
         gets an unusable (masked) neighbour."""
-        offsets = draw_offsets(indices.cpu(), step, self.seed, self.k)
-        if self.active is not None:
+        choices = {"exclude": self.k, "only": 1, "include": self.k + 1}[self.self_targets]
+        offsets = draw_offsets(indices.cpu(), step, self.seed, choices)
+        if self.self_targets == "only":
+            own = indices.cpu().long()[:, None]
+            image_top = text_top = own
+        elif self.active is not None:
             image_query, text_query = self.active.encode(batch)
             never = torch.from_numpy(self.skipped)
             image_top = search_vectors(
@@ -182,6 +194,9 @@ class NeighborGuidance:
             rows = indices.cpu().numpy()
             image_top = torch.from_numpy(self.image_neighbors[rows, : self.k].astype(np.int64))
             text_top = torch.from_numpy(self.text_neighbors[rows, : self.k].astype(np.int64))
+        if self.self_targets == "include":
+            own = indices.cpu().long()[:, None]
+            image_top, text_top = torch.cat([own, image_top], 1), torch.cat([own, text_top], 1)
         image, image_ok = self._pick(image_top, offsets)
         text, text_ok = self._pick(text_top, offsets)
         return image, text, image_ok, text_ok

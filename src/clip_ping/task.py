@@ -293,6 +293,6 @@ def create_task(cfg: TrainConfig, model, spec: DataSpec, device: torch.device) -
         active = ActiveTeachers(image_bank, text_bank, device)
     guidance = NeighborGuidance(
         image_bank, text_bank, k=cfg.neighbor_k, target=cfg.neighbor_target, memory=memory,
-        seed=cfg.seed, active=active,
+        seed=cfg.seed, active=active, self_targets=cfg.neighbor_self,
     )  # fmt: skip
     return TrainingTask(model, clip_loss, neighbor_loss, guidance, cfg.neighbor_warmup)

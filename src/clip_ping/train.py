@@ -134,7 +134,9 @@ def setup(cfg: TrainConfig, info: DistInfo) -> Run:
     spec = cfg.data_spec()
     data = build_train_data(
         spec,
-        TrainTransform(model.image_size, teacher_size=teacher_view_size(cfg)),
+        TrainTransform(
+            model.image_size, scale=(cfg.aug_scale_min, 1.0), teacher_size=teacher_view_size(cfg)
+        ),
         tokenizer,
         cfg.seed,
         info.rank,

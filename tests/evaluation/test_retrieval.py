@@ -87,3 +87,32 @@ def test_identical_captions_on_two_images_are_one_caption():
         images, texts[[2, 2, 0]], caption_image, ks=(1,), caption_text=text_ids(captions)
     )
     assert swapped["text_to_image_R@1"] == 0.0
+
+
+def test_one_caption_per_image_matches_recall_worked_by_hand():
+    """CLIP_benchmark's protocol on 4 images and their 4 captions, every rank worked out.
+
+    Scores (rows: images, columns: captions; cosine of unit vectors in 2-D at angles):
+    image angles 0°, 90°, 180°, 270°; caption angles 10°, 200°, 95°, 300°, where caption j
+    belongs to image j. Image→text: image 0 (0°) ranks captions 10° (0), 300° (3), 95° (2),
+    200° (1): its own first → hit@1. Image 1 (90°): 95° (2), 10° (0), 200° (1), 300° (3):
+    its caption 1 is 3rd → hit@3 only. Image 2 (180°): 200° (1), 95° (2), ... → caption 2 is
+    2nd → hit@2. Image 3 (270°): 300° (3) first → hit@1. So I→T R@1 = 2/4, R@2 = 3/4, R@3 = 1.
+    Text→image: caption 0 (10°) → image 0 first; caption 1 (200°) ranks images 180° (20° off),
+    270° (70°), 90° (110°): its image 1 is 3rd; caption 2 (95°) ranks 90°, then its image 2 at
+    180°: 2nd; caption 3 (300°) → image 3 first.
+    So T→I R@1 = 2/4 (captions 0 and 3), R@2 = 3/4 (+ caption 2), R@3 = 1.
+    """
+    import math
+
+    def unit(degrees):
+        return torch.tensor(
+            [[math.cos(math.radians(d)), math.sin(math.radians(d))] for d in degrees]
+        )
+
+    images, texts = unit([0, 90, 180, 270]), unit([10, 200, 95, 300])
+    m = retrieval_metrics(images, texts, caption_image=[0, 1, 2, 3], ks=(1, 2, 3))
+    assert m == {
+        "image_to_text_R@1": 0.5, "image_to_text_R@2": 0.75, "image_to_text_R@3": 1.0,
+        "text_to_image_R@1": 0.5, "text_to_image_R@2": 0.75, "text_to_image_R@3": 1.0,
+    }  # fmt: skip

@@ -27,10 +27,12 @@ def test_demo_writes_summary_report_and_figures_then_reuses_its_stages(tmp_path)
     for run in ("clip", "clip-ping"):
         metrics = summary["runs"][run]
         for key in (
-            "zeroshot/concepts/acc1",
+            "zeroshot/unseen/acc1",
+            "zeroshot/seen/acc5",
             "zeroshot/subgroups/acc5",
-            "retrieval/val_concepts/image_to_text_R@1",
-            "retrieval/val_clipart/text_to_image_R@5",
+            "retrieval/test_google/image_to_text_R@1",
+            "retrieval/test_twitter/image_to_text_R@10",
+            "retrieval/test_clipart/text_to_image_R@5",
             "linear_probe/digits/lp_acc1",
         ):
             assert 0.0 <= metrics[key] <= 1.0, (run, key)
@@ -39,7 +41,7 @@ def test_demo_writes_summary_report_and_figures_then_reuses_its_stages(tmp_path)
     records = [json.loads(line) for line in (out / "clip-ping" / "metrics.jsonl").open()]
     assert any("train/nn_loss" in r and "train/xnn_loss" in r for r in records)
     report = (out / "report.md").read_text()
-    assert "| zeroshot/concepts/acc1 |" in report
+    assert "| zeroshot/unseen/acc1 |" in report and "retrieval/val_" not in report
     # The two runs trained side by side (2 cores), each writing its own console log.
     for run in ("clip", "clip-ping"):
         assert "steps/epoch" in (out / run / "console.log").read_text()
@@ -51,15 +53,19 @@ def test_demo_writes_summary_report_and_figures_then_reuses_its_stages(tmp_path)
     neighbors, _ = Bank(out / "banks" / "text-no-same-caption").neighbors()
     assert not (captions[np.asarray(neighbors)] == captions[:, None]).any()
 
-    # One result file per evaluation, named by result_path: the evaluation of the finished
-    # run replaced training's periodic record of val_concepts (which carries its step).
+    # One result file per evaluation, named by result_path: the test sets once, after
+    # training; val_google only by training's periodic evaluation (which carries its step).
     results = out / "clip-ping" / "results"
-    named = {("retrieval", "val_concepts"), ("retrieval", "val_clipart"), ("zeroshot", "concepts"),
-             ("zeroshot", "subgroups"), ("linear-probe", "digits")}  # fmt: skip
+    named = {("retrieval", "test_google"), ("retrieval", "test_twitter"),
+             ("retrieval", "test_clipart"), ("zeroshot", "unseen"), ("zeroshot", "seen"),
+             ("zeroshot", "subgroups"), ("linear-probe", "digits"),
+             ("retrieval", "val_google")}  # fmt: skip
     assert {p.name for p in results.iterdir()} == {
         result_path(out / "clip-ping", task, name).name for task, name in named
     }
-    record = json.loads(result_path(out / "clip-ping", "retrieval", "val_concepts").read_text())
+    periodic = json.loads(result_path(out / "clip-ping", "retrieval", "val_google").read_text())
+    assert "step" in periodic
+    record = json.loads(result_path(out / "clip-ping", "retrieval", "test_google").read_text())
     assert "step" not in record
     for key, value in record["metric_names"].items():
         assert summary["runs"]["clip-ping"][key] == value

@@ -17,13 +17,13 @@ from clip_ping.data.transforms import EvalTransform
 from clip_ping.evaluation.datasets import load_eval_dataset
 from clip_ping.experiments.assets import ASSETS_ENV, SOURCES, package_dir, resolve_assets
 from clip_ping.experiments.clipart import _title_problem
-from clip_ping.experiments.demo_corpus import build_demo_corpus
+from clip_ping.experiments.demo_corpus import EVAL_SETS, build_demo_corpus
 from clip_ping.experiments.emoji import EMOJI_STYLES, caption, load_concepts
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = {"max_concepts": 60, "max_clipart": 40}
-RETRIEVAL_CSVS = ("train.csv", "val_concepts.csv", "val_clipart.csv")
-ZEROSHOT_CSVS = ("zeroshot/concepts/test.csv", "zeroshot/subgroups/test.csv")
+RETRIEVAL_CSVS = ("train.csv", *(f"{name}.csv" for name in EVAL_SETS))
+ZEROSHOT_CSVS = tuple(f"zeroshot/{name}/test.csv" for name in ("unseen", "seen", "subgroups"))
 
 
 def read_csv(path):
@@ -93,7 +93,7 @@ def test_images_are_rgb_at_their_size_with_white_where_transparent(small, assets
                 checked_transparent += int(transparent.any())
     assert checked_transparent > 50
     for row in read_csv(out / ZEROSHOT_CSVS[0]):  # OpenMoji SVGs have no background
-        with Image.open(out / "zeroshot" / "concepts" / row["filepath"]) as image:
+        with Image.open(out / "zeroshot" / "unseen" / row["filepath"]) as image:
             assert image.mode == "RGB" and image.size == (64, 64)
             assert np.asarray(image)[0, 0].tolist() == [255, 255, 255]
 
@@ -102,30 +102,29 @@ def test_splits_keep_concepts_whole_and_openmoji_out_of_training(small, concepts
     out, info = small
     concept_of = {v.stem: c.base for c in concepts for v in c.variants}
     variants = {c.base: {v.stem for v in c.variants} for c in concepts}
-    sides = {}
-    for name in ("train.csv", "val_concepts.csv"):
-        for row in read_csv(out / name):
-            assert "openmoji" not in row["key"] and "openmoji" not in row["filepath"]
-            if row["source"] == "openclipart":
-                assert name == "train.csv"
-                continue
-            stem = row["key"].split("/")[2]
-            sides.setdefault(concept_of[stem], {}).setdefault(name, set()).add(row["key"])
+    sides, keys_of = {}, {}
+    for row in read_csv(out / "groups.csv"):
+        if row["key"].startswith("emoji/"):
+            base = concept_of[row["key"].split("/")[2]]
+            sides.setdefault(base, set()).add(row["split"])
+            keys_of.setdefault(base, set()).add(row["key"])
     assert len(sides) == SMALL["max_concepts"]
-    assert any("val_concepts.csv" in s for s in sides.values())
-    for base, by_csv in sides.items():
-        assert len(by_csv) == 1, f"concept {base} on both sides"
-        (keys,) = by_csv.values()
+    assert {"train", "test"} <= set().union(*sides.values())
+    for base, split in sides.items():
+        assert len(split) == 1, f"concept {base} on two sides: {split}"
         expected = {f"emoji/{s}/{stem}" for s in EMOJI_STYLES for stem in variants[base]}
-        assert keys == expected  # every variant, in both styles
-    assert info["counts"]["val_concepts"] == sum("val_concepts.csv" in s for s in sides.values())
-    clipart = [r for n in RETRIEVAL_CSVS for r in read_csv(out / n) if r["source"] == "openclipart"]
-    assert len(clipart) == SMALL["max_clipart"]
-    all_keys = [r["key"] for n in RETRIEVAL_CSVS for r in read_csv(out / n)]
-    assert len(all_keys) == len(set(all_keys))
+        assert keys_of[base] == expected  # every variant, in both styles
     for name in RETRIEVAL_CSVS:
-        keys = [r["key"] for r in read_csv(out / name)]
-        assert keys == sorted(keys)
+        rows = read_csv(out / name)
+        assert not any("openmoji" in r["key"] or "openmoji" in r["filepath"] for r in rows)
+        keys = [r["key"] for r in rows]
+        assert keys == sorted(keys) and len(keys) == len(set(keys))
+    train_keys = {r["key"] for r in read_csv(out / "train.csv")}
+    eval_keys = {r["key"] for n in RETRIEVAL_CSVS[1:] for r in read_csv(out / n)}
+    assert not train_keys & eval_keys
+    assert info["counts"]["clipart_kept"] == sum(
+        r["key"].startswith("clipart/") for r in read_csv(out / "groups.csv")
+    )
 
 
 def test_zeroshot_labels_classnames_and_templates(small):
@@ -141,8 +140,11 @@ def test_zeroshot_labels_classnames_and_templates(small):
         assert len(classnames) == len(set(classnames))
         assert templates and all("{}" in t for t in templates)
         assert all(r["key"].startswith("openmoji/") for r in rows)
-    concept_names = (out / "zeroshot/concepts/classnames.txt").read_text().splitlines()
-    assert len(concept_names) == SMALL["max_concepts"]
+    concept_names = []
+    for name in ("unseen", "seen"):
+        concept_names += (out / f"zeroshot/{name}/classnames.txt").read_text().splitlines()
+    assert 0 < len(concept_names) < SMALL["max_concepts"]  # val concepts are in neither
+    assert len(set(concept_names)) == len(concept_names)
     for name in concept_names:  # written exactly as the captions start
         assert any(c == name or c.startswith((f"{name}: ", f"{name}, ")) for c in captions), name
     subgroups = read_csv(out / "zeroshot/subgroups/test.csv")
@@ -193,13 +195,12 @@ def test_builds_are_identical_cached_and_nested(small, assets, tmp_path):
     assert not again["cached"]
     assert build_demo_corpus(tmp_path / "again", assets=assets, **SMALL)["cached"]
 
-    # A larger build holds the small one's samples, each on the same side.
+    # A larger build holds the small one's samples (a side may change: groups can grow).
     larger = tmp_path / "larger"
     build_demo_corpus(larger, assets=assets, max_concepts=90, max_clipart=60)
-    for name in RETRIEVAL_CSVS:
-        small_keys = {r["key"] for r in read_csv(out / name)}
-        large_keys = {r["key"] for r in read_csv(larger / name)}
-        assert small_keys <= large_keys and len(large_keys) > len(small_keys), name
+    small_keys = {r["key"] for r in read_csv(out / "groups.csv")}
+    large_keys = {r["key"] for r in read_csv(larger / "groups.csv")}
+    assert small_keys <= large_keys and len(large_keys) > len(small_keys)
 
 
 def test_missing_asset_names_the_package_and_the_command(assets, tmp_path):

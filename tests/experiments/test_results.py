@@ -1,4 +1,4 @@
-"""Seed statistics of the results tables: paired differences and the verdict."""
+"""Seed statistics of the results page: paired 95% intervals and verdicts from them."""
 
 import math
 
@@ -6,86 +6,79 @@ import pytest
 
 from clip_ping.cli import build_parser
 from clip_ping.experiments import results
+from clip_ping.experiments.demo import retrieval_keys
 
-KEY = "zeroshot/concepts/acc1"
+KEY = "zeroshot/unseen/acc1"
 
 
 def runs(*values):
     return {seed: {KEY: v} for seed, v in enumerate(values)}
 
 
-def test_paired_difference_is_per_seed():
-    clip, ping = runs(0.10, 0.30, 0.20), runs(0.15, 0.33, 0.19)
-    mean, std, wins, n = results.paired(ping, clip, KEY)
-    diffs = [0.05, 0.03, -0.01]
-    assert mean == pytest.approx(sum(diffs) / 3)
-    assert std == pytest.approx(math.sqrt(sum((d - mean) ** 2 for d in diffs) / 2))
-    assert (wins, n) == (2, 3)
+def test_t_interval_against_the_textbook_value():
+    # Differences 1, 2, 3, 4, 5: mean 3, sd sqrt(2.5); t(0.975, 4) = 2.776445 (tables).
+    mean, low, high = results.t_interval([1, 2, 3, 4, 5])
+    half = 2.776445 * math.sqrt(2.5) / math.sqrt(5)
+    assert mean == 3 and low == pytest.approx(3 - half, abs=1e-5)
+    assert high == pytest.approx(3 + half, abs=1e-5)
+    assert math.isnan(results.t_interval([0.3])[1])
 
 
-def test_verdict_compares_the_difference_with_the_spread():
-    clip = runs(0.10, 0.11, 0.12)
-    assert "more than the spread" in results.verdict(KEY, runs(0.20, 0.21, 0.22), clip)
-    assert "within the spread" in results.verdict(KEY, runs(0.05, 0.13, 0.25), clip)
-    assert results.verdict(KEY, runs(0.09, 0.10, 0.11), clip).startswith("not ahead")
+def test_verdicts_come_from_the_interval_of_paired_differences():
+    clip = runs(0.10, 0.30, 0.20, 0.25, 0.15)
+    steady = runs(0.12, 0.32, 0.22, 0.26, 0.17)  # +0.02 every seed, small spread: ahead
+    assert results.paired_diffs(steady, clip, KEY) == pytest.approx([0.02, 0.02, 0.02, 0.01, 0.02])
+    assert results.verdict(results.paired_diffs(steady, clip, KEY)) == "ahead"
+    # A mean difference larger than zero whose interval still includes 0.
+    noisy = runs(0.15, 0.28, 0.27, 0.22, 0.16)  # diffs +.05 -.02 +.07 -.03 +.01
+    assert results.verdict(results.paired_diffs(noisy, clip, KEY)) == "no clear difference"
+    worse = runs(0.05, 0.26, 0.14, 0.21, 0.11)
+    assert results.verdict(results.paired_diffs(worse, clip, KEY)) == "behind"
+    assert results.verdict([0.1]) == "one seed: no interval"
 
 
-def test_tables_show_mean_and_std():
+def test_headline_table_shows_means_and_the_interval():
     table = results.headline_table(runs(0.1, 0.3), runs(0.2, 0.4), [KEY])
-    assert f"| {KEY} | 0.200 ± 0.141 | 0.300 ± 0.141 | +0.100 ± 0.000 | 2/2 |" in table
-    ablations = results.ablation_table({"clip": runs(0.1, 0.3), "k1": runs(0.3, 0.3)}, [KEY])
-    # Per-seed differences +0.2 and 0.0: mean +0.100, std 0.141.
-    assert "| k1 | 2 | 0.300 | +0.100 ± 0.141 |" in ablations
-    assert results.run_name("clip", 0) == "clip"
-    assert results.run_name("k1", 2) == "k1-seed2"
+    # Differences +0.1 twice: sd 0, so the interval is the point itself.
+    assert (
+        f"| {KEY} | 0.2000 ± 0.1414 | 0.3000 ± 0.1414 | +0.1000 [+0.1000, +0.1000] | ahead |"
+        in (table)
+    )
 
 
-def test_ablation_verdict_needs_more_than_the_spread():
-    clip = runs(0.10, 0.10, 0.10)
-    default = runs(0.20, 0.22, 0.18)  # +0.10 ± 0.02
-    tie = {"clip": clip, "clip-ping": default, "k1": runs(0.21)}  # +0.11: inside the spread
-    assert "No ablation beats" in results.ablation_verdict(tie, [KEY])
-    assert "`k1` (+0.110, 1 seed)" in results.ablation_verdict(tie, [KEY])
-    better = {"clip": clip, "clip-ping": default, "k1": runs(0.25)}  # +0.15
-    assert "candidate for the default" in results.ablation_verdict(better, [KEY])
-    one_seed = {"clip": runs(0.1), "clip-ping": runs(0.2), "k1": runs(0.3)}
-    assert "one seed" in results.ablation_verdict(one_seed, [KEY])
+def _grid(shift: float, seeds: int = 3) -> dict:
+    keys = [*retrieval_keys("val"), *retrieval_keys("test"), KEY, "linear_probe/digits/lp_acc1"]
+    return {
+        s: {k: 0.2 + 0.01 * s + shift + 0.001 * (s * s % 3) for k in keys} for s in range(seeds)
+    }
 
 
-def test_ablation_seeds_per_name():
-    assert results.ablation_seed_counts(["k1:3", "memory"], 1) == {"k1": 3, "memory": 1}
-    with pytest.raises(ValueError, match="k9.*choose from"):
-        results.ablation_seed_counts(["k9"], 1)
-    with pytest.raises(ValueError, match="k1:0.*≥ 1"):
-        results.ablation_seed_counts(["k1:0"], 1)
-
-
-def test_results_page_has_both_tables_and_its_figures(tmp_path):
+def test_results_page_has_headline_tables_and_figures(tmp_path):
     from clip_ping.experiments.demo import FULL, DemoData
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     (corpus / "corpus.json").write_text('{"splits": {"train.csv": 10}}')
-    keys = (KEY, *results.ABLATION_KEYS)
-    grid = {
-        variant: {s: {k: 0.1 * s + shift for k in keys} for s in range(2)}
-        for variant, shift in (("clip", 0.0), ("clip-ping", 0.05), ("k1", -0.02))
+    final = {"clip": _grid(0.0), "clip-ping": _grid(0.03)}
+    points = {
+        "defaults": _grid(0.03),
+        "K = 1": _grid(0.01),
+        "self-targets (no neighbours)": _grid(0.03),
     }
-    summary = {
-        "size": FULL.__dict__, "wall_seconds": 60.0, "samples_per_second": {"clip": 1.0},
-        "command": "clip-ping demo --seeds 2 --ablations k1",
-    }  # fmt: skip
+    summary = {"size": FULL.__dict__, "command": "clip-ping results --seeds 3 --sweep-seeds 3"}
     md = tmp_path / "docs" / "results.md"
     text = results.render_results(
-        grid, summary, DemoData(corpus, tmp_path), md, tmp_path / "docs" / "figures", False
+        final, points, summary, DemoData(corpus, tmp_path), md, tmp_path / "docs" / "figures"
     )
     assert (
-        "| zeroshot/concepts/acc1 | 0.050 ± 0.071 | 0.100 ± 0.071 | +0.050 ± 0.000 | 2/2 |" in text
+        "CLIP-PING − CLIP = **+0.0300** [95% CI +0.0300, +0.0300] over 3 seeds — **ahead**" in text
     )
-    assert "| k1 | 2 |" in text and "-0.020" in text
+    assert "| **mean_recall/test** |" in text and "| zeroshot/unseen/acc1 |" in text
+    assert "retrieval/val_" not in text.split("## CLIP-PING's settings")[0]  # test only up top
+    assert "| K = 1 | 3 | 0.2" in text and "| behind |" in text
     assert "![CLIP vs CLIP-PING](figures/results_clip_vs_ping.png)" in text
     for png in ("results_clip_vs_ping.png", "results_ablations.png"):
-        assert (tmp_path / "docs" / "figures" / png).is_file()
+        assert (tmp_path / "docs" / "figures" / png).read_bytes()[:4] == b"\x89PNG"
 
 
 def test_results_command_and_its_flags(capsys):
@@ -94,11 +87,11 @@ def test_results_command_and_its_flags(capsys):
         parser.parse_args(["results", "--help"])
     assert shown.value.code == 0
     usage = capsys.readouterr().out
-    for flag in ("--seeds", "--ablations", "--ablation-seeds", "--quick", "--out", "--assets",
-                 "--jobs", "--markdown"):  # fmt: skip
+    for flag in ("--seeds", "--sweep-seeds", "--sweep", "--no-ablations", "--quick", "--out",
+                 "--assets", "--jobs", "--markdown"):  # fmt: skip
         assert flag in usage
-    args = parser.parse_args(["results", "--seeds", "2", "--ablations", "k1:3", "memory"])
-    assert (args.seeds, args.ablations, args.ablation_seeds) == (2, ["k1:3", "memory"], None)
-    assert (args.out, args.markdown, args.quick) == ("runs/demo", "docs/results.md", False)
-    assert parser.parse_args(["results", "--ablations"]).ablations == []  # all of them
-    assert parser.parse_args(["results"]).ablations is None  # none
+    args = parser.parse_args(["results"])
+    assert (args.seeds, args.sweep_seeds, args.no_ablations, args.sweep) == (5, 3, False, None)
+    assert parser.parse_args(["results", "--sweep", "recipe"]).sweep == "recipe"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["results", "--sweep", "everything"])

@@ -9,6 +9,12 @@ The JSON has CLIP_benchmark's fields ``dataset``, ``model``, ``task`` and ``metr
 names: ``acc1``, ``image_to_text_R@1``, ``lp_acc1`` ...), plus ``metric_names``: the same
 values under the run-log names (``zeroshot/<dataset>/acc1``). A linear probe also records the
 chosen ``weight_decay``.
+
+Retrieval follows CLIP_benchmark: every row is one caption of its image, so a set whose
+caption texts repeat cannot be scored fairly (identical texts have identical embeddings, and
+ties count against the query); it is scored anyway, with a warning. ``--merge-identical-captions``
+instead scores identical texts as one caption with several positive images, under the
+dataset name ``<name>-merged`` so it never passes for the standard protocol.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import argparse
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -63,13 +70,25 @@ def retrieval(
     batch_size: int = 256,
     device: torch.device | str = "cpu",
     max_block_elements: int = DEFAULT_MAX_BLOCK_ELEMENTS,
+    merge_identical_captions: bool = False,
 ) -> dict[str, float]:
-    """Recall@{1,5,10} both ways between ``(I, D)`` ``image_features`` and the captions."""
+    """Recall@{1,5,10} both ways between ``(I, D)`` ``image_features`` and the captions:
+    one caption per row (CLIP_benchmark), or identical texts merged (see the module)."""
     captions, caption_image = data.require_captions()
+    ids = text_ids(captions)
+    repeated = len(ids) - len(set(ids))
+    if repeated and not merge_identical_captions:
+        warnings.warn(
+            f"{data.name}: {repeated} caption rows repeat another row's text; each row is "
+            "scored as its own caption (CLIP_benchmark), so identical texts tie and count "
+            "against the query. Give every row a unique text, or pass "
+            "--merge-identical-captions for the merged scoring",
+            stacklevel=2,
+        )
     texts = encode_texts(model, tokenizer, captions, batch_size, device)
     return retrieval_metrics(
         image_features, texts, caption_image, max_block_elements=max_block_elements,
-        caption_text=text_ids(captions),
+        caption_text=ids if merge_identical_captions else None,
     )  # fmt: skip
 
 
@@ -82,6 +101,7 @@ def evaluate_dataset(
     device: torch.device | str = "cpu",
     workers: int = 0,
     max_block_elements: int = DEFAULT_MAX_BLOCK_ELEMENTS,
+    merge_identical_captions: bool = False,
 ) -> dict[str, dict[str, float]]:
     """Zero-shot and/or retrieval on one dataset, its images encoded once: ``{task: metrics}``."""
     for task in tasks:
@@ -89,8 +109,15 @@ def evaluate_dataset(
             raise ValueError(f"evaluate_dataset runs zeroshot and retrieval, not {task!r}")
     features = encode_images(model, data.images, batch_size, device, workers)
     options = dict(batch_size=batch_size, device=device, max_block_elements=max_block_elements)
-    run = {"zeroshot": zeroshot, "retrieval": retrieval}
-    return {task: run[task](model, tokenizer, data, features, **options) for task in tasks}
+    results = {}
+    if "zeroshot" in tasks:
+        results["zeroshot"] = zeroshot(model, tokenizer, data, features, **options)
+    if "retrieval" in tasks:
+        results["retrieval"] = retrieval(
+            model, tokenizer, data, features, **options,
+            merge_identical_captions=merge_identical_captions,
+        )  # fmt: skip
+    return {task: results[task] for task in tasks}
 
 
 def _fingerprint(model, *parts: str) -> str:
@@ -145,6 +172,7 @@ def run_eval(
     csv_separator: str | None = None,
     weight_decays: tuple[float, ...] = DEFAULT_WEIGHT_DECAYS,
     feature_cache: str | None = None,
+    merge_identical_captions: bool = False,
 ) -> dict:
     """Load ``model_path``, run ``task`` on ``dataset``, return (and write to ``out``) the
     result record. ``train_dataset`` is the probe's training set (built-ins: their own
@@ -179,7 +207,12 @@ def run_eval(
         extra.update(train_dataset=train.name, train_size=len(train), weight_decays=weight_decays)
         metrics = result
     else:
-        metrics = evaluate_dataset(model, tokenizer, [task], data, **encode)[task]
+        merge = merge_identical_captions and task == "retrieval"
+        metrics = evaluate_dataset(
+            model, tokenizer, [task], data, **encode, merge_identical_captions=merge
+        )[task]
+        if merge:
+            data.name = f"{data.name}-merged"  # never mistaken for the standard protocol
     record = result_record(task, data.name, str(model_path), metrics)
     record.update(num_images=len(data), **extra)
     if out is not None:
@@ -280,6 +313,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--feature-cache", default=None, help="linear probe: .pt file caching frozen features"
     )
+    parser.add_argument(
+        "--merge-identical-captions",
+        action="store_true",
+        help="retrieval: score identical caption texts as one caption with several images "
+        "(not CLIP_benchmark's protocol; results go under the dataset name <name>-merged)",
+    )
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -290,6 +329,7 @@ def main(args: argparse.Namespace) -> dict:
         device=args.device, workers=args.workers, csv_img_key=args.csv_img_key,
         csv_caption_key=args.csv_caption_key, csv_separator=args.csv_separator,
         weight_decays=tuple(args.wd), feature_cache=args.feature_cache,
+        merge_identical_captions=args.merge_identical_captions,
     )  # fmt: skip
     print(json.dumps(record["metric_names"], indent=2))
     if args.out:

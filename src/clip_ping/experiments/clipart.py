@@ -43,11 +43,12 @@ _FILE_NAME = re.compile(r"(\S+\.(svg|png|jpe?g|eps|ai|wmf))|([\w.-]*[\d_][\w.-]*
 @dataclass(frozen=True)
 class Clipart:
     """A kept drawing: ``key`` (``clipart/<path without suffix>``), the image to read (the
-    PNG, or the SVG where the PNG is huge), its caption."""
+    PNG, or the SVG where the PNG is huge), its caption and its lower-cased title."""
 
     key: str
     image: Path
     caption: str
+    title: str
 
 
 def png_pixels(path: Path) -> int:
@@ -129,5 +130,5 @@ def load_clipart(svg_root: Path, png_root: Path) -> tuple[list[Clipart], Counter
             if len(description.split()) <= MAX_DESCRIPTION_WORDS:
                 head = f"{title} - {description}"
         words = [k for k in keywords if k not in IGNORED_KEYWORDS]
-        kept.append(Clipart(f"clipart/{relative}", image, caption(head, words)))
+        kept.append(Clipart(f"clipart/{relative}", image, caption(head, words), title))
     return kept, dropped

@@ -48,6 +48,7 @@ class DemoSize:
     batch_size: int = 128
     lr: float = 1e-3
     warmup: int = 50
+    aug_scale_min: float = 0.9  # random resized crop: smallest share of the area
     model: str = STUDENT
     probes: tuple[str, ...] = ("mnist5k", "digits")  # linear-probe datasets (built-ins)
 
@@ -56,6 +57,26 @@ FULL = DemoSize(max_concepts=None, max_clipart=None, epochs=6)
 QUICK = DemoSize(max_concepts=300, max_clipart=600, epochs=5, batch_size=64, probes=("digits",))
 
 DEMO_RUNS = ("clip", "clip-ping")
+RETRIEVAL_SOURCES = ("google", "twitter", "clipart")  # one retrieval set each, per split
+ZEROSHOT_SETS = ("unseen", "seen", "subgroups")
+
+
+def retrieval_keys(split: str = "test") -> list[str]:
+    """The retrieval metrics of a split: R@1, 5, 10 both ways on each of its sets."""
+    return [
+        f"retrieval/{split}_{source}/{direction}_R@{k}"
+        for source in RETRIEVAL_SOURCES
+        for direction in ("image_to_text", "text_to_image")
+        for k in (1, 5, 10)
+    ]
+
+
+def mean_recall(metrics: dict[str, float], split: str = "test") -> float:
+    """A method's one number: the mean of :func:`retrieval_keys` (18 recalls)."""
+    missing = [key for key in retrieval_keys(split) if key not in metrics]
+    if missing:
+        raise KeyError(f"{len(missing)} {split} retrieval metrics missing, e.g. {missing[0]}")
+    return sum(metrics[key] for key in retrieval_keys(split)) / len(retrieval_keys(split))
 
 
 def _stage(name: str):
@@ -81,15 +102,19 @@ class DemoData:
         """The row count of each split of the corpus (``train.csv``: ...), from ``corpus.json``."""
         return dict(json.loads((self.corpus / "corpus.json").read_text())["splits"])
 
-    def eval_jobs(self, probes: tuple[str, ...]) -> list[tuple[str, str]]:
-        """(task, dataset) pairs every run is evaluated on."""
+    def eval_jobs(self, probes: tuple[str, ...], split: str = "test") -> list[tuple[str, str]]:
+        """(task, dataset) pairs a run is evaluated on: retrieval on the ``split``'s sets; for
+        ``test`` also zero-shot on OpenMoji and the linear probes; ``all``: val and test."""
+        if split == "all":
+            return self.eval_jobs(probes, "val") + self.eval_jobs(probes, "test")
+        if split not in ("val", "test"):
+            raise ValueError(f"split {split!r}: choose val, test or all")
         c = self.corpus
-        return [
-            ("zeroshot", str(c / "zeroshot" / "concepts" / "test.csv")),
-            ("zeroshot", str(c / "zeroshot" / "subgroups" / "test.csv")),
-            ("retrieval", str(c / "val_concepts.csv")),
-            ("retrieval", str(c / "val_clipart.csv")),
-        ] + [("linear-probe", name) for name in probes]
+        jobs = [("retrieval", str(c / f"{split}_{source}.csv")) for source in RETRIEVAL_SOURCES]
+        if split == "test":
+            jobs += [("zeroshot", str(c / "zeroshot" / n / "test.csv")) for n in ZEROSHOT_SETS]
+            jobs += [("linear-probe", name) for name in probes]
+        return jobs
 
 
 def prepare_data(out: Path, size: DemoSize, assets: str | None = None) -> DemoData:
@@ -185,10 +210,11 @@ def run_demo(
 
 
 def demo_keys(metrics: dict[str, dict[str, float]]) -> list[str]:
-    """The report's rows: top-1/top-5, R@1/R@5 and probe top-1 of every evaluation."""
+    """The report's rows: top-1/top-5, R@1/R@5 and probe top-1 of every test evaluation."""
     from .report import headline
 
-    return headline(set().union(*(m.keys() for m in metrics.values())))
+    keys = set().union(*(m.keys() for m in metrics.values()))
+    return headline(k for k in keys if not k.startswith("retrieval/val_"))  # test sets only
 
 
 def render_report(summary: dict, keys: list[str]) -> str:

@@ -1,32 +1,43 @@
 """The offline demo corpus: real emoji and clip-art image-text pairs from installable packages.
 
 Sources (fetched once by ``make assets`` into ``.assets/``; see :data:`SOURCES`): Noto and
-Twemoji emoji PNGs with CLDR labels and keywords (npm), OpenMoji SVGs (npm, held out whole
-for zero-shot), Open Clip Art Library drawings (Debian). Splits and captions:
+Twemoji emoji PNGs with CLDR labels and keywords (npm), OpenMoji SVGs (npm, never trained on),
+Open Clip Art Library drawings (Debian). Splits (:mod:`.corpus_splits`, :mod:`.groups`):
 
-- a *concept* is a base emoji with its skin-tone and gender variants (:mod:`.emoji`);
-  ~25% of concepts are held out (``val_concepts.csv``, both styles) by a seeded hash of the
-  concept's base hexcode, so a concept's side never depends on package order or subsetting;
-- OpenMoji never enters training: ``zeroshot/concepts`` (one drawing per concept, class =
-  the concept's label as written in captions) and ``zeroshot/subgroups`` (CLDR subgroup,
-  ``face-smiling`` → ``face smiling``; subgroups with fewer than 5 drawings dropped);
-- ~10% of the kept clip-art is held out (``val_clipart.csv``) by a seeded hash of its key.
+- the corpus is split by *groups*, never by single images: an emoji concept with its skin
+  tones and its gender, age and family counterparts; clip-art drawings linked by a normalised
+  title; and anything linked by a near-duplicate image or the same caption;
+- a seeded hash of the group's name puts ~20% of the groups in ``test``, ~10% in ``val`` and
+  the rest in ``train``, so no image, caption or group of val or test occurs in train;
+- evaluation sets have unique caption texts (CLIP_benchmark's retrieval protocol): one per
+  split and source, ``{val,test}_{google,twitter,clipart}.csv``; clip-art keeps one drawing
+  per group;
+- OpenMoji stays out of training: zero-shot over the names of the **unseen** concepts (the
+  test groups: a new concept in a new style), over the names of the **seen** concepts (the
+  training groups: a known concept in a new style), and over CLDR **subgroups**
+  (``face-smiling`` → ``face smiling``, every concept; subgroups with fewer than 5 drawings
+  dropped).
 
 Layout under ``out`` (CSV paths are relative to the CSV's folder)::
 
     images/emoji/{google,twitter}/<stem>.png, images/openmoji/<hex>.png   64×64 RGB
     images/clipart/<category path>.png                128×128 RGB, fitted on white
-    train.csv, val_concepts.csv, val_clipart.csv     filepath,title,key,source
-    zeroshot/{concepts,subgroups}/test.csv           filepath,label,key
-    zeroshot/{concepts,subgroups}/{classnames,templates}.txt
-    corpus.json                                      sources, licences, counts, options
+    train.csv, {val,test}_{google,twitter,clipart}.csv   filepath,title,key,source
+    groups.csv                                       key,group,split of every row
+    zeroshot/{unseen,seen,subgroups}/test.csv        filepath,label,key
+    zeroshot/{unseen,seen,subgroups}/{classnames,templates}.txt
+    corpus.json                                      sources, licences, counts, rules, options
 
-Full build (``clip-ping data demo --out /tmp/demo``, 2 shared CPU cores, ~105 s of which
-~90 s converting 12,049 images): 1,744 concepts (1,315 train / 429 held out), 3,781 images
-per emoji style; 2,743 clip-art kept (2,469 train / 274 held out), 4,715 dropped (3,446
-collection titles, 581 file-name-like, 553 duplicate images, 81 without a PNG, 54 untitled);
-rows: train 8,011, val_concepts 2,020, val_clipart 274; zero-shot: 1,744 concept classes
-(1,744 images), 88 subgroup classes (1,718 images).
+Full build (``clip-ping data demo --out /tmp/demo``, 2 shared CPU cores, ~40-100 s, most of
+it converting 12,049 images): 1,744 emoji concepts (3,781 images per style) and 2,743
+clip-art drawings kept (4,715 dropped: 3,446 collection titles, 581 file-name-like, 553
+duplicate images, 81 without a PNG, 54 untitled) form 3,319 groups: 2,330 train, 337 val,
+652 test (70.2 / 10.2 / 19.6%). Rows: train 7,401; val google 425, twitter 425, clip-art
+190; test google 634, twitter 634, clip-art 380 (216 rows left out of the evaluation sets as
+repeated captions or second drawings of a group). Zero-shot: 282 unseen and 1,279 seen
+concept classes, 88 subgroups (1,718 images). The largest groups: 349 images per emoji style
+of people's heads (man, woman, child, older person, prince, the frowning, pouting, shrugging
+... person), linked by gender and age and by near-duplicate pictures; 133 of country flags.
 
 Examples:
     >>> info = build_demo_corpus("/tmp/demo", max_concepts=60, max_clipart=40)
@@ -37,7 +48,6 @@ Examples:
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import os
@@ -45,10 +55,10 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
@@ -56,13 +66,27 @@ from ..data.transforms import to_rgb
 from ..io import atomic_write_text
 from .assets import SOURCES, package_dir, package_version, resolve_assets
 from .clipart import CLIPART_IMAGE_SIZE, load_clipart
+from .corpus_splits import (
+    EVAL_SOURCES,
+    SPLITS,
+    TEST_FRACTION,
+    VAL_FRACTION,
+    Row,
+    evaluation_sets,
+    link_groups,
+    split_of,
+    unit_hash,
+)
 from .emoji import EMOJI_IMAGE_SIZE, EMOJI_STYLES, load_concepts
+from .groups import NEAR_DUPLICATE_THRESHOLD, SIGNATURE_SIZE, edge_signature
 
 FORMAT = "clip-ping-demo-corpus"
-FORMAT_VERSION = 1
-VAL_CONCEPT_FRACTION = 0.25
-VAL_CLIPART_FRACTION = 0.10
+FORMAT_VERSION = 3  # 1: two splits of concepts and drawings; 2: before the same-name rule
+CSV_COLUMNS = ["filepath", "title", "key", "source"]
+EVAL_SETS = tuple(f"{split}_{source}" for split in SPLITS[1:] for source in EVAL_SOURCES)
+ZEROSHOT_SETS = ("unseen", "seen", "subgroups")
 MIN_SUBGROUP_IMAGES = 5
+BLANK_STD = 2.0  # pixel std (0-255) below which a converted image is blank and dropped
 TEMPLATES = ("an emoji of {}.", "a {} emoji.", "{}.", "an icon of {}.")
 CAPTION_RECIPE = (
     "emoji: lowercased CLDR label (emojibase; emoji.json name where missing), then the CLDR "
@@ -71,12 +95,16 @@ CAPTION_RECIPE = (
     "dc:title (author prefix removed) plus dc:description when at most 12 words, then the "
     "dc:subject keywords. At most 30 words."
 )
-
-
-def unit_hash(seed: int, purpose: str, name: str) -> float:
-    """A stable number in [0, 1) for ``name``: splits and subsets without any RNG state."""
-    digest = hashlib.blake2b(f"{seed}:{purpose}:{name}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64
+GROUP_RULE = (
+    "connected components of: an emoji concept (skin tones, gendered sequences); emoji "
+    "counterparts (labels equal with gender and age words read as one; family/kiss/couple "
+    "sequences; facing-right forms); clip-art with the same title without case, digits and "
+    "punctuation; the same caption; near-duplicate images (edge-map correlation >= threshold)"
+)
+EVAL_RULE = (
+    "one set per split and source (google, twitter, clipart); clip-art keeps one drawing per "
+    "group; a caption text already in the set is left out: one caption per image, unique texts"
+)
 
 
 def _subset(items: list, name: Callable[[Any], str], limit: int | None, seed: int) -> list:
@@ -102,7 +130,8 @@ def _fit_on_white(image: Image.Image, size: int) -> Image.Image:
     return canvas
 
 
-def _convert(source: Path, target: Path, size: int) -> None:
+def _convert(source: Path, target: Path, size: int) -> Image.Image:
+    """Write ``source`` fitted on white at ``size`` to ``target``; the fitted image."""
     if source.suffix == ".svg":
         import cairosvg  # only OpenMoji and a few huge clip-art renders need a rasteriser
 
@@ -113,10 +142,12 @@ def _convert(source: Path, target: Path, size: int) -> None:
         image = Image.open(source)
     target.parent.mkdir(parents=True, exist_ok=True)
     with image:
-        _fit_on_white(image, size).save(target, compress_level=1)  # fast; the folder is scratch
+        fitted = _fit_on_white(image, size)
+    fitted.save(target, compress_level=1)  # fast; the folder is scratch
+    return fitted
 
 
-def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> int:
+def _write_csv(path: Path, rows: list[dict], columns: list[str] = CSV_COLUMNS) -> int:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
@@ -125,12 +156,15 @@ def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> int:
     return len(rows)
 
 
-def _write_zeroshot(folder: Path, items: list[tuple[str, str, str]]) -> dict:
-    """``items`` = (image path from ``out``, class name, key) → test.csv + names + templates."""
-    classnames = sorted({name for _, name, _ in items})
+def _write_zeroshot(folder: Path, items: list[tuple[Path, str]]) -> dict:
+    """``items`` = (image path from ``out``, class name) → test.csv + names + templates."""
+    classnames = sorted({name for _, name in items})
     label = {name: i for i, name in enumerate(classnames)}
-    rows = [{"filepath": f"../../{p}", "label": label[n], "key": k} for p, n, k in items]
-    _write_csv(folder / "test.csv", ["filepath", "label", "key"], rows)
+    rows = [
+        {"filepath": f"../../{p.as_posix()}", "label": label[n], "key": f"openmoji/{p.stem}"}
+        for p, n in items
+    ]
+    _write_csv(folder / "test.csv", rows, ["filepath", "label", "key"])
     atomic_write_text(folder / "classnames.txt", "".join(f"{n}\n" for n in classnames))
     atomic_write_text(folder / "templates.txt", "".join(f"{t}\n" for t in TEMPLATES))
     return {"images": len(rows), "classes": len(classnames)}
@@ -139,10 +173,9 @@ def _write_zeroshot(folder: Path, items: list[tuple[str, str, str]]) -> dict:
 def _files(out: Path) -> dict[str, str]:
     names = {
         "train": "train.csv",
-        "val_concepts": "val_concepts.csv",
-        "val_clipart": "val_clipart.csv",
-        "zeroshot_concepts": "zeroshot/concepts/test.csv",
-        "zeroshot_subgroups": "zeroshot/subgroups/test.csv",
+        **{name: f"{name}.csv" for name in EVAL_SETS},
+        **{f"zeroshot_{name}": f"zeroshot/{name}/test.csv" for name in ZEROSHOT_SETS},
+        "groups": "groups.csv",
         "corpus_json": "corpus.json",
     }
     return {name: str(out / file) for name, file in names.items()}
@@ -209,43 +242,75 @@ def build_demo_corpus(
 
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    plan = _plan(concepts, drawings, folders, seed)
-    for source, image, size in tqdm(
-        plan.jobs, desc="demo corpus images", unit="img", mininterval=1
+    rows, jobs = _rows(concepts, drawings, folders)
+    openmoji = [(c, c.openmoji) for c in concepts if c.openmoji and c.openmoji.is_file()]
+    jobs += [(svg, _openmoji_image(svg), EMOJI_IMAGE_SIZE) for _, svg in openmoji]
+    signatures = np.zeros((len(rows), SIGNATURE_SIZE**2), dtype=np.float32)
+    blank = []
+    for i, (source, image, size) in enumerate(
+        tqdm(jobs, desc="demo corpus images", unit="img", mininterval=1)
     ):
-        _convert(source, tmp / image, size)
-    counts: dict = {}
-    for split, rows in plan.splits.items():
-        counts[f"{split}_rows"] = _write_csv(
-            tmp / f"{split}.csv", ["filepath", "title", "key", "source"], rows
-        )
-    subgroup_sizes = Counter(name for _, name, _ in plan.zeroshot_subgroups)
-    zeroshot_subgroups = [
-        i for i in plan.zeroshot_subgroups if subgroup_sizes[i[1]] >= MIN_SUBGROUP_IMAGES
-    ]
-    zeroshot = {
-        "concepts": _write_zeroshot(tmp / "zeroshot" / "concepts", plan.zeroshot_concepts),
-        "subgroups": _write_zeroshot(tmp / "zeroshot" / "subgroups", zeroshot_subgroups),
-    }
-    val_concept_count = sum(
-        unit_hash(seed, "split", c.base) < VAL_CONCEPT_FRACTION for c in concepts
+        fitted = _convert(source, tmp / image, size)
+        if i < len(rows):  # the training and evaluation images (not OpenMoji)
+            signatures[i] = edge_signature(fitted)
+            if np.asarray(fitted).std() < BLANK_STD:  # white on white: nothing to see
+                blank.append(i)
+                (tmp / image).unlink()
+    if blank:
+        dropped_clipart["blank image"] += sum(rows[i].kind == "clipart" for i in blank)
+        dropped_variants += sum(rows[i].kind != "clipart" for i in blank)
+        keep = np.setdiff1d(np.arange(len(rows)), blank)
+        rows, signatures = [rows[i] for i in keep], signatures[keep]
+    groups, links = link_groups(rows, signatures)
+    split = {group: split_of(group, seed) for group in groups}
+    counts: dict = {"train_rows": _write_csv(
+        tmp / "train.csv", [r.csv_row() for r, g in zip(rows, groups, strict=True) if split[g] == "train"]
+    )}  # fmt: skip
+    eval_sets, left_out = evaluation_sets(rows, groups, split)
+    for name, members in eval_sets.items():
+        counts[f"{name}_rows"] = _write_csv(tmp / f"{name}.csv", [r.csv_row() for r in members])
+    _write_csv(
+        tmp / "groups.csv",
+        [{"key": r.key, "group": g, "split": split[g]} for r, g in zip(rows, groups, strict=True)],
+        columns=["key", "group", "split"],
     )
-    per_style = sum(len(c.variants) for c in concepts)
+    side_of_concept = {r.concept: split[g] for r, g in zip(rows, groups, strict=True) if r.concept}
+    zeroshot_items = {
+        "unseen": [c for c, _ in openmoji if side_of_concept[c.base] == "test"],
+        "seen": [c for c, _ in openmoji if side_of_concept[c.base] == "train"],
+    }
+    zeroshot = {
+        name: _write_zeroshot(
+            tmp / "zeroshot" / name, [(_openmoji_image(c.openmoji), c.label) for c in items]
+        )
+        for name, items in zeroshot_items.items()
+    }
+    subgroups = [(_openmoji_image(c.openmoji), c.subgroup.replace("-", " ")) for c, _ in openmoji]
+    sizes = Counter(name for _, name in subgroups)
+    zeroshot["subgroups"] = _write_zeroshot(
+        tmp / "zeroshot" / "subgroups", [i for i in subgroups if sizes[i[1]] >= MIN_SUBGROUP_IMAGES]
+    )
+    group_split = Counter(split.values())
+    group_kinds = Counter(
+        (split[g], "clipart" if r.kind == "clipart" else "emoji")
+        for r, g in zip(rows, groups, strict=True)
+    )
     counts.update({
-        "concepts": len(concepts), "train_concepts": len(concepts) - val_concept_count,
-        "val_concepts": val_concept_count, "emoji_images_per_style": per_style,
-        "emoji_variants_dropped": dropped_variants,
-        "openmoji_images": len(plan.zeroshot_concepts),
+        "concepts": len(concepts), "emoji_images_per_style": sum(len(c.variants) for c in concepts),
+        "emoji_variants_dropped": dropped_variants, "openmoji_images": len(openmoji),
         # Drops are counted over the whole package, before --max-clipart subsets the rest.
-        "clipart_kept": len(drawings), "clipart_dropped": sum(dropped_clipart.values()),
+        "clipart_kept": sum(r.kind == "clipart" for r in rows),
+        "clipart_dropped": sum(dropped_clipart.values()),
         "clipart_dropped_by_reason": dict(sorted(dropped_clipart.items())),
-        "zeroshot_concepts_classes": zeroshot["concepts"]["classes"],
-        "zeroshot_subgroups_classes": zeroshot["subgroups"]["classes"],
-        "zeroshot_subgroups_images": zeroshot["subgroups"]["images"],
+        "groups": {s: group_split[s] for s in SPLITS},
+        "rows_by_split_and_kind": {f"{s}/{k}": n for (s, k), n in sorted(group_kinds.items())},
+        "group_links": dict(links), "eval_rows_left_out": left_out,
+        **{f"zeroshot_{n}_classes": z["classes"] for n, z in zeroshot.items()},
     })  # fmt: skip
     source_counts = {
-        "emoji-datasource-google": per_style, "emoji-datasource-twitter": per_style,
-        "openmoji": len(plan.zeroshot_concepts), "emojibase-data": len(concepts),
+        "emoji-datasource-google": counts["emoji_images_per_style"],
+        "emoji-datasource-twitter": counts["emoji_images_per_style"],
+        "openmoji": len(openmoji), "emojibase-data": len(concepts),
         "openclipart-svg": len(drawings), "openclipart-png": len(drawings),
     }  # fmt: skip
     meta = _corpus_meta(root, options, counts, zeroshot, source_counts)
@@ -255,53 +320,32 @@ def build_demo_corpus(
     return {**_files(out), "counts": counts, "cached": False}
 
 
-@dataclass
-class _Plan:
-    """What the corpus will hold: image conversions and the rows of every split."""
-
-    jobs: list[tuple[Path, Path, int]] = field(default_factory=list)  # (source, image, size)
-    splits: dict[str, list[dict]] = field(
-        default_factory=lambda: {"train": [], "val_concepts": [], "val_clipart": []}
-    )
-    zeroshot_concepts: list[tuple[str, str, str]] = field(default_factory=list)
-    zeroshot_subgroups: list[tuple[str, str, str]] = field(default_factory=list)
+def _openmoji_image(svg: Path) -> Path:
+    return Path("images", "openmoji", f"{svg.stem.lower()}.png")
 
 
-def _plan(concepts, drawings, folders: dict[str, Path], seed: int) -> _Plan:
-    """Assign every emoji concept and drawing to its split (hashes salted by ``seed``)."""
-    plan = _Plan()
-    emoji_images = {
-        style: folders[f"emoji-datasource-{style}"] / "img" / style / str(EMOJI_IMAGE_SIZE)
-        for style in EMOJI_STYLES
-    }
+def _rows(concepts, drawings, folders: dict[str, Path]) -> tuple[list[Row], list[tuple]]:
+    """Every training or evaluation row, and its image conversion (source, image, size)."""
+    rows, jobs = [], []
     for concept in concepts:
-        held_out = unit_hash(seed, "split", concept.base) < VAL_CONCEPT_FRACTION
-        split = "val_concepts" if held_out else "train"
         for style in EMOJI_STYLES:
+            images = folders[f"emoji-datasource-{style}"] / "img" / style / str(EMOJI_IMAGE_SIZE)
             for variant in concept.variants:
                 image = Path("images", "emoji", style, f"{variant.stem}.png")
-                source = emoji_images[style] / f"{variant.stem}.png"
-                plan.jobs.append((source, image, EMOJI_IMAGE_SIZE))
-                plan.splits[split].append({
-                    "filepath": image.as_posix(), "title": variant.caption,
-                    "key": f"emoji/{style}/{variant.stem}", "source": f"emoji-datasource-{style}",
-                })  # fmt: skip
-        if concept.openmoji is not None and concept.openmoji.is_file():
-            image = Path("images", "openmoji", f"{concept.openmoji.stem.lower()}.png")
-            plan.jobs.append((concept.openmoji, image, EMOJI_IMAGE_SIZE))
-            key = f"openmoji/{concept.openmoji.stem.lower()}"
-            plan.zeroshot_concepts.append((image.as_posix(), concept.label, key))
-            subgroup = concept.subgroup.replace("-", " ")
-            plan.zeroshot_subgroups.append((image.as_posix(), subgroup, key))
+                jobs.append((images / f"{variant.stem}.png", image, EMOJI_IMAGE_SIZE))
+                rows.append(Row(
+                    key=f"emoji/{style}/{variant.stem}", image=image.as_posix(),
+                    caption=variant.caption, source=f"emoji-datasource-{style}", kind=style,
+                    concept=concept.base, label=concept.label,
+                ))  # fmt: skip
     for drawing in drawings:
         image = Path("images", f"{drawing.key}.png")
-        plan.jobs.append((drawing.image, image, CLIPART_IMAGE_SIZE))
-        held_out = unit_hash(seed, "split", drawing.key) < VAL_CLIPART_FRACTION
-        plan.splits["val_clipart" if held_out else "train"].append({
-            "filepath": image.as_posix(), "title": drawing.caption, "key": drawing.key,
-            "source": "openclipart",
-        })  # fmt: skip
-    return plan
+        jobs.append((drawing.image, image, CLIPART_IMAGE_SIZE))
+        rows.append(Row(
+            key=drawing.key, image=image.as_posix(), caption=drawing.caption,
+            source="openclipart", kind="clipart", label=drawing.title,
+        ))  # fmt: skip
+    return rows, jobs
 
 
 def _corpus_meta(root: Path, options: dict, counts: dict, zeroshot: dict, source_counts: dict):
@@ -322,12 +366,15 @@ def _corpus_meta(root: Path, options: dict, counts: dict, zeroshot: dict, source
             for s in SOURCES.values()
         ],  # fmt: skip
         "splits": {
-            "train.csv": counts["train_rows"],
-            "val_concepts.csv": counts["val_concepts_rows"],
-            "val_clipart.csv": counts["val_clipart_rows"],
-            "zeroshot/concepts/test.csv": zeroshot["concepts"]["images"],
-            "zeroshot/subgroups/test.csv": zeroshot["subgroups"]["images"],
-        },  # fmt: skip
+            **{f"{n}.csv": counts[f"{n}_rows"] for n in ("train", *EVAL_SETS)},
+            **{f"zeroshot/{n}/test.csv": z["images"] for n, z in zeroshot.items()},
+        },
+        "rules": {
+            "split": f"groups by hash: test {TEST_FRACTION:.0%}, val {VAL_FRACTION:.0%}, rest train",
+            "groups": GROUP_RULE,
+            "near_duplicate_threshold": NEAR_DUPLICATE_THRESHOLD,
+            "evaluation_sets": EVAL_RULE,
+        },
         "counts": counts,
         "captions": CAPTION_RECIPE,
         "templates": list(TEMPLATES),

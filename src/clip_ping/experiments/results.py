@@ -1,20 +1,28 @@
-"""Seeds and ablations on the demo corpus → ``docs/results.md`` (DESIGN.md §6).
+"""CLIP vs CLIP-PING on the demo corpus's test sets, with paired 95% intervals, and every
+setting of CLIP-PING on val → ``docs/results.md`` (DESIGN.md §6).
 
-    clip-ping results --seeds 3 --ablations    # CLIP, CLIP-PING and every ablation, 3 seeds
-    make results                               # the command that wrote docs/results.md
+    clip-ping results --seeds 5 --sweep-seeds 3    # make results: the command of the page
+    clip-ping results --sweep recipe               # the recipe sweep on val (docs/method.md)
 
-Every variant of :data:`clip_ping.experiments.runs.VARIANTS` is trained and evaluated exactly as
-the demo's runs (same corpus, student, budget), once per seed. A seed fixes the initial weights
-and the batch order, so a variant and CLIP trained with the same seed differ only in their
-objective: the tables give each metric's mean ± std over seeds and the mean ± std of the
-**paired** difference to CLIP (same seed), with how many seeds it was ahead. Runs are cached
-in the demo folder (seed 0's CLIP and CLIP-PING are the demo's own runs), so an interrupted
-results command resumes where it stopped.
+- **Final runs.** CLIP and CLIP-PING with the recipe and defaults chosen on val
+  (:data:`.demo.FULL`, :mod:`.sweep`), ``--seeds`` seeds each. A seed fixes the initial
+  weights and the batch order, so a CLIP and a CLIP-PING run of one seed differ only in
+  their objective. Each is evaluated once on the test sets (and on val, for the ablations).
+- **Statistics.** Per metric: mean ± std over seeds, and the paired difference CLIP-PING −
+  CLIP with its 95% confidence interval (paired t over seeds). "Ahead" only where the
+  interval excludes 0. A method's one number is its mean recall over the 18 test retrieval
+  metrics (:func:`.demo.mean_recall`).
+- **Ablations** are the method sweep (:data:`.sweep.METHOD_POINTS`) on val, ``--sweep-seeds``
+  seeds each, each against the defaults by the val mean recall, paired over seeds.
+
+Runs are cached in ``<out>/sweep/<settings>`` (:func:`.sweep.run_slug`), shared with the
+sweeps: an interrupted call resumes, and a second call only renders the page.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import time
@@ -23,32 +31,8 @@ from pathlib import Path
 
 from ..io import atomic_write_text
 
-ABLATIONS = (
-    "nn-only",
-    "xnn-only",
-    "memory",
-    "active",
-    "k1",
-    "lambda-0.5",
-    "lambda-2",
-    "no-same-caption",
-)
-# The metrics the ablation table shows (the headline table shows every headline metric).
-ABLATION_KEYS = (
-    "zeroshot/concepts/acc1",
-    "zeroshot/concepts/acc5",
-    "zeroshot/subgroups/acc1",
-    "retrieval/val_concepts/image_to_text_R@1",
-    "retrieval/val_concepts/text_to_image_R@1",
-    "retrieval/val_clipart/image_to_text_R@1",
-    "retrieval/val_clipart/text_to_image_R@1",
-    "linear_probe/mnist5k/lp_acc1",
-)
-
-
-def run_name(variant: str, seed: int, demo_seed: int = 0) -> str:
-    """Seed ``demo_seed`` of a variant is the demo's own run folder; other seeds get a suffix."""
-    return variant if seed == demo_seed else f"{variant}-seed{seed}"
+CONFIDENCE = 0.95
+Runs = dict[int, dict[str, float]]  # seed → metrics
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -57,302 +41,232 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def paired(
-    runs: dict[int, dict[str, float]], baseline: dict[int, dict[str, float]], key: str
-) -> tuple[float, float, int, int]:
-    """(mean, std, wins, seeds) of ``run − baseline`` over the seeds both have."""
-    seeds = sorted(set(runs) & set(baseline))
-    diffs = [runs[s][key] - baseline[s][key] for s in seeds if key in runs[s]]
-    if not diffs:
-        return float("nan"), float("nan"), 0, 0
-    mean, std = mean_std(diffs)
-    return mean, std, sum(d > 0 for d in diffs), len(diffs)
+def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, ...]:
+    """``(mean, low, high)``: Student's t interval of the mean (NaN bounds below 2 values)."""
+    from scipy.stats import t
 
-
-def verdict(key: str, ping: dict[int, dict[str, float]], clip: dict[int, dict[str, float]]) -> str:
-    """Whether CLIP-PING is ahead of CLIP on ``key`` by more than the seed-to-seed spread
-    (the larger of the two methods' standard deviations)."""
-    diff, _, wins, n = paired(ping, clip, key)
-    spread = max(
-        mean_std([r[key] for r in ping.values()])[1], mean_std([r[key] for r in clip.values()])[1]
-    )
-    if diff > spread:
-        return f"ahead by {diff:+.3f}, more than the spread {spread:.3f} ({wins}/{n} seeds)"
-    if diff > 0:
-        return f"ahead by {diff:+.3f}, within the spread {spread:.3f} ({wins}/{n} seeds)"
-    return f"not ahead: {diff:+.3f} (spread {spread:.3f}, {wins}/{n} seeds ahead)"
-
-
-def _cell(values: Sequence[float]) -> str:
     mean, std = mean_std(values)
-    return f"{mean:.3f} ± {std:.3f}"
+    if len(values) < 2:
+        return mean, math.nan, math.nan
+    half = t.ppf(0.5 + confidence / 2, len(values) - 1) * std / math.sqrt(len(values))
+    return mean, mean - half, mean + half
 
 
-def headline_table(
-    clip: dict[int, dict[str, float]], ping: dict[int, dict[str, float]], keys: Sequence[str]
-) -> str:
+def paired_diffs(runs: Runs, baseline: Runs, key: str) -> list[float]:
+    """``run − baseline`` of ``key`` for every seed both have."""
+    return [runs[s][key] - baseline[s][key] for s in sorted(set(runs) & set(baseline))]
+
+
+def verdict(diffs: Sequence[float]) -> str:
+    """``ahead`` / ``behind`` when the 95% interval excludes 0, else ``no clear difference``."""
+    _, low, high = t_interval(diffs)
+    if low > 0:
+        return "ahead"
+    if high < 0:
+        return "behind"
+    return "no clear difference" if len(diffs) > 1 else "one seed: no interval"
+
+
+def _interval_cell(diffs: Sequence[float]) -> str:
+    mean, low, high = t_interval(diffs)
+    return f"{mean:+.4f} [{low:+.4f}, {high:+.4f}]"
+
+
+def with_mean_recall(runs: Runs, split: str) -> Runs:
+    """``runs`` with the split's mean recall added as ``mean_recall/<split>``."""
+    from .demo import mean_recall
+
+    return {s: {**m, f"mean_recall/{split}": mean_recall(m, split)} for s, m in runs.items()}
+
+
+def headline_table(clip: Runs, ping: Runs, keys: Sequence[str]) -> str:
     rows = [
-        "| metric | CLIP | CLIP-PING | paired difference | seeds ahead |",
-        "|---|---:|---:|---:|---:|",
+        "| metric | CLIP | CLIP-PING | CLIP-PING − CLIP [95% CI] | verdict |",
+        "|---|---:|---:|---:|---|",
     ]
     for key in keys:
-        diff, std, wins, n = paired(ping, clip, key)
+        diffs = paired_diffs(ping, clip, key)
+        clip_mean, clip_std = mean_std([r[key] for r in clip.values()])
+        ping_mean, ping_std = mean_std([r[key] for r in ping.values()])
+        name = f"**{key}**" if key.startswith("mean_recall") else key
         rows.append(
-            f"| {key} | {_cell([r[key] for r in clip.values()])} | "
-            f"{_cell([r[key] for r in ping.values()])} | {diff:+.3f} ± {std:.3f} | {wins}/{n} |"
+            f"| {name} | {clip_mean:.4f} ± {clip_std:.4f} | {ping_mean:.4f} ± {ping_std:.4f} | "
+            f"{_interval_cell(diffs)} | {verdict(diffs)} |"
         )
     return "\n".join(rows) + "\n"
 
 
-def ablation_table(
-    results: dict[str, dict[int, dict[str, float]]], keys: Sequence[str], clip: str = "clip"
-) -> str:
-    """Mean over seeds per variant; the last column averages the paired differences to CLIP
-    over ``keys`` (a one-number summary, every metric weighted alike), ± its std over seeds."""
-    short = [
-        k.split("/", 1)[1].replace("image_to_text", "i→t").replace("text_to_image", "t→i")
-        for k in keys
-    ]
+def ablation_table(points: dict[str, Runs], clip: Runs, default: str = "defaults") -> str:
+    """Val mean recall per point (mean ± std, seeds), its paired difference to the defaults
+    and to CLIP with 95% intervals."""
+    key = "mean_recall/val"
     rows = [
-        "| variant | seeds | " + " | ".join(short) + " | mean Δ vs CLIP |",
-        "|---|---:|" + "---:|" * (len(keys) + 1),
+        "| setting | seeds | val mean recall | − defaults [95% CI] | verdict | − CLIP [95% CI] |",
+        "|---|---:|---:|---:|---|---:|",
     ]
-    for variant, runs in results.items():
-        cells = [f"{statistics.fmean(r[k] for r in runs.values()):.3f}" for k in keys]
-        if variant == clip:
-            delta = "—"
+    for point, runs in points.items():
+        mean, std = mean_std([r[key] for r in runs.values()])
+        if point == default:
+            to_default, said = "—", "—"
         else:
-            mean, std, n = mean_delta(runs, results[clip], keys)
-            delta = f"{mean:+.3f}" + (f" ± {std:.3f}" if n > 1 else "")
-        rows.append(f"| {variant} | {len(runs)} | " + " | ".join(cells) + f" | {delta} |")
+            diffs = paired_diffs(runs, points[default], key)
+            to_default, said = _interval_cell(diffs), verdict(diffs)
+        to_clip = _interval_cell(paired_diffs(runs, clip, key))
+        rows.append(
+            f"| {point} | {len(runs)} | {mean:.4f} ± {std:.4f} | {to_default} | {said} | "
+            f"{to_clip} |"
+        )
     return "\n".join(rows) + "\n"
 
 
-def mean_delta(
-    runs: dict[int, dict[str, float]], clip: dict[int, dict[str, float]], keys: Sequence[str]
-) -> tuple[float, float, int]:
-    """(mean, std, seeds) over seeds of the per-seed mean paired difference to CLIP."""
-    seeds = sorted(set(runs) & set(clip))
-    per_seed = [statistics.fmean(runs[s][k] - clip[s][k] for k in keys) for s in seeds]
-    return (*mean_std(per_seed), len(per_seed))
+def plot_intervals(rows: dict[str, Sequence[float]], out: Path, title: str, xlabel: str) -> Path:
+    """A forest plot: each row's mean paired difference with its 95% interval."""
+    from .figures import pyplot, save_figure
 
-
-def ablation_verdict(
-    results: dict[str, dict[int, dict[str, float]]],
-    keys: Sequence[str],
-    default: str = "clip-ping",
-    clip: str = "clip",
-) -> str:
-    """Whether any ablation beats the default by more than the default's seed-to-seed spread
-    of the mean paired difference to CLIP."""
-    base, spread, seeds = mean_delta(results[default], results[clip], keys)
-    scores = {
-        v: mean_delta(runs, results[clip], keys)
-        for v, runs in results.items()
-        if v not in (default, clip)
-    }
-    if not scores:
-        return ""
-    if seeds < 2:
-        return "\nThe default has one seed, so no spread to judge the ablations by: use --seeds 3."
-    best = max(scores, key=lambda v: scores[v][0])
-    mean, _, n = scores[best]
-    said = f"`{best}` ({mean:+.3f}, {n} seed{'s' if n > 1 else ''})"
-    if mean - base > spread:
-        return (
-            f"\n{said} beats the default `{default}` ({base:+.3f} ± {spread:.3f}) by more than "
-            "the default's seed-to-seed spread: a candidate for the default."
-        )
-    return (
-        f"\nNo ablation beats the default `{default}` ({base:+.3f} ± {spread:.3f}) by more than "
-        f"its seed-to-seed spread; the best is {said}. The defaults stay."
-    )
-
-
-def samples_per_second(run_dir: Path) -> float:
-    """Median ``train/samples_per_second`` of a run (the machine is shared: medians, not means)."""
-    from .report import read_metrics
-
-    rates = [
-        r["train/samples_per_second"]
-        for r in read_metrics(run_dir)
-        if "train/samples_per_second" in r
-    ]
-    return statistics.median(rates) if rates else float("nan")
-
-
-def ablation_seed_counts(names: Sequence[str], default_seeds: int) -> dict[str, int]:
-    """Seeds per ablation from ``NAME`` or ``NAME:SEEDS`` items (``k1:3``: three seeds)."""
-    counts = {}
-    for item in names:
-        name, _, seeds = item.partition(":")
-        if name not in ABLATIONS:
-            raise ValueError(f"--ablations {item}: choose from {', '.join(ABLATIONS)}")
-        if seeds and not (seeds.isdigit() and int(seeds) >= 1):
-            raise ValueError(f"--ablations {item}: the seed count after ':' must be ≥ 1")
-        counts[name] = int(seeds) if seeds else default_seeds
-    return counts
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(rows) + 1.2))
+    for y, diffs in enumerate(reversed(list(rows.values()))):
+        mean, low, high = t_interval(diffs)
+        colour = "tab:green" if low > 0 else ("tab:red" if high < 0 else "tab:gray")
+        if not math.isnan(low):
+            ax.plot([low, high], [y, y], color=colour, linewidth=2)
+        ax.plot([mean], [y], "o", color=colour)
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_yticks(range(len(rows)), list(reversed(list(rows))), fontsize=8)
+    ax.set(xlabel=xlabel, title=title)
+    ax.grid(alpha=0.3, axis="x")
+    return save_figure(fig, out)
 
 
 def run_results(
     out: str | Path = "runs/demo",
-    seeds: int = 3,
-    ablations: bool | Sequence[str] = True,
-    ablation_seeds: int | None = None,
+    seeds: int = 5,
+    sweep_seeds: int = 3,
+    ablations: bool = True,
     quick: bool = False,
     markdown: str | Path = "docs/results.md",
     figures: str | Path = "docs/figures",
     assets: str | None = None,
     jobs: int | None = None,
 ) -> dict:
-    """Train and evaluate CLIP and CLIP-PING for ``seeds`` seeds and each ablation (all of
-    :data:`ABLATIONS` for ``True``, or the named ones) for ``ablation_seeds`` (default:
-    ``seeds``); write the tables to ``markdown``."""
+    """Train and evaluate the final runs (``seeds`` each, test and val) and, with
+    ``ablations``, the method sweep on val (``sweep_seeds`` each); write ``markdown``."""
     from .demo import FULL, QUICK, prepare_data
-    from .runs import run_variants
+    from .runs import Planned, run_variants
+    from .sweep import run_slug, sweep_plan
 
     started = time.perf_counter()
     out, size = Path(out), (QUICK if quick else FULL)
     data = prepare_data(out, size, assets)
-    plan = [(v, s) for s in range(seeds) for v in ("clip", "clip-ping")]
-    chosen = ABLATIONS if ablations is True else tuple(ablations or ())
-    counts = ablation_seed_counts(chosen, ablation_seeds or seeds)
-    plan += [(v, s) for v, n in counts.items() for s in range(n)]
-    metrics = run_variants(data, size, [(v, s, run_name(v, s)) for v, s in plan], out, jobs)
-    results: dict[str, dict[int, dict[str, float]]] = {}
-    speed: dict[str, list[float]] = {}
-    for variant, seed in plan:
-        name = run_name(variant, seed)
-        results.setdefault(variant, {})[seed] = metrics[name]
-        speed.setdefault(variant, []).append(samples_per_second(out / name))
-    command = f"clip-ping results --seeds {seeds}" + (" --quick" if quick else "")
-    if chosen:
-        command += " --ablations" + ("" if ablations is True else " " + " ".join(chosen))
-        command += f" --ablation-seeds {ablation_seeds}" if ablation_seeds else ""
+    final = [
+        Planned(v, s, run_slug(v, size, {}, s), {}, "all")
+        for s in range(seeds)
+        for v in ("clip", "clip-ping")
+    ]
+    sweep = sweep_plan("method", size, sweep_seeds) if ablations else []
+    metrics = run_variants(data, size, final + [run for _, _, run in sweep], out / "sweep", jobs)
+    by_variant: dict[str, Runs] = {}
+    for run in final:
+        by_variant.setdefault(run.variant, {})[run.seed] = metrics[run.name]
+    points: dict[str, Runs] = {}
+    for point, _, run in sweep:
+        points.setdefault(point, {})[run.seed] = metrics[run.name]
+    command = f"clip-ping results --seeds {seeds} --sweep-seeds {sweep_seeds}"
+    command += (" --quick" if quick else "") + ("" if ablations else " --no-ablations")
     summary = {
         "command": command,
-        "results": {v: {str(s): m for s, m in runs.items()} for v, runs in results.items()},
-        "samples_per_second": {v: statistics.median(r) for v, r in speed.items()},
+        "final": {v: {str(s): m for s, m in r.items()} for v, r in by_variant.items()},
+        "ablations": {p: {str(s): m for s, m in r.items()} for p, r in points.items()},
         "size": size.__dict__,
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
     atomic_write_text(out / "results.json", json.dumps(summary, indent=2) + "\n")
-    text = render_results(results, summary, data, Path(markdown), Path(figures), quick)
+    text = render_results(by_variant, points, summary, data, Path(markdown), Path(figures))
     atomic_write_text(markdown, text)
     print(f"\nresults: {markdown}")
     return summary
 
 
-def plot_results(
-    results: dict[str, dict[int, dict[str, float]]], keys: Sequence[str], figures: Path
-) -> list[Path]:
-    """Bars of CLIP vs CLIP-PING (± std over seeds), and each ablation's paired difference."""
-    from .figures import plot_bars, pyplot, save_figure
+def result_keys(metrics: dict[str, float]) -> list[str]:
+    """The headline number, then every test retrieval R@1/R@5, zero-shot and probe metric."""
+    from .demo import demo_keys
 
-    means, stds = {}, {}
-    for variant in ("clip", "clip-ping"):
-        runs = results[variant]
-        means[variant] = {k: mean_std([r[k] for r in runs.values()])[0] for k in keys}
-        stds[variant] = {k: mean_std([r[k] for r in runs.values()])[1] for k in keys}
-    seeds = len(results["clip"])
-    paths = [
-        plot_bars(
-            means,
-            keys,
+    return ["mean_recall/test", *demo_keys({"run": metrics})]
+
+
+def render_results(
+    final: dict[str, Runs], points: dict[str, Runs], summary: dict, data, markdown: Path,
+    figures: Path,
+) -> str:  # fmt: skip
+    clip = with_mean_recall(with_mean_recall(final["clip"], "test"), "val")
+    ping = with_mean_recall(with_mean_recall(final["clip-ping"], "test"), "val")
+    keys = result_keys(ping[min(ping)])
+    forest = {k: paired_diffs(ping, clip, k) for k in keys}
+    plots = [
+        plot_intervals(
+            forest,
             figures / "results_clip_vs_ping.png",
-            errors=stds,
-            title=f"demo corpus, mean ± std over {seeds} seeds",
+            xlabel="CLIP-PING − CLIP (test)",
+            title=f"paired differences over {len(clip)} seeds, 95% intervals",
         )  # fmt: skip
     ]
-    variants = [v for v in results if v != "clip"]
-    if len(variants) > 1:
-        import numpy as np
-
-        plt = pyplot()
-        fig, ax = plt.subplots(figsize=(11, 4))
-        width = 0.8 / len(variants)
-        x = np.arange(len(ABLATION_KEYS))
-        for i, variant in enumerate(variants):
-            diffs = [paired(results[variant], results["clip"], k) for k in ABLATION_KEYS]
-            ax.bar(
-                x + (i - (len(variants) - 1) / 2) * width, [d[0] for d in diffs], width,
-                yerr=[d[1] for d in diffs], label=variant,
-            )  # fmt: skip
-        ax.axhline(0, color="black", linewidth=0.8)
-        labels = [k.split("/", 1)[1] for k in ABLATION_KEYS]
-        ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
-        ax.set(ylabel="paired difference to CLIP", title="variants of CLIP-PING against CLIP")
-        ax.legend(fontsize=7, ncol=2)
-        ax.grid(alpha=0.3, axis="y")
-        paths.append(save_figure(fig, figures / "results_ablations.png"))
-    return paths
-
-
-def render_results(results, summary, data, markdown: Path, figures: Path, quick: bool) -> str:
-    from .demo import NEIGHBOR_K, demo_keys
-
-    clip, ping = results["clip"], results["clip-ping"]
-    keys = demo_keys({"clip": clip[min(clip)], "clip-ping": ping[min(ping)]})
-    plots = plot_results(results, keys, figures)
-    clear = [k for k in keys if "more than the spread" in verdict(k, ping, clip)]
+    points = {p: with_mean_recall(r, "val") for p, r in points.items()}
+    if len(points) > 1:
+        rows = {p: paired_diffs(r, points["defaults"], "mean_recall/val") for p, r in points.items()
+                if p != "defaults"}  # fmt: skip
+        plots.append(plot_intervals(
+            rows, figures / "results_ablations.png", xlabel="− defaults (val mean recall)",
+            title="CLIP-PING's settings on val, 95% intervals",
+        ))  # fmt: skip
     rel = [Path(os.path.relpath(p, markdown.parent)) for p in plots]
-    corpus = data.split_rows()
-    size = summary["size"]
+    headline = paired_diffs(ping, clip, "mean_recall/test")
+    mean, low, high = t_interval(headline)
+    ahead = [k for k in keys if verdict(forest[k]) == "ahead"]
+    behind = [k for k in keys if verdict(forest[k]) == "behind"]
+    size, corpus = summary["size"], data.split_rows()
     lines = [
         "# Results: CLIP vs CLIP-PING on the demo corpus",
         "",
-        f"Produced by `{summary['command']}` on 2 CPU cores (runs finished by an earlier call "
-        f"are reused, not re-timed). Student `{size['model']}`, "
-        f"{size['epochs']} epochs of batch {size['batch_size']}, lr {size['lr']}; corpus "
-        + ", ".join(f"{k} {v}" for k, v in corpus.items())
-        + f". CLIP-PING: bank targets, top-{NEIGHBOR_K} neighbours, λ_NN = λ_XNN = 1 unless a "
-        "variant says otherwise. Each seed fixes the initial weights and the batch order, so "
-        "the paired difference compares the objectives alone.",
+        f"Produced by `{summary['command']}` on 2 CPU cores. Student `{size['model']}`, "
+        f"{size['epochs']} epochs of batch {size['batch_size']}, lr {size['lr']}, warm-up "
+        f"{size['warmup']} steps (the recipe chosen on val for both methods: docs/method.md). "
+        "Splits: groups of the demo corpus (an emoji concept with its counterparts, clip-art "
+        "linked by title or a near-duplicate image) in train / val / test, none shared; rows "
+        + ", ".join(f"{k} {v:,}" for k, v in corpus.items())
+        + ". Retrieval as CLIP_benchmark scores it: one caption per image, unique caption "
+        "texts per set. Every setting was chosen on val; the test sets were read once per "
+        "final run.",
         "",
-        "## CLIP vs CLIP-PING",
+        "## CLIP vs CLIP-PING (test)",
+        "",
+        f"The headline: **mean recall** over the 18 test retrieval metrics (R@1, 5, 10 both "
+        f"ways on `test_google`, `test_twitter`, `test_clipart`): CLIP-PING − CLIP = "
+        f"**{mean:+.4f}** [95% CI {low:+.4f}, {high:+.4f}] over {len(headline)} seeds — "
+        f"**{verdict(headline)}**.",
         "",
         headline_table(clip, ping, keys),
         f"![CLIP vs CLIP-PING]({rel[0]})",
         "",
-        "Verdict per held-out metric (ahead by more than the seed-to-seed spread?):",
-        "",
-        *[f"- `{k}`: {verdict(k, ping, clip)}" for k in keys],
-        "",
-        f"In short: ahead by more than the spread on {len(clear)} of {len(keys)} metrics"
+        f"Ahead (interval above 0) on {len(ahead)} of {len(keys)} metrics"
+        + (f"; behind on {', '.join(f'`{k}`' for k in behind)}" if behind else "")
         + (
-            f"; not on {', '.join(f'`{k}`' for k in keys if k not in clear)}."
-            if len(clear) < len(keys)
+            f"; no clear difference on {', '.join(f'`{k}`' for k in keys if k not in ahead + behind)}."
+            if len(ahead) + len(behind) < len(keys)
             else "."
         ),
         "",
     ]
-    missing = [v for v in ABLATIONS if v not in results]
-    if missing:
+    if len(points) > 1:
         lines += [
-            "## Ablations",
+            "## CLIP-PING's settings (val)",
             "",
-            f"Not in this run: {', '.join(missing)} (`clip-ping results --seeds N --ablations "
-            "[NAME ...]` runs them; finished runs are reused).",
+            "Each row changes one setting of CLIP-PING's defaults and is scored by the val "
+            "mean recall, paired over seeds with the defaults and with CLIP. `self-targets` "
+            "is the control for the neighbours: the same heads and terms with each anchor's "
+            "own teacher features as targets (distillation without neighbours).",
             "",
-        ]
-    if len(results) > 2:
-        lines += [
-            "" if missing else "## Ablations\n",
-            "Each variant changes one setting of CLIP-PING: `nn-only` / `xnn-only` drop the "
-            "cross-modal / intra-modal terms, `memory` uses student-memory targets instead of "
-            "teacher-bank targets, `active` runs the teachers on each augmented batch and "
-            "searches the bank online, `k1` always uses the nearest neighbour, `lambda-*` "
-            "scales both neighbour weights, `no-same-caption` mines neighbours with rows of "
-            "an identical caption (the same emoji in the other style) excluded.",
-            "",
-            ablation_table(results, ABLATION_KEYS),
-            ablation_verdict(results, ABLATION_KEYS),
-            "",
+            ablation_table(points, clip),
             f"![ablations]({rel[-1]})",
-            "",
-            "Training speed, median samples/s, as each run happened to share the machine (not "
-            "comparable across variants; docs/benchmarks.md measures the step overhead): "
-            + ", ".join(f"{v} {s:.0f}" for v, s in summary["samples_per_second"].items()),
             "",
         ]
     return "\n".join(lines)

@@ -15,7 +15,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from .demo import DemoData, DemoSize
@@ -36,17 +36,32 @@ VARIANTS: dict[str, dict] = {
 }
 
 
-def train_config(data: DemoData, size: DemoSize, variant: str, seed: int, logs: Path, name: str):
-    """The resolved training config of ``variant`` (shared settings + its overrides)."""
+class Planned(NamedTuple):
+    """One run of a plan: a variant of :data:`VARIANTS` and a seed, in ``logs/name``, with
+    ``settings`` overriding the recipe or the variant (e.g. ``{"lr": 2e-3}``), evaluated on
+    the ``split``'s sets (:meth:`DemoData.eval_jobs`)."""
+
+    variant: str
+    seed: int
+    name: str
+    settings: dict = {}
+    split: str = "test"
+
+
+def train_config(
+    data: DemoData, size: DemoSize, variant: str, seed: int, logs: Path, name: str,
+    extra: dict | None = None,
+):  # fmt: skip
+    """The resolved training config of ``variant``: the recipe of ``size``, the variant's
+    overrides, then ``extra``. Training evaluates on ``val_google`` only (never a test set)."""
     from ..config import build_config
 
-    overrides = dict(VARIANTS[variant])
+    overrides = {**VARIANTS[variant], **(extra or {})}
     banks = overrides.pop("banks", "default")
     settings = dict(
-        train_data=str(data.train), val_data=str(data.corpus / "val_concepts.csv"),
-        zeroshot_data=str(data.corpus / "zeroshot" / "concepts" / "test.csv"),
+        train_data=str(data.train), val_data=str(data.corpus / "val_google.csv"),
         model=size.model, batch_size=size.batch_size, epochs=size.epochs, lr=size.lr,
-        warmup=size.warmup, wd=0.1, seed=seed, logs=str(logs), name=name, resume="latest",
+        warmup=size.warmup, aug_scale_min=size.aug_scale_min, wd=0.1, seed=seed, logs=str(logs), name=name, resume="latest",
         workers=0, save_every_steps=100, log_every_steps=10,
     )  # fmt: skip
     if overrides.get("loss") == "clip-ping":
@@ -56,7 +71,9 @@ def train_config(data: DemoData, size: DemoSize, variant: str, seed: int, logs: 
     return build_config(overrides={**settings, **overrides})
 
 
-def evaluate_run(run_dir: Path, data: DemoData, probes: tuple[str, ...]) -> dict[str, float]:
+def evaluate_run(
+    run_dir: Path, data: DemoData, probes: tuple[str, ...], split: str = "test"
+) -> dict[str, float]:
     """Every evaluation of :meth:`DemoData.eval_jobs` of the finished run, each cached in its
     ``result_path`` file; the run's final metrics.
 
@@ -68,7 +85,7 @@ def evaluate_run(run_dir: Path, data: DemoData, probes: tuple[str, ...]) -> dict
     from .report import final_metrics
 
     evaluated = False
-    for task, dataset in data.eval_jobs(probes):
+    for task, dataset in data.eval_jobs(probes, split):
         name = csv_dataset_name(Path(dataset))  # built-in names pass through unchanged
         out = result_path(run_dir, task, name)
         legacy = out.with_name(f"{task}-{name}.json")  # the demo's file name before result_path
@@ -82,31 +99,52 @@ def evaluate_run(run_dir: Path, data: DemoData, probes: tuple[str, ...]) -> dict
     return final_metrics(run_dir)
 
 
-def run_variant(
-    data: DemoData, size: DemoSize, variant: str, seed: int, logs: Path, name: str
-) -> dict[str, float]:
-    """Train (or finish training) one variant and evaluate it; its final metrics."""
+def run_variant(data: DemoData, size: DemoSize, run: Planned, logs: Path) -> dict[str, float]:
+    """Train (or finish training) one planned run and evaluate it; its final metrics."""
     from ..train import train
 
-    run_dir = logs / name
+    run_dir = logs / run.name
+    cfg = train_config(data, size, run.variant, run.seed, logs, run.name, run.settings)
     if not (run_dir / "hf" / "config.json").is_file():
-        train(train_config(data, size, variant, seed, logs, name))
-    return evaluate_run(run_dir, data, size.probes)
+        train(cfg)
+    else:
+        _check_same_settings(run_dir, cfg)
+    return evaluate_run(run_dir, data, size.probes, run.split)
+
+
+def _check_same_settings(run_dir: Path, cfg) -> None:
+    """A finished run is reused only when it was trained with ``cfg``'s settings."""
+    import dataclasses
+
+    import yaml
+
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+    ignored = {"name", "logs", "resume", "workers"}
+    changed = [
+        f"{key}: {saved.get(key)!r} → {value!r}"
+        for key, value in dataclasses.asdict(cfg).items()
+        if key not in ignored and key in saved and saved[key] != value
+    ]
+    if changed:
+        raise ValueError(
+            f"{run_dir} was trained with other settings ({'; '.join(changed[:4])}); delete "
+            "the folder to retrain it, or use another --out"
+        )
 
 
 def _run_in_worker(
-    data: DemoData, size: DemoSize, variant: str, seed: int, logs: Path, name: str, threads: int
+    data: DemoData, size: DemoSize, run: Planned, logs: Path, threads: int
 ) -> dict[str, float]:
     """One run of :func:`run_variants` in its own process, its console output in a file."""
     import torch
 
     torch.set_num_threads(threads)
-    (logs / name).mkdir(parents=True, exist_ok=True)
-    with open(logs / name / "console.log", "ab", buffering=0) as console:
+    (logs / run.name).mkdir(parents=True, exist_ok=True)
+    with open(logs / run.name / "console.log", "ab", buffering=0) as console:
         os.dup2(console.fileno(), 1)  # file descriptors: C libraries' output goes there too
         os.dup2(console.fileno(), 2)
         try:
-            return run_variant(data, size, variant, seed, logs, name)
+            return run_variant(data, size, run, logs)
         except BaseException:
             traceback.print_exc()  # the log the parent's error points to holds the cause
             sys.stderr.flush()
@@ -129,14 +167,31 @@ def _last_step(run_dir: Path) -> int:
     return 0
 
 
+def _merge_duplicates(plan: list[Planned]) -> list[Planned]:
+    """One entry per run folder: a run planned twice (a sweep point that is also a final run)
+    is trained once and evaluated on every split asked for."""
+    merged: dict[str, Planned] = {}
+    for run in plan:
+        seen = merged.get(run.name)
+        if seen is None:
+            merged[run.name] = run
+            continue
+        if (seen.variant, seen.seed, seen.settings) != (run.variant, run.seed, run.settings):
+            raise ValueError(f"run {run.name} planned twice with different settings")
+        if seen.split != run.split:
+            merged[run.name] = seen._replace(split="all")
+    return list(merged.values())
+
+
 def run_variants(
     data: DemoData,
     size: DemoSize,
-    plan: list[tuple[str, int, str]],
+    plan: list[Planned] | list[tuple],
     logs: Path,
     jobs: int | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Train and evaluate every ``(variant, seed, name)`` of ``plan``; final metrics by name.
+    """Train and evaluate every run of ``plan`` (:class:`Planned`, or its first fields as a
+    tuple: ``(variant, seed, name)``); final metrics by name.
 
     Runs go ``jobs`` at a time (default: 2 when there are 2 cores or more), each process with
     an equal share of the cores. A small student does not use two cores well: on 2 cores two
@@ -148,11 +203,18 @@ def run_variants(
 
     from tqdm import tqdm
 
+    plan = _merge_duplicates([Planned(*run) for run in plan])
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     jobs = max(1, min(jobs or min(2, cores or 1), len(plan)))
     if jobs == 1:
-        return {name: run_variant(data, size, v, s, logs, name) for v, s, name in plan}
-    steps = (data.split_rows()["train.csv"] // size.batch_size) * size.epochs
+        return {run.name: run_variant(data, size, run, logs) for run in plan}
+    rows = data.split_rows()["train.csv"]
+    steps = {
+        run.name: rows
+        // run.settings.get("batch_size", size.batch_size)
+        * run.settings.get("epochs", size.epochs)
+        for run in plan
+    }
     threads = max(1, (cores or jobs) // jobs)
     print(f"{len(plan)} runs, {jobs} at a time with {threads} thread(s) each; "
           f"their output: {logs}/<run>/console.log", flush=True)  # fmt: skip
@@ -160,11 +222,10 @@ def run_variants(
     context = get_context("spawn")  # a fresh interpreter: no inherited torch thread pools
     with (
         ProcessPoolExecutor(jobs, mp_context=context) as pool,
-        tqdm(total=steps * len(plan), unit="step", desc="training", dynamic_ncols=True) as bar,
+        tqdm(total=sum(steps.values()), unit="step", desc="training", dynamic_ncols=True) as bar,
     ):
         futures = {
-            pool.submit(_run_in_worker, data, size, v, s, logs, name, threads): name
-            for v, s, name in plan
+            pool.submit(_run_in_worker, data, size, run, logs, threads): run.name for run in plan
         }
         pending = set(futures)
         while pending:
@@ -180,9 +241,9 @@ def run_variants(
                         f"run {name} failed ({exc}); its output is in {logs / name}/console.log"
                     ) from exc
             bar.n = sum(
-                steps if futures[f] in results else min(steps, _last_step(logs / futures[f]))
-                for f in futures
+                steps[n] if n in results else min(steps[n], _last_step(logs / n))
+                for n in futures.values()
             )
             bar.set_postfix_str(f"{len(results)}/{len(plan)} runs done", refresh=False)
             bar.refresh()
-    return {name: results[name] for _, _, name in plan}
+    return {run.name: results[run.name] for run in plan}  # one entry per folder

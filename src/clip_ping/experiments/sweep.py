@@ -1,0 +1,157 @@
+"""Sweeps on val: how the demo's recipe and CLIP-PING's defaults were chosen (DESIGN.md §6).
+
+    clip-ping results --sweep recipe    # CLIP and CLIP-PING alike: lr, epochs, batch, ...
+    clip-ping results --sweep method    # CLIP-PING's own settings on top of the recipe
+
+Every point is trained with the same seeds and scored by its **val** mean recall
+(:func:`.demo.mean_recall` on ``val_{google,twitter,clipart}``); test sets are never read
+here. The recipe sweep gives the CLIP baseline exactly the points CLIP-PING gets, one
+setting changed at a time from the current recipe (:data:`.demo.FULL`). A run folder is
+named by its complete settings (:func:`run_slug`), so a point reached again from another
+starting recipe reuses the finished run, and an interrupted sweep resumes.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+
+from .demo import DemoSize, mean_recall
+from .runs import VARIANTS, Planned
+
+# One setting changed at a time from the recipe; each is trained for CLIP and CLIP-PING.
+RECIPE_POINTS: dict[str, dict] = {
+    "recipe": {},
+    "lr 5e-4": {"lr": 5e-4},
+    "lr 2e-3": {"lr": 2e-3},
+    "lr 4e-3": {"lr": 4e-3},
+    "4 epochs": {"epochs": 4},
+    "8 epochs": {"epochs": 8},
+    "batch 64": {"batch_size": 64},
+    "batch 256": {"batch_size": 256},
+    "no warm-up": {"warmup": 0},
+    "warm-up 200": {"warmup": 200},
+    "crop ≥ 50% of the area": {"aug_scale_min": 0.5},
+    "no crop": {"aug_scale_min": 1.0},
+    "cpu-micro-32, 12 epochs": {"model": "cpu-micro-32", "epochs": 12},
+    "cpu-small-64 (64 px), 3 epochs": {"model": "cpu-small-64", "epochs": 3},
+}
+# CLIP-PING's own settings, one at a time from its defaults, on top of the chosen recipe.
+METHOD_POINTS: dict[str, dict] = {
+    "defaults": {},
+    "λ_NN = λ_XNN = 0.5": {"nn_weight": 0.5, "xnn_weight": 0.5},
+    "λ_NN = λ_XNN = 2": {"nn_weight": 2.0, "xnn_weight": 2.0},
+    "NN only (λ_XNN = 0)": {"xnn_weight": 0.0},
+    "XNN only (λ_NN = 0)": {"nn_weight": 0.0},
+    "K = 1": {"neighbor_k": 1},
+    "K = 3": {"neighbor_k": 3},
+    "τ_aux = 0.05": {"aux_temperature": 0.05},
+    "τ_aux = 0.2": {"aux_temperature": 0.2},
+    "neighbour warm-up 200 steps": {"neighbor_warmup": 200},
+    "memory targets": {"neighbor_target": "memory"},
+    "active source": {"neighbor_source": "active"},
+    "no same-caption neighbours": {"banks": "no-same-caption"},
+    "self-targets (no neighbours)": {"neighbor_self": "only"},
+    "self + neighbours": {"neighbor_self": "include"},
+}
+SWEEPS = {"recipe": RECIPE_POINTS, "method": METHOD_POINTS}
+RECIPE_KEYS = ("model", "epochs", "batch_size", "lr", "warmup", "aug_scale_min")
+_SHORT = {
+    "epochs": "e", "batch_size": "b", "lr": "lr", "warmup": "w", "aug_scale_min": "crop",
+    "nn_weight": "nn", "xnn_weight": "xnn", "neighbor_k": "k", "aux_temperature": "tau",
+    "neighbor_warmup": "nw", "neighbor_target": "", "neighbor_source": "", "banks": "",
+    "neighbor_self": "self-",
+}  # fmt: skip
+
+
+def recipe_of(size: DemoSize, settings: dict) -> dict:
+    """The complete recipe of a run: ``size``'s, with ``settings`` applied."""
+    base = {key: getattr(size, key) for key in RECIPE_KEYS}
+    return {key: settings.get(key, value) for key, value in base.items()}
+
+
+def run_slug(variant: str, size: DemoSize, settings: dict, seed: int) -> str:
+    """A run folder name holding every setting that differs between sweep runs."""
+    recipe = recipe_of(size, settings)
+    parts = [variant, recipe["model"]]
+    parts += [f"{_SHORT[k]}{recipe[k]:g}" for k in RECIPE_KEYS[1:]]
+    extra = {k: v for k, v in settings.items() if k not in RECIPE_KEYS}
+    parts += [f"{_SHORT[k]}{v:g}" if isinstance(v, float | int) else f"{_SHORT[k]}{v}"
+              for k, v in sorted(extra.items())]  # fmt: skip
+    return "_".join(parts) + f"_s{seed}"
+
+
+def sweep_plan(sweep: str, size: DemoSize, seeds: int) -> list[tuple[str, str, Planned]]:
+    """``(point, method, run)`` for every point, method and seed of ``sweep``, on val."""
+    if sweep not in SWEEPS:
+        raise ValueError(f"--sweep {sweep}: choose one of {', '.join(SWEEPS)}")
+    methods = ("clip", "clip-ping") if sweep == "recipe" else ("clip-ping",)
+    plan = []
+    for point, settings in SWEEPS[sweep].items():
+        for seed in range(seeds):  # seeds outermost within a point: a point finishes early
+            for method in methods:
+                variant = method if method in VARIANTS else "clip-ping"
+                name = run_slug(variant, size, settings, seed)
+                plan.append((point, method, Planned(variant, seed, name, settings, "val")))
+    return plan
+
+
+def sweep_table(
+    plan: Sequence[tuple[str, str, Planned]], metrics: dict[str, dict[str, float]]
+) -> str:
+    """Markdown: one row per point, the val mean recall of each method (mean ± std over
+    seeds, n), best marked."""
+    scores: dict[tuple[str, str], list[float]] = {}
+    for point, method, run in plan:
+        if run.name in metrics:
+            scores.setdefault((point, method), []).append(mean_recall(metrics[run.name], "val"))
+    methods = list(dict.fromkeys(method for _, method, _ in plan))
+    points = list(dict.fromkeys(point for point, _, _ in plan))
+    best = {
+        m: max((p for p in points if (p, m) in scores),
+               key=lambda p: statistics.fmean(scores[(p, m)]), default=None)
+        for m in methods
+    }  # fmt: skip
+    rows = ["| point | " + " | ".join(f"{m} (val mean recall)" for m in methods) + " |"]
+    rows.append("|---|" + "---:|" * len(methods))
+    for point in points:
+        cells = []
+        for method in methods:
+            values = scores.get((point, method))
+            if not values:
+                cells.append("—")
+                continue
+            mean = statistics.fmean(values)
+            spread = f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else ""
+            mark = " **best**" if best[method] == point else ""
+            cells.append(f"{mean:.4f}{spread} (n={len(values)}){mark}")
+        rows.append(f"| {point} | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
+def run_sweep(
+    sweep: str, out: str | Path = "runs/demo", seeds: int = 2, jobs: int | None = None,
+    assets: str | None = None, markdown: str | Path | None = "docs/method.md",
+) -> str:  # fmt: skip
+    """Train and evaluate every run of the sweep on val; its table, also written into
+    ``markdown`` between ``<!-- sweep:NAME -->`` and ``<!-- /sweep:NAME -->``."""
+    from ..io import atomic_write_text
+    from .demo import FULL, prepare_data
+    from .runs import run_variants
+
+    out = Path(out)
+    data = prepare_data(out, FULL, assets)
+    plan = sweep_plan(sweep, FULL, seeds)
+    metrics = run_variants(data, FULL, [run for _, _, run in plan], out / "sweep", jobs)
+    command = f"clip-ping results --sweep {sweep} --sweep-seeds {seeds}"
+    table = f"Val mean recall, produced by `{command}`:\n\n" + sweep_table(plan, metrics)
+    if markdown is not None and Path(markdown).is_file():
+        text = Path(markdown).read_text(encoding="utf-8")
+        start, end = f"<!-- sweep:{sweep} -->", f"<!-- /sweep:{sweep} -->"
+        if start in text and end in text:
+            head, rest = text.split(start, 1)
+            text = head + start + "\n" + table + end + rest.split(end, 1)[1]
+            atomic_write_text(markdown, text)
+    print(table)
+    return table
