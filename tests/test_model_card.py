@@ -4,7 +4,9 @@ import json
 import re
 
 import numpy as np
+import pytest
 import torch
+import yaml
 from PIL import Image
 
 import clip_ping
@@ -12,11 +14,17 @@ from clip_ping.config import build_config
 from clip_ping.train import train
 
 
-def test_the_card_states_the_run_and_its_code_loads_the_same_model(shapes_corpus, tmp_path):
+# One student of each image-tower family: each trains, exports, evaluates and loads.
+@pytest.mark.parametrize(
+    "student", ["cpu-micro-32", "cpu-convnext-micro-32", "cpu-mobilevit-micro-32"]
+)
+def test_the_card_states_the_run_and_its_code_loads_the_same_model(
+    shapes_corpus, tmp_path, student
+):
     cfg = build_config(
         overrides=dict(
             train_data=str(shapes_corpus / "train.csv"), val_data=str(shapes_corpus / "val.csv"),
-            model="cpu-micro-32", batch_size=128, epochs=1, warmup=2, workers=0,
+            model=student, batch_size=128, epochs=1, warmup=2, workers=0,
             logs=str(tmp_path), name="card", progress=False,
         )
     )  # fmt: skip
@@ -25,7 +33,11 @@ def test_the_card_states_the_run_and_its_code_loads_the_same_model(shapes_corpus
     assert card.startswith("---\nlibrary_name: transformers\n")
     model, preprocess, tokenizer = clip_ping.load(run_dir)
     parameters = sum(p.numel() for p in model.parameters())
-    assert f"{parameters / 1e6:.2f} M parameters" in card
+    assert f"{parameters / 1e6:.2f} M parameters, {model.describe()}" in card
+    meta = yaml.safe_load(card.split("---")[1])
+    assert model.tower in meta["tags"]
+    # transformers' zero-shot pipeline loads a CLIPModel export only
+    assert ("pipeline_tag" in meta) == (student == "cpu-micro-32")
     assert f"| peak learning rate | `{cfg.lr}` |" in card
     # Every number of the run's result records (retrieval and zero-shot on val) is in it.
     records = [json.loads(p.read_text()) for p in (run_dir / "results").glob("*.json")]

@@ -7,13 +7,12 @@ whenever a later evaluation of the finished run adds numbers (the demo does).
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 
 import yaml
 
 from .io import atomic_write_text
+from .models import load_export
 
 SETTINGS = (  # (config key, what the card calls it)
     ("model", "student"), ("train_data", "training data"), ("epochs", "epochs"),
@@ -28,31 +27,26 @@ NEIGHBOR_SETTINGS = (
 )  # fmt: skip
 
 
-def _front_matter() -> str:
-    meta = {
-        "library_name": "transformers",
-        "pipeline_tag": "zero-shot-image-classification",
-        "tags": ["clip", "clip-ping", "contrastive-learning", "image-text-retrieval"],
-    }
+def _front_matter(model) -> str:
+    meta = {"library_name": "transformers"}
+    if model.tower == "vit":  # a CLIPModel: transformers' zero-shot pipeline loads it
+        meta["pipeline_tag"] = "zero-shot-image-classification"
+    meta["tags"] = ["clip", "clip-ping", "contrastive-learning", "image-text-retrieval"]
+    meta["tags"] += [model.tower]
     return "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n"
 
 
-def _description(cfg: dict, hf_config: dict, parameters: int | None) -> list[str]:
-    vision, text = hf_config["vision_config"], hf_config["text_config"]
+def _description(cfg: dict, model) -> list[str]:
     objective = (
         "CLIP-PING: the CLIP loss plus neighbour guidance from frozen teachers' feature banks "
         "(arXiv 2412.03871; clip-ping's formulation)"
         if cfg["loss"] == "clip-ping"
         else "the CLIP contrastive loss"
     )
-    size = f"{parameters / 1e6:.2f} M parameters, " if parameters else ""
+    parameters = sum(p.numel() for p in model.parameters())
     return [
-        f"A lightweight CLIP model (`{cfg['model']}`: {size}ViT image tower of "
-        f"{vision['num_hidden_layers']} layers × {vision['hidden_size']} on "
-        f"{vision['image_size']} px images, text transformer of {text['num_hidden_layers']} "
-        f"layers × {text['hidden_size']} over {text['max_position_embeddings']} tokens, "
-        f"{hf_config['projection_dim']}-d joint embedding), trained from scratch with "
-        f"{objective}.",
+        f"A lightweight CLIP model (`{cfg['model']}`: {parameters / 1e6:.2f} M parameters, "
+        f"{model.describe()}), trained from scratch with {objective}.",
     ]
 
 
@@ -71,8 +65,7 @@ def _results_table(metrics: dict[str, float]) -> list[str]:
     return lines
 
 
-def _usage(run_dir: Path) -> list[str]:
-    hf = run_dir / "hf"
+def _usage(run_dir: Path, model) -> list[str]:
     return [
         "With clip-ping (`encode_image`/`encode_text` as in open_clip):",
         "",
@@ -83,49 +76,29 @@ def _usage(run_dir: Path) -> list[str]:
         'text = model.encode_text(tokenizer(["a photo of a cat"]), normalize=True)',
         "```",
         "",
-        "With `transformers` alone (the same embeddings):",
+        "With `transformers` alone (the same embeddings, before normalisation):",
         "",
         "```python",
-        "from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel",
-        f'model = CLIPModel.from_pretrained("{hf}")',
-        f'processor = CLIPImageProcessor.from_pretrained("{hf}")',
-        f'tokenizer = AutoTokenizer.from_pretrained("{hf}")',
-        'pixels = processor(images=pil_image, return_tensors="pt").pixel_values',
-        "tokens = tokenizer(",
-        '    ["a photo of a cat"], padding="max_length", truncation=True, return_tensors="pt"',
-        ")",
-        "image = model.get_image_features(pixel_values=pixels).pooler_output",
-        "text = model.get_text_features(**tokens).pooler_output",
+        *model.transformers_code(str(run_dir / "hf")),
         "```",
     ]
 
 
-def exported_parameters(hf_dir: Path) -> int | None:
-    """Parameters in the export's safetensors weights (None if it has none)."""
-    from safetensors import safe_open
-
-    weights = hf_dir / "model.safetensors"
-    if not weights.is_file():
-        return None
-    with safe_open(str(weights), framework="pt") as f:
-        return sum(math.prod(f.get_slice(key).get_shape()) for key in f.keys())
-
-
 def write_model_card(run_dir: str | Path) -> Path:
-    """Write ``run_dir/hf/README.md`` from the run's ``config.yaml``, its export's
-    ``config.json`` and weights, and its result records; return its path."""
+    """Write ``run_dir/hf/README.md`` from the run's ``config.yaml``, its export (the
+    student it holds) and its result records; return its path."""
     from .evaluation.run import run_results
 
     run_dir = Path(run_dir)
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-    hf_config = json.loads((run_dir / "hf" / "config.json").read_text())
-    lines = [_front_matter(), f"# {run_dir.name}", ""]
-    lines += _description(cfg, hf_config, exported_parameters(run_dir / "hf"))
+    model, _ = load_export(run_dir / "hf")
+    lines = [_front_matter(model), f"# {run_dir.name}", ""]
+    lines += _description(cfg, model)
     lines += ["", "## Training", ""] + _settings_table(cfg)
     lines += ["", "## Evaluation", ""]
     lines += ["The run's latest evaluation of each metric (`RUN/results/*.json`).", ""]
     lines += _results_table(run_results(run_dir))
-    lines += ["", "## How to use", ""] + _usage(run_dir)
+    lines += ["", "## How to use", ""] + _usage(run_dir, model)
     lines += [
         "",
         "Images are resized and centre-cropped to the tower's size and normalised with "

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..io import atomic_write_text
+from ..models import is_exported
 
 # Teacher input: emoji are 64 px and clip-art 128 px; 128 px costs a third of 224 px and the
 # neighbours look as sensible on the contact sheet.
@@ -185,7 +186,7 @@ def run_demo(
         contact_sheet(data.bank("image"), data.bank("text"), DataSpec(str(data.train)), sheet)
 
     t = _stage(f"train and evaluate {' and '.join(DEMO_RUNS)}")
-    reused = [name for name in DEMO_RUNS if (out / name / "hf" / "config.json").is_file()]
+    reused = [name for name in DEMO_RUNS if is_exported(out / name)]
     metrics = run_variants(data, size, [(name, seed, name) for name in DEMO_RUNS], out, jobs)
     stage_seconds["runs"] = time.perf_counter() - t
     for run in metrics.values():

@@ -17,6 +17,8 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
+from ..models import is_exported
+
 if TYPE_CHECKING:
     from .demo import DemoData, DemoSize
 
@@ -105,7 +107,7 @@ def run_variant(data: DemoData, size: DemoSize, run: Planned, logs: Path) -> dic
 
     run_dir = logs / run.name
     cfg = train_config(data, size, run.variant, run.seed, logs, run.name, run.settings)
-    if not (run_dir / "hf" / "config.json").is_file():
+    if not is_exported(run_dir):
         train(cfg)
     else:
         _check_same_settings(run_dir, cfg)

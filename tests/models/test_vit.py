@@ -1,9 +1,11 @@
+from pathlib import Path
+
 import pytest
 import torch
 from PIL import Image
 
 import clip_ping
-from clip_ping.models import MODEL_SPECS, create_model, export_hf
+from clip_ping.models import MODEL_SPECS, ClipStudent, create_model, export_hf
 from clip_ping.tokenizer import get_tokenizer, train_tokenizer
 
 CPU_SIZES = [name for name in MODEL_SPECS if name.startswith("cpu-")]
@@ -120,6 +122,10 @@ def test_hf_export_gives_the_same_embeddings_as_load(tmp_path):
             ours.encode_text(our_tokenizer(captions), normalize=True), ref_text
         )
         torch.testing.assert_close(model.encode_image(pixels, normalize=True), ref_image)
+
+    # The README shows this loading code (the model card runs it on a trained run).
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert "\n".join(ClipStudent.transformers_code("logs/shapes/hf")) in readme
 
     classify = pipeline("zero-shot-image-classification", model=str(tmp_path / "hf"))
     result = classify(image.convert("RGB"), candidate_labels=["red square", "blue circle"])

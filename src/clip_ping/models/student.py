@@ -1,0 +1,127 @@
+"""What every student offers, whatever its image tower: open_clip's interface.
+
+A student has an image tower and a text tower, each followed by a linear projection into
+the shared ``embed_dim``-d space, and a learnable logit scale ``exp(theta)``. Subclasses say
+how their towers embed (``image_features``, ``text_features``), where theta lives, how they
+are written to disk (``record``, ``export``) and read back (``from_record``, ``from_export``).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..tokenizer import Tokenizer
+
+MAX_LOGIT_SCALE = 100.0  # CLIP clamps exp(theta) at 100 so the softmax cannot collapse
+INITIAL_LOGIT_SCALE = math.log(1 / 0.07)  # CLIP's initial theta (temperature 0.07)
+
+
+def text_tower_config(spec, tokenizer: Tokenizer) -> dict:
+    """``transformers.CLIPTextConfig`` arguments of every student's text tower: a causal
+    transformer of ``spec.text_width / text_layers / text_heads`` over ``context_length``
+    tokens of ``tokenizer``'s vocabulary."""
+    return dict(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=spec.text_width,
+        intermediate_size=spec.text_width * spec.mlp_ratio,
+        num_hidden_layers=spec.text_layers,
+        num_attention_heads=spec.text_heads,
+        max_position_embeddings=spec.context_length,
+        # The text tower pools at the first eos token: our tokenizers end captions with [SEP].
+        pad_token_id=tokenizer.pad_id,
+        bos_token_id=tokenizer.bos_id,
+        eos_token_id=tokenizer.eos_id,
+    )
+
+
+class Student(nn.Module):
+    """Base of the students: ``encode_image``, ``encode_text``, ``forward``, logit scale.
+
+    Subclasses set ``tower`` (the image tower's kind, recorded in checkpoints) and
+    ``pad_id`` (masked out of text attention).
+    """
+
+    tower: str
+    pad_id: int
+
+    # -- what a subclass provides -----------------------------------------------------------
+
+    @property
+    def image_size(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def embed_dim(self) -> int:
+        raise NotImplementedError
+
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` → ``(B, embed_dim)`` projected, not normalised."""
+        raise NotImplementedError
+
+    def text_features(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``(B, L)`` token ids and attention mask → ``(B, embed_dim)``, not normalised."""
+        raise NotImplementedError
+
+    def log_logit_scale(self) -> nn.Parameter:
+        """theta, the parameter whose exponential is the logit scale."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """The towers in words, for the model card."""
+        raise NotImplementedError
+
+    def record(self) -> dict:
+        """The transformers configs that rebuild this student (stored in checkpoints)."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_record(cls, record: dict, tokenizer: Tokenizer) -> Student:
+        raise NotImplementedError
+
+    def export(self, out_dir: Path, tokenizer: Tokenizer) -> None:
+        """Write weights, configs, the image processor and ``tokenizer`` to the empty
+        folder ``out_dir``."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_export(cls, hf_dir: Path) -> tuple[Student, Tokenizer]:
+        raise NotImplementedError
+
+    @staticmethod
+    def transformers_code(hf_dir: str) -> list[str]:
+        """Python lines that embed ``pil_image`` and a caption from ``hf_dir`` with
+        transformers alone, into ``image`` and ``text`` (the model card runs them)."""
+        raise NotImplementedError
+
+    # -- open_clip's interface --------------------------------------------------------------
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """``(B, 3, H, W)`` pixels → ``(B, embed_dim)`` embeddings."""
+        features = self.image_features(images)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """``(B, L)`` token ids → ``(B, embed_dim)`` embeddings."""
+        features = self.text_features(tokens, (tokens != self.pad_id).long())
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def logit_scale(self) -> torch.Tensor:
+        """exp(theta), at most :data:`MAX_LOGIT_SCALE`."""
+        return self.log_logit_scale().exp().clamp(max=MAX_LOGIT_SCALE)
+
+    def forward(self, images: torch.Tensor, texts: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {
+            "image_features": self.encode_image(images, normalize=True),
+            "text_features": self.encode_text(texts, normalize=True),
+            "logit_scale": self.logit_scale(),
+        }
+
+    @torch.no_grad()
+    def clamp_logit_scale(self) -> None:
+        """Keep theta in [0, ln 100] after each optimiser step, as CLIP does."""
+        self.log_logit_scale().clamp_(0.0, math.log(MAX_LOGIT_SCALE))
