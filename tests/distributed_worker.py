@@ -3,8 +3,8 @@
 Computes CLIP and CLIP-PING losses and gradients on one fixed global batch of 8 pairs,
 each process taking its slice, and saves rank 0's view to the output file:
 
-    python tests/distributed_worker.py OUT.pt
-    torchrun --nproc_per_node 2 tests/distributed_worker.py OUT.pt
+    python tests/distributed_worker.py OUT.pt MODEL
+    torchrun --nproc_per_node 2 tests/distributed_worker.py OUT.pt MODEL
 """
 
 import sys
@@ -59,13 +59,13 @@ def neighbor_targets(mode, image_neighbors, text_neighbors, image_bank, text_ban
     return memory_targets(memory, image_neighbors, text_neighbors)
 
 
-def main(out_path):
+def main(out_path, model_name):
     info = init_distributed("cpu")
     per_rank = GLOBAL_BATCH // info.world_size
     part = slice(info.rank * per_rank, (info.rank + 1) * per_rank)
     results = {}
     for name, mode, local_loss, accum in CASES:
-        model, tokenizer = create_model("cpu-micro-32", seed=0)
+        model, tokenizer = create_model(model_name, seed=0)
         torch.manual_seed(1)  # the same head initialisation in every process
         neighbor_loss = None
         if mode is not None:
@@ -116,4 +116,4 @@ def main(out_path):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2])

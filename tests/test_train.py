@@ -44,10 +44,15 @@ def test_clip_learns_shapes_well_above_chance(shapes_corpus, tmp_path):
     assert result["metrics"]["acc1"] == acc1[-1]
 
 
-def test_resumed_run_ends_with_the_same_weights(shapes_corpus, tmp_path):
+# A ViT and a MobileViT: its BatchNorm statistics are state outside the parameters.
+@pytest.mark.parametrize(
+    "student, logit_scale",
+    [("cpu-micro-32", "model.clip.logit_scale"), ("cpu-mobilevit-micro-32", "model.log_scale")],
+)
+def test_resumed_run_ends_with_the_same_weights(shapes_corpus, tmp_path, student, logit_scale):
     # 1536 / 64 = 24 batches per epoch; accumulate 2 → 12 steps/epoch. Stop mid-epoch at
     # step 5 (between checkpoints at 7), resume with another number of workers.
-    common = dict(epochs=2, accum_freq=2, val_data=None)
+    common = dict(epochs=2, accum_freq=2, val_data=None, model=student)
     full_dir = train(config(shapes_corpus, tmp_path, name="full", **common))
     stopped = train(config(shapes_corpus, tmp_path, name="cut", stop_after_steps=17, **common))
     assert not (stopped / "hf").exists()
@@ -63,11 +68,10 @@ def test_resumed_run_ends_with_the_same_weights(shapes_corpus, tmp_path):
         "epoch_1.pt", "epoch_2.pt", "latest.pt",
     ]  # fmt: skip
     assert torch.equal(
-        load_checkpoint_file(resumed / "checkpoints" / "epoch_2.pt")["task"][
-            "model.clip.logit_scale"
-        ],
-        again["task"]["model.clip.logit_scale"],
+        load_checkpoint_file(resumed / "checkpoints" / "epoch_2.pt")["task"][logit_scale],
+        again["task"][logit_scale],
     )
+    assert again["student"]["tower"] == clip_ping.models.get_model_spec(student).tower
     for key, value in full["task"].items():
         assert torch.equal(value, again["task"][key]), key
     # metrics.jsonl has each step once, as an uninterrupted run would

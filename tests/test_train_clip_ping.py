@@ -24,11 +24,15 @@ def config(corpus, banks, logs, **overrides):
     return build_config(overrides=values)
 
 
-@pytest.mark.parametrize("target", ["bank", "memory"])
-def test_metrics_carry_every_named_term(small_corpus, shapes_banks, tmp_path, target):
+@pytest.mark.parametrize(
+    "target, student",
+    [("bank", "cpu-micro-32"), ("memory", "cpu-micro-32"), ("bank", "cpu-mobilevit-micro-32")],
+)
+def test_metrics_carry_every_named_term(small_corpus, shapes_banks, tmp_path, target, student):
     run_dir = train(
-        config(small_corpus, shapes_banks, tmp_path, name=target, neighbor_target=target)
-    )
+        config(small_corpus, shapes_banks, tmp_path, name=target, neighbor_target=target,
+               model=student)
+    )  # fmt: skip
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     last = records[-1]
     for term in TERMS:

@@ -152,7 +152,7 @@ class TrainingTask(nn.Module):
     """One training step's owner (see the module docstring).
 
     Args:
-        model: the student (``ClipStudent``).
+        model: the student (a ``clip_ping.models.Student``: any image tower).
         clip_loss: the CLIP term.
         neighbor_loss: the NN/XNN terms (``--loss clip-ping``), else None.
         guidance: draws neighbours and reads their targets (``--loss clip-ping``).

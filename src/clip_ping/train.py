@@ -6,8 +6,9 @@
 
 A run lives in ``logs/<name>/``: ``config.yaml`` (resolved), ``out.log``,
 ``metrics.jsonl``, ``tensorboard/``, ``checkpoints/latest.pt`` (every
-``--save-every-steps`` and at the end of each epoch), ``hf/`` (the exported
-``transformers.CLIPModel``) and ``results/``.
+``--save-every-steps`` and at the end of each epoch), ``hf/`` (the export for
+transformers: a ``CLIPModel``, or the side-by-side towers of a ConvNeXt/MobileViT student)
+and ``results/``.
 
 The pieces live beside this file: the step in :mod:`.task`, checkpoints and resume in
 :mod:`.checkpoint`, the optimiser, schedule and precision in :mod:`.schedule`, logs in

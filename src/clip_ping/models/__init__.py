@@ -40,6 +40,7 @@ from .vit import ClipStudent, ModelSpec, clip_config
 # Text towers shared by the sizes below: (width, layers, heads, embed dim, context length).
 _MICRO_TEXT = dict(text_width=64, text_layers=2, text_heads=2, embed_dim=64, context_length=16)
 _MINI_TEXT = dict(text_width=128, text_layers=4, text_heads=2, embed_dim=128, context_length=32)
+_NO_DROPOUT = dict(hidden_dropout_prob=0.0)
 _TI_TEXT = dict(text_width=256, text_layers=6, text_heads=4, embed_dim=256, context_length=77)
 
 # fmt: off
@@ -74,23 +75,25 @@ MODEL_SPECS: dict[str, ModelSpec | TowerSpec] = {
         **_MINI_TEXT,
     ),
     # MobileViT image towers (hybrid): xs and s are MobileViT's own x-small and small; the
-    # CPU sizes are ours, narrower (MobileViT's depths are fixed by its code).
+    # CPU sizes are ours, narrower (MobileViT's depths are fixed by its code). No dropout,
+    # like every other student (CLIP trains without it).
     "mobilevit-xs-224": TowerSpec(
         "mobilevit", 224,
-        dict(hidden_sizes=[96, 120, 144], neck_hidden_sizes=[16, 32, 48, 64, 80, 96, 384]),
+        dict(hidden_sizes=[96, 120, 144], neck_hidden_sizes=[16, 32, 48, 64, 80, 96, 384],
+             **_NO_DROPOUT),
         **_TI_TEXT,
     ),
-    "mobilevit-s-224": TowerSpec("mobilevit", 224, {}, **_TI_TEXT),
+    "mobilevit-s-224": TowerSpec("mobilevit", 224, _NO_DROPOUT, **_TI_TEXT),
     "cpu-mobilevit-micro-32": TowerSpec(
         "mobilevit", 32,
         dict(hidden_sizes=[32, 40, 48], neck_hidden_sizes=[8, 8, 16, 24, 32, 40, 160],
-             expand_ratio=2.0, num_attention_heads=2),
+             expand_ratio=2.0, num_attention_heads=2, **_NO_DROPOUT),
         **_MICRO_TEXT,
     ),
     "cpu-mobilevit-mini-64": TowerSpec(
         "mobilevit", 64,
         dict(hidden_sizes=[64, 80, 96], neck_hidden_sizes=[16, 16, 24, 48, 64, 80, 320],
-             expand_ratio=2.0),
+             expand_ratio=2.0, **_NO_DROPOUT),
         **_MINI_TEXT,
     ),
 }
