@@ -76,7 +76,7 @@ def _usage(run_dir: Path, model) -> list[str]:
         'text = model.encode_text(tokenizer(["a photo of a cat"]), normalize=True)',
         "```",
         "",
-        "With `transformers` alone (the same embeddings, before normalisation):",
+        "With `transformers` alone (the same embeddings, before `normalize=True` scales them to unit length):",
         "",
         "```python",
         *model.transformers_code(str(run_dir / "hf")),

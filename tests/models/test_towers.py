@@ -49,6 +49,14 @@ def test_each_tower_has_a_cpu_size_and_a_224_px_size(tower):
     assert model.log_scale.item() == pytest.approx(np.log(100.0))
 
 
+@pytest.mark.parametrize(
+    "name, millions", [("cpu-convnext-mini-32", 6.65), ("cpu-mobilevit-mini-64", 5.71)]
+)
+def test_the_demo_sizes_have_the_parameter_counts_docs_models_states(name, millions):
+    model, _ = create_model(name)
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(millions * 1e6, abs=5e3)
+
+
 @pytest.mark.parametrize("tower", sorted(FAMILIES))
 def test_export_gives_the_same_embeddings_with_clip_ping_and_with_plain_transformers(
     tower, tmp_path
