@@ -71,7 +71,10 @@ def test_resumed_run_ends_with_the_same_weights(shapes_corpus, tmp_path, student
         load_checkpoint_file(resumed / "checkpoints" / "epoch_2.pt")["task"][logit_scale],
         again["task"][logit_scale],
     )
-    assert again["student"]["tower"] == clip_ping.models.get_model_spec(student).tower
+    tower = clip_ping.models.get_model_spec(student).tower
+    assert again["student"]["tower"] == tower
+    model, _, _ = clip_ping.load(resumed / "checkpoints" / "latest.pt")
+    assert model.tower == tower and not model.training
     for key, value in full["task"].items():
         assert torch.equal(value, again["task"][key]), key
     # metrics.jsonl has each step once, as an uninterrupted run would

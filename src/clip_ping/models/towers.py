@@ -42,6 +42,28 @@ def _joined(values) -> str:
     return "-".join(str(v) for v in values)
 
 
+def _keep_transformers_init(vision: nn.Module) -> None:
+    """transformers' own initialisation is already the family's reference one (ConvNeXt:
+    weights from N(0, 0.02), LayerNorm scales 1, layer scale 1e-6)."""
+
+
+def _conv_batch_norm_init(vision: nn.Module) -> None:
+    """Convolutions from He's normal (fan-out) and BatchNorm scales 1, shifts 0, as
+    MobileViT's reference code and MobileNetV2 start.
+
+    transformers initialises MobileViT for pretrained weights to be loaded over it: its
+    BatchNorm scales come from N(0, 0.02) like its weights, which from scratch shrinks the
+    signal about 50x at every normalisation, so the images' embeddings collapse to one and
+    the tower does not learn."""
+    for module in vision.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.reset_parameters()
+
+
 @dataclass(frozen=True)
 class Family:
     """An image-tower family: a transformers ``model_type`` a student can use."""
@@ -50,6 +72,7 @@ class Family:
     design: str
     pooled_width: Callable[[Any], int]  # config → width of the backbone's pooler_output
     shape: Callable[[Any], str]  # config → its widths and depths in words
+    init_from_scratch: Callable[[nn.Module], None]  # a fresh tower's weights, in place
 
 
 FAMILIES: dict[str, Family] = {
@@ -58,12 +81,14 @@ FAMILIES: dict[str, Family] = {
         lambda c: c.hidden_sizes[-1],
         lambda c: f"stages of {_joined(c.depths)} blocks, widths {_joined(c.hidden_sizes)}, "
         f"patch-{c.patch_size} stem",
+        _keep_transformers_init,
     ),
     "mobilevit": Family(
         "MobileViT", "hybrid: MobileNetV2 convolutions with transformer blocks",
         lambda c: c.neck_hidden_sizes[-1],
         lambda c: f"convolution widths {_joined(c.neck_hidden_sizes)}, transformer widths "
         f"{_joined(c.hidden_sizes)}",
+        _conv_batch_norm_init,
     ),
 }  # fmt: skip
 
@@ -125,8 +150,10 @@ class TowerStudent(Student):
     def create(cls, spec: TowerSpec, tokenizer: Tokenizer) -> TowerStudent:
         from transformers import CONFIG_MAPPING, AutoModel
 
-        vision = CONFIG_MAPPING[spec.tower](**spec.vision, image_size=spec.image_size)
-        return cls(AutoModel.from_config(vision), _text_tower(spec, tokenizer), tokenizer.pad_id)
+        config = CONFIG_MAPPING[spec.tower](**spec.vision, image_size=spec.image_size)
+        vision = AutoModel.from_config(config)
+        family(spec.tower).init_from_scratch(vision)
+        return cls(vision, _text_tower(spec, tokenizer), tokenizer.pad_id)
 
     @property
     def image_size(self) -> int:
