@@ -26,7 +26,7 @@ def config(corpus, banks, logs, **overrides):
 
 @pytest.mark.parametrize(
     "target, student",
-    [("bank", "cpu-micro-32"), ("memory", "cpu-micro-32"), ("bank", "cpu-mobilevit-micro-32")],
+    [("bank", "cpu-micro-32"), ("memory", "cpu-micro-32"), ("bank", "cpu-convnext-micro-32")],
 )
 def test_metrics_carry_every_named_term(small_corpus, shapes_banks, tmp_path, target, student):
     run_dir = train(

@@ -150,9 +150,10 @@ class TowerStudent(Student):
     def create(cls, spec: TowerSpec, tokenizer: Tokenizer) -> TowerStudent:
         from transformers import CONFIG_MAPPING, AutoModel
 
+        tower = family(spec.tower)
         config = CONFIG_MAPPING[spec.tower](**spec.vision, image_size=spec.image_size)
         vision = AutoModel.from_config(config)
-        family(spec.tower).init_from_scratch(vision)
+        tower.init_from_scratch(vision)
         return cls(vision, _text_tower(spec, tokenizer), tokenizer.pad_id)
 
     @property
