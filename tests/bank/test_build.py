@@ -170,6 +170,30 @@ def test_npy_features_and_folder_reuse(corpus, tmp_path):
         build_bank(spec, "text", tmp_path / "other", teacher=f"npy:{tmp_path / 'short.npy'}")
 
 
+def test_non_finite_teacher_features_are_bad_rows_never_neighbours(corpus, tmp_path, capsys):
+    rows = np.random.default_rng(2).normal(size=(NUM_ROWS, 6)).astype(np.float32)
+    rows[5, 2], rows[17, :] = np.nan, np.inf
+    np.save(tmp_path / "f.npy", rows)
+    out = tmp_path / "bank"
+    build = ["bank", "build", "--train-data", str(corpus / "train.csv"), "--modality", "text",
+             "--teacher", f"npy:{tmp_path / 'f.npy'}", "--workers", "0"]  # fmt: skip
+    assert main([*build, "--out", str(out)]) == 0
+    assert "skipped bad sample row 17 of the npy:" in capsys.readouterr().err
+    bank = Bank(out)
+    assert bank.skipped.tolist() == [5, 17]
+    assert json.loads((out / "meta.json").read_text())["skipped"] == [5, 17]
+    features = np.asarray(bank.features, dtype=np.float32)
+    assert np.isfinite(features).all() and not features[[5, 17]].any()
+    # Before: 198 of 200 rows had the NaN and inf rows as neighbours.
+    assert main(["bank", "neighbors", str(out), "--k", "5", "--backend", "exact"]) == 0
+    neighbors, similarities = bank.neighbors()
+    assert not np.isin(neighbors, [5, 17]).any() and np.isfinite(similarities).all()
+    # --on-bad-sample error: the build stops, naming the row.
+    assert main([*build, "--out", str(tmp_path / "strict"), "--on-bad-sample", "error"]) == 2
+    assert "row 5 of the npy:" in capsys.readouterr().err
+    assert not (tmp_path / "strict" / "meta.json").exists()
+
+
 def test_torchrun_build_equals_single_process(corpus, tmp_path):
     rows = np.random.default_rng(1).normal(size=(NUM_ROWS, 8)).astype(np.float16)
     np.save(tmp_path / "f.npy", rows)

@@ -1,7 +1,8 @@
 """Building a bank: every training sample embedded once by a frozen teacher, row i = sample i
 (the folder's files: :mod:`.store`).
 
-Bad samples (unreadable images, empty captions; see :mod:`clip_ping.data.bad_samples`) follow
+Bad samples (unreadable images, empty captions; see :mod:`clip_ping.data.bad_samples`; and
+rows whose teacher features are NaN, inf or zero, e.g. from an ``npy:`` file) follow
 ``--on-bad-sample``: with ``skip`` their rows stay zero, they are printed with their keys, and
 the bank's meta lists them under ``"skipped"``; :class:`.Bank` exposes them as ``bank.skipped``
 and neighbour mining never returns them. With ``error`` the build stops at the first one.
@@ -108,7 +109,26 @@ class _Reader:
             yield from self.samples.read(start, stop, self.modality)
 
 
-def _extract(teacher: Teacher, stream: _ChunkStream, workers: int, bar: tqdm | None):
+def _unusable_rows(
+    features: np.ndarray, indices: np.ndarray, teacher: Teacher, on_bad_sample: str
+) -> np.ndarray:
+    """Mask of the ``(B, D)`` rows that no unit vector can come from: NaN or inf anywhere
+    (an ``npy:`` file with such rows, a teacher that overflowed) or all zero. They are bad
+    samples: each is named, and with ``skip`` its row is zeroed by the caller."""
+    finite = np.isfinite(features).all(axis=1)
+    bad = ~finite | ~features.any(axis=1)
+    for index, is_finite in zip(indices[bad], finite[bad], strict=True):
+        reason = "teacher features are " + ("not finite (NaN or inf)" if not is_finite else "zero")
+        where = f"row {int(index)} of the {teacher.name} features"
+        if on_bad_sample == "error":
+            raise BadSample(reason).at(where)
+        print(f"skipped bad sample {where}: {reason}", file=sys.stderr)
+    return bad
+
+
+def _extract(
+    teacher: Teacher, stream: _ChunkStream, workers: int, bar: tqdm | None, on_bad_sample: str
+):
     """Yield ``(chunk, (rows, D) float16)`` as chunks finish."""
     loader = DataLoader(stream, batch_size=None, num_workers=workers, collate_fn=_unbatched)
     pending: dict[int, list] = {}  # chunk → [features, rows still missing]
@@ -118,8 +138,10 @@ def _extract(teacher: Teacher, stream: _ChunkStream, workers: int, bar: tqdm | N
             rows = min(stream.chunk_rows, stream.num_rows - chunk * stream.chunk_rows)
             pending[chunk] = [np.zeros((rows, teacher.dim), np.float16), rows]
         if len(indices):
-            features = teacher.encode(batch["inputs"]).numpy().astype(np.float16)
-            pending[chunk][0][indices - chunk * stream.chunk_rows] = features
+            features = teacher.encode(batch["inputs"]).numpy()
+            # A skipped row stays zero; zero rows are what marks it skipped (see build_bank).
+            features[_unusable_rows(features, indices, teacher, on_bad_sample)] = 0
+            pending[chunk][0][indices - chunk * stream.chunk_rows] = features.astype(np.float16)
         pending[chunk][1] -= len(indices) + batch["skipped"]
         if bar is not None:
             bar.update(len(indices) + batch["skipped"])
@@ -300,7 +322,7 @@ def build_bank(
         bar = tqdm(
             total=num_rows, initial=initial, unit="rows", desc=f"{modality} bank", smoothing=0.1
         )
-    finished = _extract(model, stream, workers, bar)
+    finished = _extract(model, stream, workers, bar, spec.on_bad_sample)
     features = np.load(out / FEATURES, mmap_mode="r+") if rank == 0 else None
     for _ in range(math.ceil(len(todo) / world)):
         parts = _gather_round(next(finished, None), chunk_rows, model.dim, device)
