@@ -183,22 +183,22 @@ def _prepare(
 ) -> tuple[list[int], int, list[int]]:
     """Rank 0: create or resume the folder → (chunks done, chunk_rows, skipped rows); errors
     if it holds something else."""
+    fix = f"delete {out} and rerun to build it anew, or choose another --out"
     if (out / META).is_file():
         meta = json.loads((out / META).read_text())
-        if {k: meta.get(k) for k in job} == job:
+        if _same_job(meta, job):
             chunks = list(range(math.ceil(num_rows / meta["chunk_rows"])))
             return chunks, meta["chunk_rows"], meta.get("skipped", [])
-        raise ValueError(
-            f"{out} already holds a complete {meta.get('modality')} bank of {meta.get('teacher')} "
-            f"over other data or settings; choose another --out or delete {out}"
+        what = (
+            f"{out} already holds a complete {meta.get('modality')} bank of {meta.get('teacher')}"
         )
+        raise ValueError(f"{what} {_difference(meta, job)}; {fix}")
     if (out / PROGRESS).is_file():
         progress = json.loads((out / PROGRESS).read_text())
-        if progress["job"] != job:
-            changed = sorted(k for k in job if progress["job"].get(k) != job[k])
+        if not _same_job(progress["job"], job):
             raise ValueError(
-                f"{out} holds a partial bank built with other {', '.join(changed)}; rerun with "
-                f"the same flags to resume it, or delete {out} to start over"
+                f"{out} holds a partial bank {_difference(progress['job'], job)}; rerun with "
+                f"the same flags and data to resume it, or delete {out} to start over"
             )
         if (out / FEATURES).is_file():
             if chunk_rows != progress["chunk_rows"]:
@@ -208,6 +208,29 @@ def _prepare(
     np.lib.format.open_memmap(out / FEATURES, "w+", np.float16, (num_rows, job["dim"])).flush()
     _write_progress(out, job, chunk_rows, [], [])
     return [], chunk_rows, []
+
+
+def _same_job(recorded: dict, job: dict) -> bool:
+    # Banks of earlier versions record no fingerprint_covers: where their digest agrees with
+    # the job's, both hashed the same (CSV text banks), so the bank is this job's.
+    recorded = {"fingerprint_covers": job["fingerprint_covers"], **recorded}
+    return {k: recorded.get(k) for k in job} == job
+
+
+def _difference(recorded: dict, job: dict) -> str:
+    """How the bank ``recorded`` in a folder differs from ``job``, in words."""
+    changed = [k for k in job if k != "fingerprint_covers" and recorded.get(k) != job[k]]
+    if changed == ["fingerprint"] and "fingerprint_covers" not in recorded:
+        return (
+            "of an earlier clip-ping, whose fingerprint covers only the sample keys, so "
+            "whether its files changed since cannot be told"
+        )
+    if changed == ["fingerprint"]:
+        return (
+            f"of other data: the fingerprint of the {job['fingerprint_covers']} of "
+            "--train-data differs, so samples or files changed since it was built"
+        )
+    return f"built with other {', '.join(changed)}"
 
 
 def _write_progress(
@@ -239,7 +262,8 @@ def _job(spec: DataSpec, modality: str, model: Teacher) -> dict:
         )
     return {
         "format": BANK_FORMAT, "teacher": model.name, "modality": modality, "dim": model.dim,
-        "num_rows": num_rows, "fingerprint": fingerprint.digest, "preprocessing": model.info,
+        "num_rows": num_rows, "fingerprint": fingerprint.digest,
+        "fingerprint_covers": fingerprint.covers, "preprocessing": model.info,
     }  # fmt: skip
 
 

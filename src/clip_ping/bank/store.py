@@ -24,6 +24,7 @@ Examples:
 from __future__ import annotations
 
 import json
+import logging
 import math
 import mmap
 from dataclasses import dataclass, field, fields
@@ -35,11 +36,13 @@ import numpy as np
 from ..data.loader import DataSpec
 from ..io import atomic_write_text
 from ..teachers import EfficientNetLite0
-from .samples import dataset_fingerprint
+from .samples import dataset_fingerprint, fingerprint_covers
 
 BANK_FORMAT = "clip-ping-bank/1"
 FEATURES, META, PROGRESS = "features.npy", "meta.json", "progress.json"
 NEIGHBORS, SIMILARITIES, NEIGHBORS_META = "neighbors.npy", "similarities.npy", "neighbors.json"
+
+log = logging.getLogger("clip_ping")
 
 
 # --------------------------------------------------------------------------- teacher
@@ -217,9 +220,11 @@ class Bank:
                 f"{what} has {self.num_rows:,} rows but {data} has {num_rows:,} samples; {fix}"
             )
         if fingerprint is not None and fingerprint != self.fingerprint:
+            covers = self.meta.get("fingerprint_covers", "sample keys")
             raise ValueError(
-                f"{what} was built from other samples than {data} (same count, {num_rows:,}, "
-                f"but dataset fingerprint {self.fingerprint[:12]} ≠ {fingerprint[:12]}); {fix}"
+                f"{what} was built from other data than {data}: same count ({num_rows:,}) but "
+                f"another fingerprint of the {covers} ({self.fingerprint[:12]} ≠ "
+                f"{fingerprint[:12]}), so samples or files changed since it was built; {fix}"
             )
         if dim is not None and dim != self.dim:
             raise ValueError(
@@ -228,9 +233,18 @@ class Bank:
             )
 
     def check_dataset(self, spec: DataSpec, dim: int | None = None) -> None:
-        """:meth:`validate` against ``spec`` (hashes its keys and, for CSV text, captions)."""
-        fingerprint = dataset_fingerprint(spec, self.modality)
+        """:meth:`validate` against ``spec`` (see :func:`.samples.dataset_fingerprint`:
+        keys, CSV captions for text, file sizes and modification times)."""
+        legacy = "fingerprint_covers" not in self.meta  # a bank of an earlier clip-ping
+        fingerprint = dataset_fingerprint(spec, self.modality, file_stamps=not legacy)
         self.validate(fingerprint.digest, fingerprint.num_samples, dim, str(spec.train_data))
+        if legacy and fingerprint_covers(spec, self.modality) != fingerprint.covers:
+            log.warning(
+                "%s was built by an earlier clip-ping: its fingerprint covers only the %s, "
+                "so data files rewritten since cannot be detected. Rebuild it to have them "
+                "checked too: delete it and rerun clip-ping bank build --out %s",
+                self.path, fingerprint.covers, self.path,
+            )  # fmt: skip
 
     @property
     def has_neighbors(self) -> bool:
