@@ -46,7 +46,7 @@ from ..distributed import is_distributed, resolve_device
 from ..io import atomic_write_text
 from ..teachers import Teacher, create_teacher
 from .samples import SampleReader, dataset_fingerprint
-from .store import BANK_FORMAT, FEATURES, META, PROGRESS
+from .store import BANK_FORMAT, FEATURES, META, PROGRESS, read_json
 
 DEFAULT_CHUNK_ROWS = 4096  # rows per flushed chunk: the most work a killed build loses
 VERSIONED_PACKAGES = ("clip-ping", "torch", "numpy", "transformers", "efficientnet-lite-pytorch")
@@ -185,7 +185,7 @@ def _prepare(
     if it holds something else."""
     fix = f"delete {out} and rerun to build it anew, or choose another --out"
     if (out / META).is_file():
-        meta = json.loads((out / META).read_text())
+        meta = read_json(out / META, fix)
         if _same_job(meta, job):
             chunks = list(range(math.ceil(num_rows / meta["chunk_rows"])))
             return chunks, meta["chunk_rows"], meta.get("skipped", [])
@@ -194,7 +194,7 @@ def _prepare(
         )
         raise ValueError(f"{what} {_difference(meta, job)}; {fix}")
     if (out / PROGRESS).is_file():
-        progress = json.loads((out / PROGRESS).read_text())
+        progress = read_json(out / PROGRESS, f"delete {out} to start over")
         if not _same_job(progress["job"], job):
             raise ValueError(
                 f"{out} holds a partial bank {_difference(progress['job'], job)}; rerun with "
