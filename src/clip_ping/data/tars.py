@@ -56,19 +56,37 @@ def shard_name(url: str) -> str:
     return path.name if path is not None else url
 
 
+def _not_a_shard(url: str, exc: Exception) -> ValueError:
+    """The error for a shard that is no tar file (a CSV read as shards, most often)."""
+    path = local_path(url)
+    if path is not None and path.suffix.lower() in (".csv", ".tsv"):
+        fix = "it is a CSV file: pass --dataset-type csv, or auto (.csv/.tsv are read as CSV)"
+    else:
+        fix = "WebDataset shards are .tar files of KEY.jpg|png|webp + KEY.txt members"
+    return ValueError(f"shard {url} is not a tar archive ({exc}); {fix}")
+
+
 @contextlib.contextmanager
 def _open_tar(url: str) -> Iterator[tarfile.TarFile]:
     path = local_path(url)
     if path is not None:
         # Random access: members we skip are seeked over, not read.
-        with tarfile.open(path, mode="r:") as tar:
+        try:
+            tar = tarfile.open(path, mode="r:")
+        except tarfile.ReadError as exc:
+            raise _not_a_shard(url, exc) from None
+        with tar:
             yield tar
         return
     from webdataset.gopen import gopen  # only needed for pipe:/remote URLs
 
     stream = gopen(url, "rb")
     try:
-        with tarfile.open(fileobj=stream, mode="r|") as tar:
+        try:
+            tar = tarfile.open(fileobj=stream, mode="r|")
+        except tarfile.ReadError as exc:
+            raise _not_a_shard(url, exc) from None
+        with tar:
             yield tar
     finally:
         stream.close()
