@@ -39,6 +39,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..data.bad_samples import BadSample, decode_image
 from ..data.csv_table import int_column, read_csv_table
 from ..data.transforms import to_rgb
 from .zeroshot import DEFAULT_TEMPLATES, read_lines
@@ -154,13 +155,10 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         try:
-            with Image.open(self.paths[index]) as image:
-                pixels = self.preprocess(to_rgb(image))  # alpha composited on white
-        except FileNotFoundError:
-            raise FileNotFoundError(
-                f"image {self.paths[index]} listed in {self.source} not found"
-            ) from None
-        return {"image": pixels, "index": index}
+            image = decode_image(self.paths[index])
+        except BadSample as bad:  # checks.check_images finds these before any evaluation
+            raise bad.at(f"image {self.paths[index]} listed in {self.source}") from None
+        return {"image": self.preprocess(to_rgb(image)), "index": index}  # alpha on white
 
 
 class ImageArrays(Dataset):
