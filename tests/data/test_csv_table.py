@@ -88,6 +88,15 @@ def test_a_label_that_is_not_an_integer_names_file_row_line_and_column(tmp_path)
             read()
 
 
+def test_a_row_with_more_fields_than_the_header_is_refused(tmp_path):
+    header, lines = _pairs(tmp_path, rows=10)
+    lines[6] = "images/0.png,a red, round shape"  # the caption was cut to "a red"
+    path = _write(tmp_path / "commas.csv", header, lines)
+    for read in _readers(path).values():
+        with pytest.raises(ValueError, match=r"commas\.csv, line 8: 3 fields but the header has 2"):
+            read()
+
+
 def test_a_utf8_byte_order_mark_is_accepted(tmp_path):
     header, lines = _pairs(tmp_path, rows=3, label=True)
     path = _write(tmp_path / "excel.csv", header, lines, encoding="utf-8-sig")

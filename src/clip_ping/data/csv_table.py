@@ -9,6 +9,9 @@ silently wrong:
   or text after a closing quote;
 - a field over the ``csv`` module's limit of 131,072 characters (nearly always the same
   unclosed quote);
+- a row with more fields than the header (an unquoted comma in a caption would otherwise
+  cut it short silently); a row with fewer is read, its missing fields None (a bad sample
+  to the readers);
 - bytes that are not UTF-8 (the line and the byte are named);
 - a NUL byte.
 
@@ -105,6 +108,8 @@ def _parse(file, path: Path, separator: str, required: dict[str, str]) -> CsvTab
             raise ValueError(_parse_error(path, start, reader.line_num, exc)) from None
         if header is None:
             header = fields
+        elif len(fields) > len(header):
+            raise ValueError(_too_many_fields(path, start, fields, header))
         elif fields:  # a blank line is no row (as csv.DictReader reads it)
             rows.append(dict(zip(header, fields, strict=False)))
             lines.append(start)
@@ -144,6 +149,16 @@ def _parse_error(path: Path, start: int, line: int, exc: csv.Error) -> str:
     if "NUL" in reason:
         return f"{path}, line {line}: a NUL byte; the file is not text (or is damaged)"
     return f"{path}, line {line} (row starting at line {start}): not valid CSV ({reason})"
+
+
+def _too_many_fields(path: Path, line: int, fields: list[str], header: list[str]) -> str:
+    # pandas refuses these too; read as the header says, the fields past it would be lost
+    # (a caption cut at its first unquoted comma).
+    return (
+        f"{path}, line {line}: {len(fields)} fields but the header has {len(header)} "
+        f"({', '.join(header)}); a separator inside a field (a comma in a caption) needs the "
+        'field quoted: "a red, round shape"'
+    )
 
 
 def _not_utf8(path: Path) -> str:
