@@ -32,13 +32,14 @@ from .ranking import DEFAULT_MAX_BLOCK_ELEMENTS
 from .retrieval import retrieval_metrics, text_ids
 from .zeroshot import class_embeddings, zero_shot_metrics
 
+log = logging.getLogger("clip_ping")
+
 # CLI task → (CLIP_benchmark task name, prefix of the run-log metric names)
 TASKS = {
     "zeroshot": ("zeroshot_classification", "zeroshot"),
     "retrieval": ("zeroshot_retrieval", "retrieval"),
     "linear-probe": ("linear_probe", "linear_probe"),
 }
-log = logging.getLogger("clip_ping")
 # Values a task returns that describe the fit rather than measure the model.
 NOT_METRICS = ("weight_decay", "val_acc1")
 
