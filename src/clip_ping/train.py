@@ -37,9 +37,9 @@ from .checkpoint import (
 from .config import TrainConfig, save_yaml
 from .data.bad_samples import BadSampleLog
 from .data.loader import TrainData, build_train_data
-from .data.transforms import TrainTransform
+from .data.transforms import EvalTransform, TrainTransform
 from .distributed import DistInfo, barrier, cleanup, init_distributed, is_distributed
-from .evaluation.during_training import evaluate_during_training
+from .evaluation.during_training import EvalJob, evaluate_during_training, load_eval_sets
 from .logger import MetricsLog, log, setup_logging
 from .model_card import write_model_card
 from .models import create_model, export_hf, get_model_spec
@@ -73,6 +73,7 @@ class Run:
     bad_samples: BadSampleLog
     metrics: MetricsLog | None  # main process only
     bar: tqdm
+    eval_sets: list[EvalJob]  # main process only: the others do not evaluate
 
     @property
     def total_steps(self) -> int:
@@ -142,6 +143,9 @@ def setup(cfg: TrainConfig, info: DistInfo) -> Run:
         info.rank,
         info.world_size,
     )
+    # Every evaluation set is opened and checked now, not when the first epoch ends.
+    evaluating = (cfg.val_data or cfg.zeroshot_data) and cfg.val_frequency and info.is_main
+    eval_sets = load_eval_sets(cfg, EvalTransform(model.image_size)) if evaluating else []
     steps_per_epoch = data.batches_per_epoch(cfg.batch_size) // cfg.accum_freq
     if steps_per_epoch < 1:
         raise ValueError(
@@ -188,7 +192,7 @@ def setup(cfg: TrainConfig, info: DistInfo) -> Run:
     return Run(
         cfg, info, run_dir, task, tokenizer, optimizer, scaler, data, steps_per_epoch, progress,
         Checkpointer(run_dir, info.is_main, resumed_step), bad_samples,
-        MetricsLog(run_dir, resumed_step) if info.is_main else None, bar,
+        MetricsLog(run_dir, resumed_step) if info.is_main else None, bar, eval_sets,
     )  # fmt: skip
 
 
@@ -330,11 +334,10 @@ def end_epoch(run: Run) -> None:
     """Next epoch's position; evaluate, save, keep ``epoch_N.pt`` as configured."""
     cfg, progress = run.cfg, run.progress
     progress.epoch, progress.batch = progress.epoch + 1, 0
-    evaluating = cfg.val_data or cfg.zeroshot_data
-    if run.metrics and evaluating and cfg.val_frequency and progress.epoch % cfg.val_frequency == 0:
+    if run.metrics and run.eval_sets and progress.epoch % cfg.val_frequency == 0:
         evaluate_during_training(
             run.task.model, run.tokenizer, cfg, run.info.device, run.metrics, progress.step,
-            progress.epoch,
+            progress.epoch, run.eval_sets,
         )  # fmt: skip
     run.save()
     if cfg.save_frequency and progress.epoch % cfg.save_frequency == 0:

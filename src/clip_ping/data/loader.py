@@ -194,10 +194,14 @@ def build_train_data(
     """Open ``spec.train_data`` as CSV or WebDataset shards for ``rank`` of ``world_size``."""
     check_policy(spec.on_bad_sample, spec.max_bad_share)
     if spec.resolved_type() == "csv":
-        if spec.dataset_resampled:
+        shard_only = {
+            "--dataset-resampled": spec.dataset_resampled,
+            f"--train-num-samples {spec.train_num_samples}": spec.train_num_samples is not None,
+        }
+        for flag in (flag for flag, given in shard_only.items() if given):
             raise ValueError(
-                f"--dataset-resampled applies to WebDataset shards, but --train-data "
-                f"{spec.train_data} is read as CSV; drop the flag or pass shards"
+                f"{flag} applies to WebDataset shards, but --train-data {spec.train_data} is "
+                "read as CSV, whose epoch is every row once; drop the flag or pass shards"
             )
         if os.path.isdir(spec.train_data):
             raise ValueError(
