@@ -305,7 +305,7 @@ def test_clip_ping_eval_follows_on_bad_sample_and_warns_on_meaningless_sets(
     assert main([*command, "--on-bad-sample", "error"]) == 2
     assert "bad/cut.png listed in" in capsys.readouterr().err
 
-    # One class, or one caption text for every image: any model scores 1.0.
+    # One class, or one caption text for every image: a score that says nothing.
     root = path.parent
     rows = list(csv.DictReader(open(root / "train.csv", newline="")))[:6]
     with open(root / "one_class.csv", "w", newline="") as f:
@@ -318,7 +318,12 @@ def test_clip_ping_eval_follows_on_bad_sample_and_warns_on_meaningless_sets(
     )
     assert zeroshot["metrics"]["acc1"] == 1.0
     assert "has a single class" in zeroshot["warnings"][0]
-    retrieval = run_eval(run, "retrieval", str(root / "one_class.csv"))
-    assert retrieval["metrics"]["image_to_text_R@1"] == 1.0
+    with pytest.warns(UserWarning, match="5 caption rows repeat another row's text"):
+        retrieval = run_eval(run, "retrieval", str(root / "one_class.csv"))
+    # One caption per row (CLIP_benchmark): identical texts tie, and ties count against the
+    # query, so every model scores 0; merged, every model scores 1.
+    assert retrieval["metrics"]["image_to_text_R@1"] == 0.0
     assert "every caption of one_class is the same text" in retrieval["warnings"][0]
+    merged = run_eval(run, "retrieval", str(root / "one_class.csv"), merge_identical_captions=True)
+    assert merged["metrics"]["image_to_text_R@1"] == 1.0 and merged["dataset"] == "one_class-merged"
     assert "warnings" not in record  # a set that tells its images apart: no warning
