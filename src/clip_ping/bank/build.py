@@ -44,6 +44,7 @@ from ..data.loader import DataSpec
 from ..distributed import is_distributed, resolve_device
 from ..io import atomic_write_text
 from ..teachers import Teacher, create_teacher
+from ..workers import loader_workers
 from .samples import SampleReader, dataset_fingerprint
 from .store import BANK_FORMAT, FEATURES, META, PROGRESS
 
@@ -110,7 +111,7 @@ class _Reader:
 
 def _extract(teacher: Teacher, stream: _ChunkStream, workers: int, bar: tqdm | None):
     """Yield ``(chunk, (rows, D) float16)`` as chunks finish."""
-    loader = DataLoader(stream, batch_size=None, num_workers=workers, collate_fn=_unbatched)
+    loader = DataLoader(stream, batch_size=None, collate_fn=_unbatched, **loader_workers(workers))
     pending: dict[int, list] = {}  # chunk → [features, rows still missing]
     for batch in loader:
         chunk, indices = batch["chunk"], np.asarray(batch["index"])

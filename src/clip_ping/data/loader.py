@@ -29,6 +29,7 @@ from typing import Protocol
 import torch
 from torch.utils.data import DataLoader
 
+from ..workers import loader_workers
 from .bad_samples import DEFAULT_MAX_BAD_SHARE, check_policy, collate_good
 from .datasets import CsvDataset, Tokenizer, Transform
 from .shards import ShardDataset
@@ -145,7 +146,7 @@ class CsvTrainData:
             self.dataset,
             batch_size=batch_size,
             sampler=[(epoch, row) for row in rows],  # (epoch, row): the dataset seeds from both
-            num_workers=workers,
+            **loader_workers(workers),
             drop_last=True,
             collate_fn=collate_good,
             pin_memory=torch.cuda.is_available(),
@@ -177,7 +178,7 @@ class ShardTrainData:
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            num_workers=workers,
+            **loader_workers(workers),
             collate_fn=collate_good,
             pin_memory=torch.cuda.is_available(),
         )

@@ -148,18 +148,22 @@ def run_variants(
 
     from tqdm import tqdm
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    jobs = max(1, min(jobs or min(2, cores or 1), len(plan)))
+    from ..workers import die_with_parent, usable_cores
+
+    cores = usable_cores()
+    jobs = max(1, min(jobs or min(2, cores), len(plan)))
     if jobs == 1:
         return {name: run_variant(data, size, v, s, logs, name) for v, s, name in plan}
     steps = (data.split_rows()["train.csv"] // size.batch_size) * size.epochs
-    threads = max(1, (cores or jobs) // jobs)
+    threads = max(1, cores // jobs)
     print(f"{len(plan)} runs, {jobs} at a time with {threads} thread(s) each; "
           f"their output: {logs}/<run>/console.log", flush=True)  # fmt: skip
     results: dict[str, dict[str, float]] = {}
     context = get_context("spawn")  # a fresh interpreter: no inherited torch thread pools
     with (
-        ProcessPoolExecutor(jobs, mp_context=context) as pool,
+        ProcessPoolExecutor(
+            jobs, mp_context=context, initializer=die_with_parent, initargs=(os.getpid(),)
+        ) as pool,
         tqdm(total=steps * len(plan), unit="step", desc="training", dynamic_ncols=True) as bar,
     ):
         futures = {
