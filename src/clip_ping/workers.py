@@ -87,7 +87,8 @@ def check_workers(workers: int, flag: str = "--workers") -> int:
     if workers > cap:
         raise UserError(
             f"{flag} {workers:,} is more worker processes than this machine can run: at most "
-            f"{cap} ({reason}); use {flag} {min(cap, usable_cores())} or fewer"
+            f"{cap} ({reason}); pass {flag} {cap} or fewer ({min(cap, usable_cores())}, one per "
+            "core, is usually enough)"
         )
     return workers
 

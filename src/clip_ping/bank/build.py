@@ -44,7 +44,7 @@ from ..data.loader import DataSpec
 from ..distributed import is_distributed, resolve_device
 from ..io import atomic_write_text
 from ..teachers import Teacher, create_teacher
-from ..workers import loader_workers
+from ..workers import check_workers, loader_workers
 from .samples import SampleReader, dataset_fingerprint
 from .store import BANK_FORMAT, FEATURES, META, PROGRESS
 
@@ -279,6 +279,7 @@ def build_bank(
         raise ValueError(
             f"--batch-size and --chunk-rows must be positive ({batch_size}, {chunk_rows})"
         )
+    check_workers(workers)  # before the teacher loads
     model = create_teacher(teacher, modality, image_size, str(device))
     job = _job(spec, modality, model)
     num_rows = job["num_rows"]

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from ..io import atomic_torch_save, atomic_write_text
+from ..workers import check_workers
 from .datasets import EvalDataset, builtin_datasets, load_eval_dataset
 from .features import encode_images, encode_texts
 from .linear_probe import DEFAULT_WEIGHT_DECAYS, linear_probe
@@ -153,6 +154,7 @@ def run_eval(
 
     if task not in TASKS:
         raise ValueError(f"--task {task!r}: choose one of {', '.join(TASKS)}")
+    check_workers(workers)  # before the model loads
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model, preprocess, tokenizer = load(model_path, device=device)
@@ -262,17 +264,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="prompt templates file or imagenet1k (default: templates.txt beside)",
     )
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--workers", type=int, default=0, help="data loader workers")
     from ..data.loader import DataSpec
+    from ..flags import Range, typed
     from ..flags import add_arguments as add_field_arguments
+
+    parser.add_argument("--batch-size", type=typed(int, Range(1)), default=256)
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument(
+        "--workers", type=typed(int, Range(0)), default=0,
+        help="data loader workers (at most what the machine can run)",
+    )  # fmt: skip
 
     csv_columns = ("csv_img_key", "csv_caption_key", "csv_separator")
     add_field_arguments(parser, DataSpec, only=csv_columns, suppress_defaults=False)
     parser.add_argument(
         "--wd",
-        type=float,
+        type=typed(float, Range(0, min_open=True)),
         nargs="+",
         default=list(DEFAULT_WEIGHT_DECAYS),
         help="linear probe: weight decays to sweep",
