@@ -42,6 +42,7 @@ STAGES = [
         "training",
         [
             "clip_ping.config",
+            "clip_ping.config_file",
             "clip_ping.schedule",
             "clip_ping.logger",
             "clip_ping.checkpoint",

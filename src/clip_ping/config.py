@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from .config_file import read_config_file
 from .data.loader import DataSpec
 from .errors import UserError, short_repr
 from .flags import SEED_RANGE, Range, check_ranges, field_type, flag_name
@@ -248,14 +249,15 @@ class TrainConfig:
 # --------------------------------------------------------------------------------------
 
 
-def _coerce(name: str, value: Any, annotation: Any) -> Any:
+def _coerce(name: str, value: Any, annotation: Any, where: str = "") -> Any:
+    """``value`` from a YAML file as the field's type; ``where`` starts an error message."""
     kind, optional = field_type(annotation)
     if optional and isinstance(value, str) and value.lower() in ("none", "null"):
         value = None
     if value is None:
         if optional:
             return None
-        raise ValueError(f"config key '{name}' cannot be null")
+        raise UserError(f"{where}config key '{name}' cannot be null")
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -267,14 +269,14 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
     elif kind is float and not isinstance(value, bool):
         try:
             return float(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             pass
     elif kind is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-    raise ValueError(
-        f"config key '{name}' expects {kind.__name__}{' or null' if optional else ''}, "
-        f"got {value!r} ({type(value).__name__})"
+    raise UserError(
+        f"{where}config key '{name}' expects {kind.__name__}{' or null' if optional else ''}, "
+        f"got {short_repr(value)} ({type(value).__name__})"
     )
 
 
@@ -283,22 +285,17 @@ def _fields(cls: type) -> dict[str, dataclasses.Field]:
 
 
 def load_yaml(path: str | Path, cls: type = TrainConfig) -> dict[str, Any]:
-    """Read a YAML mapping of config keys (``batch_size`` or ``batch-size``), strictly."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--config {path}: no such file")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"--config {path}: expected a mapping of keys to values")
+    """Read a YAML mapping of config keys (``batch_size`` or ``batch-size``), strictly
+    (:mod:`clip_ping.config_file`), each value as its field's type."""
     fields = _fields(cls)
     values = {}
-    for raw_key, value in data.items():
-        key = str(raw_key).replace("-", "_")
+    for raw_key, (value, line) in read_config_file(path).items():
+        key, where = raw_key.replace("-", "_"), f"--config {path}, line {line}: "
         if key not in fields:
             close = difflib.get_close_matches(key, fields, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ValueError(f"--config {path}: unknown key '{raw_key}'{hint}")
-        values[key] = _coerce(key, value, fields[key].type)
+            raise UserError(f"{where}unknown key {short_repr(raw_key)}{hint}")
+        values[key] = _coerce(key, value, fields[key].type, where)
     return values
 
 
@@ -311,9 +308,9 @@ def _check_type(name: str, value: Any, annotation: Any) -> Any:
         return float(value)
     if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
         return value
-    raise ValueError(
+    raise UserError(
         f"setting '{name}' expects {kind.__name__}{' or None' if optional else ''}, "
-        f"got {value!r} ({type(value).__name__})"
+        f"got {short_repr(value)} ({type(value).__name__})"
     )
 
 
