@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 
 from . import __version__
 from .flags import SEED_RANGE, Range, typed
@@ -48,11 +49,11 @@ def _data_demo(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from .config import build_config
+    from .config import TrainConfig, build_config
+    from .flags import namespace_values
     from .train import train
 
-    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "func", "config")}
-    run_dir = train(build_config(args.config, overrides))
+    run_dir = train(build_config(args.config, namespace_values(args, TrainConfig)))
     if os.environ.get("RANK", "0") == "0":
         print(f"run folder: {run_dir}")
 
@@ -359,16 +360,74 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Failures a user can act on: printed as one line, no traceback (clip-ping --debug shows it).
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, FloatingPointError)
+DEBUG_HELP = "show the traceback of a failure (for bug reports)"
+
+
+def _add_debug_flag(parser: argparse.ArgumentParser) -> None:
+    """``--debug`` before the command and after it alike: on the top parser and on every
+    sub-command (where an absent flag leaves the top parser's value)."""
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    pending = [parser]
+    while pending:
+        for action in pending.pop()._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    if not any("--debug" in a.option_strings for a in sub._actions):
+                        sub.add_argument(
+                            "--debug", action="store_true", default=argparse.SUPPRESS,
+                            help=DEBUG_HELP,
+                        )  # fmt: skip
+                    pending.append(sub)
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line. An error raised in a DataLoader worker carries the
+    worker's traceback in its message: its last line is the message."""
+    text = str(exc)
+    if "\nOriginal Traceback (most recent call last):" in text:
+        last = text.strip().splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return " ".join(text.split())
+
+
+def _failure(exc: Exception, debug: bool = False) -> tuple[str, int]:
+    """(one-line message, exit status) for a failure of a command."""
+    import torch
+
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        return f"out of GPU memory ({first}); lower --batch-size, or use --precision amp_bf16", 1
+    if isinstance(exc, MemoryError):
+        return "out of memory; lower --batch-size or --workers, or free memory", 1
+    if isinstance(exc, USER_ERRORS):
+        return _one_line(exc), 2
+    if isinstance(exc, OSError):  # e.g. disk full while saving: the message says what is intact
+        return _one_line(exc), 1
+    how = "report it with the traceback above" if debug else "rerun with --debug for its traceback"
+    return f"internal error: {type(exc).__name__}: {_one_line(exc)} (a bug: {how})", 1
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """``clip-ping``: 0 on success; 2 for a bad input or setting, 1 for other failures
+    (a one-line message each; ``--debug`` adds the traceback), 130 when interrupted."""
+    parser = build_parser()
+    _add_debug_flag(parser)
+    args = parser.parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as exc:
-        print(f"clip-ping: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # e.g. disk full while saving: the message says what is intact
-        print(f"clip-ping: error: {exc}", file=sys.stderr)
-        return 1
+    except KeyboardInterrupt:
+        if args.debug:
+            traceback.print_exc()
+        print("clip-ping: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            traceback.print_exc()
+        message, status = _failure(exc, args.debug)
+        print(f"clip-ping: error: {message}", file=sys.stderr)
+        return status
     return 0
 
 

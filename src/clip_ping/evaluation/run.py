@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from ..distributed import resolve_device
 from ..io import atomic_torch_save, atomic_write_text
 from ..workers import check_workers
 from .datasets import EvalDataset, builtin_datasets, load_eval_dataset
@@ -155,8 +156,7 @@ def run_eval(
     if task not in TASKS:
         raise ValueError(f"--task {task!r}: choose one of {', '.join(TASKS)}")
     check_workers(workers)  # before the model loads
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(device)
     model, preprocess, tokenizer = load(model_path, device=device)
     options = dict(
         classnames=classnames, templates=templates, csv_img_key=csv_img_key,
