@@ -119,8 +119,8 @@ class TrainConfig:
     neighbor_source: str = _f(
         "offline", "offline (precomputed tables) | active (teachers on the batch)", "loss"
     )
-    # Logits are cosines / tau: below 0.001 they overflow half precision (|logit| > 1000 is
-    # past any useful sharpness); above 10 the softmax is flat.
+    # Logits are cosines / tau: at 0.001 they reach ±1000, past any useful sharpness and on
+    # the way to half-precision overflow; above 10 the softmax is nearly flat.
     aux_temperature: float = _f(
         0.1, "temperature of bank-mode neighbour logits", "loss", range=Range(0.001, 10)
     )
