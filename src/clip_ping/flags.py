@@ -127,7 +127,8 @@ def add_arguments(
         groups[group_name] = group
         flags = [flag_name(f.name), *f.metadata.get("aliases", ())]
         kind, optional = field_type(f.type)
-        help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
+        allowed = f.metadata.get("range")
+        help_text = f"{f.metadata.get('help', '')} (default: {f.default}{f'; {allowed}' if allowed else ''})"
         options: dict[str, Any] = dict(
             dest=f.name,
             help=help_text,
