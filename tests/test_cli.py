@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 from torch.utils.data import DataLoader, Dataset
 
-from clip_ping.cli import _failure, _one_line
-from clip_ping.errors import UserError
+from clip_ping.errors import UserError, describe_failure, one_line
 
 # The installed console script beside this interpreter (the venv's), else the one on PATH.
 CLI = shutil.which("clip-ping", path=str(Path(sys.executable).parent)) or "clip-ping"
@@ -124,13 +123,13 @@ def test_debug_shows_the_traceback_before_or_after_the_command(inputs, tmp_path)
 
 
 def test_a_bug_is_named_as_one_and_points_to_debug():
-    message, status = _failure(KeyError("task"))
+    message, status = describe_failure(KeyError("task"))
     assert status == 1
     assert (
         message == "internal error: KeyError: 'task' (a bug: rerun with --debug for its traceback)"
     )
-    assert _failure(UserError("--lr=inf is out of range"))[1] == 2
-    assert _failure(PermissionError(13, "Permission denied"))[1] == 1
+    assert describe_failure(UserError("--lr=inf is out of range"))[1] == 2
+    assert describe_failure(PermissionError(13, "Permission denied"))[1] == 1
 
 
 class _Refuses(Dataset):
@@ -145,4 +144,4 @@ def test_an_error_from_a_loader_worker_is_its_own_message_not_the_worker_traceba
     with pytest.raises(UserError) as info:
         next(iter(DataLoader(_Refuses(), batch_size=1, num_workers=1)))
     assert "Original Traceback" in str(info.value)  # what PyTorch re-raises
-    assert _one_line(info.value) == "sample 0 is bad; pass --on-bad-sample skip"
+    assert one_line(info.value) == "sample 0 is bad; pass --on-bad-sample skip"

@@ -8,6 +8,7 @@ import sys
 import traceback
 
 from . import __version__
+from .errors import describe_failure
 from .flags import SEED_RANGE, Range, typed
 
 # argparse types of the numeric flags that are no config field, each with its allowed range.
@@ -360,8 +361,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Failures a user can act on: printed as one line, no traceback (clip-ping --debug shows it).
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, FloatingPointError)
 DEBUG_HELP = "show the traceback of a failure (for bug reports)"
 
 
@@ -382,33 +381,6 @@ def _add_debug_flag(parser: argparse.ArgumentParser) -> None:
                     pending.append(sub)
 
 
-def _one_line(exc: BaseException) -> str:
-    """The message of ``exc`` on one line. An error raised in a DataLoader worker carries the
-    worker's traceback in its message: its last line is the message."""
-    text = str(exc)
-    if "\nOriginal Traceback (most recent call last):" in text:
-        last = text.strip().splitlines()[-1]
-        text = last.split(": ", 1)[1] if ": " in last else last
-    return " ".join(text.split())
-
-
-def _failure(exc: Exception, debug: bool = False) -> tuple[str, int]:
-    """(one-line message, exit status) for a failure of a command."""
-    import torch
-
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        return f"out of GPU memory ({first}); lower --batch-size, or use --precision amp_bf16", 1
-    if isinstance(exc, MemoryError):
-        return "out of memory; lower --batch-size or --workers, or free memory", 1
-    if isinstance(exc, USER_ERRORS):
-        return _one_line(exc), 2
-    if isinstance(exc, OSError):  # e.g. disk full while saving: the message says what is intact
-        return _one_line(exc), 1
-    how = "report it with the traceback above" if debug else "rerun with --debug for its traceback"
-    return f"internal error: {type(exc).__name__}: {_one_line(exc)} (a bug: {how})", 1
-
-
 def main(argv: list[str] | None = None) -> int:
     """``clip-ping``: 0 on success; 2 for a bad input or setting, 1 for other failures
     (a one-line message each; ``--debug`` adds the traceback), 130 when interrupted."""
@@ -425,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             traceback.print_exc()
-        message, status = _failure(exc, args.debug)
+        message, status = describe_failure(exc, args.debug)
         print(f"clip-ping: error: {message}", file=sys.stderr)
         return status
     return 0
