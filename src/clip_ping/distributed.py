@@ -16,6 +16,8 @@ import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn
 
+from .errors import UserError, short_repr
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -30,13 +32,26 @@ class DistInfo:
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``--device`` (auto | cpu | cuda | cuda:N | another torch device) as a device that
+    exists here; an error naming the value otherwise."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         name = f"cuda:{local_rank}"
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available here; use --device cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(
+            f"--device {short_repr(name)} is no device; use auto, cpu, cuda or cuda:N"
+        ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name}: CUDA is not available here; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(
+                f"--device {name}: there are {torch.cuda.device_count()} CUDA devices here "
+                f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})"
+            )
     return device
 
 

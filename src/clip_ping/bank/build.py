@@ -45,6 +45,7 @@ from ..data.loader import DataSpec
 from ..distributed import is_distributed, resolve_device
 from ..io import atomic_write_text
 from ..teachers import Teacher, create_teacher
+from ..workers import check_workers, loader_workers
 from .samples import SampleReader, dataset_fingerprint
 from .store import BANK_FORMAT, FEATURES, META, PROGRESS, read_json
 
@@ -130,7 +131,7 @@ def _extract(
     teacher: Teacher, stream: _ChunkStream, workers: int, bar: tqdm | None, on_bad_sample: str
 ):
     """Yield ``(chunk, (rows, D) float16)`` as chunks finish."""
-    loader = DataLoader(stream, batch_size=None, num_workers=workers, collate_fn=_unbatched)
+    loader = DataLoader(stream, batch_size=None, collate_fn=_unbatched, **loader_workers(workers))
     pending: dict[int, list] = {}  # chunk → [features, rows still missing]
     for batch in loader:
         chunk, indices = batch["chunk"], np.asarray(batch["index"])
@@ -324,6 +325,7 @@ def build_bank(
         raise ValueError(
             f"--batch-size and --chunk-rows must be positive ({batch_size}, {chunk_rows})"
         )
+    check_workers(workers)  # before the teacher loads
     model = create_teacher(teacher, modality, image_size, str(device))
     job = _job(spec, modality, model)
     num_rows = job["num_rows"]

@@ -30,7 +30,9 @@ from pathlib import Path
 import torch
 
 from ..data.bad_samples import DEFAULT_MAX_BAD_SHARE
+from ..distributed import resolve_device
 from ..io import atomic_torch_save, atomic_write_text
+from ..workers import check_workers
 from .checks import check_images, check_task, meaningless_score
 from .datasets import EvalDataset, builtin_datasets, load_eval_dataset
 from .features import encode_images, encode_texts
@@ -190,8 +192,8 @@ def run_eval(
 
     if task not in TASKS:
         raise ValueError(f"--task {task!r}: choose one of {', '.join(TASKS)}")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    check_workers(workers)  # before the model loads
+    device = resolve_device(device)
     model, preprocess, tokenizer = load(model_path, device=device)
     options = dict(
         classnames=classnames, templates=templates, csv_img_key=csv_img_key,
@@ -323,18 +325,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="prompt templates file or imagenet1k (default: templates.txt beside)",
     )
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--workers", type=int, default=0, help="data loader workers")
     from ..data.loader import DataSpec
+    from ..flags import Range, typed
     from ..flags import add_arguments as add_field_arguments
+
+    parser.add_argument("--batch-size", type=typed(int, Range(1)), default=256)
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument(
+        "--workers", type=typed(int, Range(0)), default=0,
+        help="data loader workers (at most what the machine can run)",
+    )  # fmt: skip
 
     data_flags = ("csv_img_key", "csv_caption_key", "csv_separator")
     data_flags += ("on_bad_sample", "max_bad_share")  # bad images: as in training
     add_field_arguments(parser, DataSpec, only=data_flags, suppress_defaults=False)
     parser.add_argument(
         "--wd",
-        type=float,
+        type=typed(float, Range(0, min_open=True)),
         nargs="+",
         default=list(DEFAULT_WEIGHT_DECAYS),
         help="linear probe: weight decays to sweep",

@@ -203,9 +203,11 @@ def run_variants(
 
     from tqdm import tqdm
 
+    from ..workers import die_with_parent, usable_cores
+
     plan = _merge_duplicates([Planned(*run) for run in plan])
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    jobs = max(1, min(jobs or min(2, cores or 1), len(plan)))
+    cores = usable_cores()
+    jobs = max(1, min(jobs or min(2, cores), len(plan)))
     if jobs == 1:
         return {run.name: run_variant(data, size, run, logs) for run in plan}
     rows = data.split_rows()["train.csv"]
@@ -215,13 +217,15 @@ def run_variants(
         * run.settings.get("epochs", size.epochs)
         for run in plan
     }
-    threads = max(1, (cores or jobs) // jobs)
+    threads = max(1, cores // jobs)
     print(f"{len(plan)} runs, {jobs} at a time with {threads} thread(s) each; "
           f"their output: {logs}/<run>/console.log", flush=True)  # fmt: skip
     results: dict[str, dict[str, float]] = {}
     context = get_context("spawn")  # a fresh interpreter: no inherited torch thread pools
     with (
-        ProcessPoolExecutor(jobs, mp_context=context) as pool,
+        ProcessPoolExecutor(
+            jobs, mp_context=context, initializer=die_with_parent, initargs=(os.getpid(),)
+        ) as pool,
         tqdm(total=sum(steps.values()), unit="step", desc="training", dynamic_ncols=True) as bar,
     ):
         futures = {
