@@ -261,7 +261,7 @@ def _load_csv(
 
 def csv_dataset_name(path: Path) -> str:
     """The name in metric names: the file's stem, or its folder's name for a split-named file
-    (``zeroshot/concepts/test.csv`` → ``concepts``)."""
+    (``zeroshot/unseen/test.csv`` → ``unseen``)."""
     return path.parent.name if path.stem.lower() in GENERIC_STEMS else path.stem
 
 
