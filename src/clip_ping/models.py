@@ -14,8 +14,6 @@ Sizes (exact widths, depths and parameter counts in docs/models.md):
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data.transforms import CLIP_MEAN, CLIP_STD, EvalTransform
+from .io import atomic_directory
 from .tokenizer import Tokenizer, get_tokenizer
 
 MAX_LOGIT_SCALE = 100.0  # CLIP clamps exp(theta) at 100 so the softmax cannot collapse
@@ -180,9 +179,7 @@ def export_hf(model: ClipStudent, tokenizer: Tokenizer, out_dir: str | os.PathLi
     from transformers import CLIPImageProcessor
 
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
+    with atomic_directory(out_dir) as staging:
         model.clip.save_pretrained(str(staging))
         size = model.image_size
         CLIPImageProcessor(
@@ -192,12 +189,6 @@ def export_hf(model: ClipStudent, tokenizer: Tokenizer, out_dir: str | os.PathLi
             image_std=list(CLIP_STD),
         ).save_pretrained(str(staging))
         tokenizer.save_pretrained(staging)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out_dir
 
 
