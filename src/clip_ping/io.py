@@ -10,6 +10,7 @@ machine, another user reads a run's outputs as they would any file its owner wro
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import shutil
@@ -22,6 +23,22 @@ from typing import IO, Any
 import torch
 
 TEMPORARY_SUFFIX = ".tmp"  # a killed writer's leftovers end so (checkpoint.py removes them)
+
+
+def how_to_fix_write(exc: OSError, folder: Path) -> str:
+    """What to do about a failed write into ``folder``, by its cause (for error messages)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return f"free space in {folder}"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"make {folder} writable for this user (e.g. chmod u+w {folder})"
+    return f"check that {folder} can be written"
+
+
+def os_error(exc: OSError, message: str) -> OSError:
+    """An error of ``exc``'s kind (``PermissionError``, ...) and errno that says ``message``."""
+    error = type(exc)(message)
+    error.errno = exc.errno
+    return error
 
 
 def _fsync_dir(path: Path) -> None:
