@@ -1,6 +1,6 @@
 """Resume: changed settings are refused by name, safe ones recorded; an unreadable checkpoint
 stops the run and is never overwritten, a damaged one is kept aside; checkpoints that do
-not fit give one line; outputs readable as the umask says."""
+not fit give one line; a torn metrics line; outputs readable as the umask says."""
 
 import json
 import os
@@ -216,6 +216,21 @@ def test_a_checkpoint_that_does_not_fit_is_one_line_naming_it(
         errors.append(loaded.value)
     for error in errors:
         assert str(bad) in str(error) and "\n" not in str(error)
+
+
+def test_a_torn_last_metrics_line_is_dropped_on_resume(corpus, tmp_path):
+    run_dir = train(config(corpus, tmp_path, name="t", stop_after_steps=3))
+    metrics = run_dir / "metrics.jsonl"
+    with open(metrics, "a") as f:
+        f.write('{"step": 4, "epoch": 0, "train/lo')  # a writer killed mid-line
+    train(config(corpus, tmp_path, name="t", resume="latest", stop_after_steps=6))
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    assert f"{metrics}: dropped its last line, cut short" in (run_dir / "out.log").read_text()
+    lines = metrics.read_text().splitlines()
+    metrics.write_text("\n".join([lines[0], "not json", *lines[1:]]) + "\n")  # not a kill's
+    with pytest.raises(ValueError, match=f"{metrics} line 2 is not a JSON object"):
+        train(config(corpus, tmp_path, name="t", resume="latest"))
 
 
 @pytest.fixture
