@@ -147,6 +147,9 @@ def test_a_stale_lock_is_replaced_with_a_message_and_a_live_or_foreign_one_refus
     with pytest.raises(RunFolderInUse, match=f"on elsewhere.*delete {tmp_path / 'far'}"):
         train(config(corpus, tmp_path, name="far"))
     assert (tmp_path / "far" / LOCK_FILE).exists()  # another host's lock is never removed
+    write_lock(tmp_path / "odd", -1)  # not a pid: nothing to check, so nothing is removed
+    with pytest.raises(RunFolderInUse, match="which is empty or damaged. If no run is writing"):
+        train(config(corpus, tmp_path, name="odd"))
     assert not (tmp_path / "live" / "config.yaml").exists()
 
 

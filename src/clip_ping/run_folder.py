@@ -235,10 +235,13 @@ class RunLock:
             holder = json.loads(self.path.read_text())
         except (OSError, ValueError):
             return None
-        valid = isinstance(holder, dict) and isinstance(holder.get("pid"), int)
-        return (
-            holder if valid and holder["pid"] > 0 and isinstance(holder.get("host"), str) else None
+        valid = (
+            isinstance(holder, dict)
+            and type(holder.get("pid")) is int
+            and 0 < holder["pid"] < 2**31  # a pid os.kill takes, never 0 or -1 (groups)
+            and isinstance(holder.get("host"), str)
         )
+        return holder if valid else None
 
     def _stale(self, holder: dict[str, Any] | None) -> bool:
         """Provably dead: a process of this host that no longer runs (or whose pid now
@@ -274,10 +277,10 @@ def _proc_stat(pid: int) -> tuple[str, int] | None:
     """(state, start time) of ``pid`` from ``/proc/PID/stat``, or None if unknown."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        fields = text[text.rindex(")") + 2 :].split()  # the command name may hold spaces
+        return fields[0], int(fields[19])
+    except (OSError, ValueError, IndexError):
         return None
-    fields = text[text.rindex(")") + 2 :].split()  # the command name may hold spaces
-    return fields[0], int(fields[19])
 
 
 def _running(pid: int, start: int | None) -> bool:
