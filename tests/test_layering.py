@@ -46,6 +46,7 @@ STAGES = [
             "clip_ping.schedule",
             "clip_ping.logger",
             "clip_ping.checkpoint",
+            "clip_ping.run_folder",
             "clip_ping.task",
             "clip_ping.model_card",
             "clip_ping.train",

@@ -34,6 +34,20 @@ NEIGHBOR_FIELDS = (
     "neighbor_source", "aux_temperature", "neighbor_warmup",
 )  # fmt: skip
 
+# --resume: the settings a resumed run may change (each change is recorded in the run's
+# resumes.jsonl). They decide how the run is fed, watched, stored or stopped, not what it
+# learns; but with WebDataset shards --workers decides the order of the samples, so there it
+# must stay. --epochs may only grow: the run goes on longer, and the cosine schedule stretches
+# from the resumed step. Every other setting must keep its value (checkpoint.check_resumable);
+# name, logs and resume say where the run is, not what it is.
+RESUME_MAY_CHANGE = (
+    "workers", "device", "torch_compile", "progress", "log_every_steps", "val_frequency",
+    "save_every_steps", "save_frequency", "stop_after_steps", "skip_nonfinite",
+    "on_bad_sample", "max_bad_share",
+)  # fmt: skip
+RESUME_MAY_GROW = ("epochs",)
+RUN_LOCATION = ("name", "logs", "resume")
+
 
 def _f(default: Any, help: str, group: str, **kw: Any) -> Any:
     return field(default=default, metadata={"help": help, "group": group, **kw})

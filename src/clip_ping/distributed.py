@@ -10,7 +10,9 @@ gathered global batch.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -87,6 +89,34 @@ def gather_batch(tensor: torch.Tensor, with_grad: bool) -> torch.Tensor:
     dist.all_gather(parts, tensor.contiguous())
     parts[dist.get_rank()] = tensor  # the local slice keeps its gradient
     return torch.cat(parts, dim=0)
+
+
+T = TypeVar("T")
+
+
+def share_from_main(work: Callable[[], T], is_main: bool) -> T:
+    """Run ``work()`` on rank 0 alone and give every rank its result (one process: just
+    ``work()``). If it fails, every rank raises the same error, so no rank waits for one
+    that has stopped."""
+    result, error = None, None
+    if is_main:
+        try:
+            result = work()
+        except Exception as exc:
+            error = exc
+    if is_distributed():
+        box = [(result, None if error is None else (type(error), str(error)))]
+        dist.broadcast_object_list(box, src=0)
+        result, shared = box[0]
+        if shared is not None and error is None:
+            kind, message = shared
+            try:
+                error = kind(message)
+            except Exception:  # an error class that needs other arguments
+                error = RuntimeError(message)
+    if error is not None:
+        raise error
+    return result  # type: ignore[return-value]
 
 
 def barrier() -> None:

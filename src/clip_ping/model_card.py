@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from .io import atomic_write_text
+from .run_folder import run_settings
 
 SETTINGS = (  # (config key, what the card calls it)
     ("model", "student"), ("train_data", "training data"), ("epochs", "epochs"),
@@ -112,12 +113,13 @@ def exported_parameters(hf_dir: Path) -> int | None:
 
 
 def write_model_card(run_dir: str | Path) -> Path:
-    """Write ``run_dir/hf/README.md`` from the run's ``config.yaml``, its export's
-    ``config.json`` and weights, and its result records; return its path."""
+    """Write ``run_dir/hf/README.md`` from the run's settings (``config.yaml`` with the
+    changes of its resumes), its export's ``config.json`` and weights, and its result
+    records; return its path."""
     from .evaluation.run import run_results
 
     run_dir = Path(run_dir)
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    cfg = run_settings(run_dir)
     hf_config = json.loads((run_dir / "hf" / "config.json").read_text())
     lines = [_front_matter(), f"# {run_dir.name}", ""]
     lines += _description(cfg, hf_config, exported_parameters(run_dir / "hf"))
