@@ -113,21 +113,19 @@ def run_variant(data: DemoData, size: DemoSize, run: Planned, logs: Path) -> dic
 
 
 def _check_same_settings(run_dir: Path, cfg) -> None:
-    """A finished run is reused only when it was trained with ``cfg``'s settings."""
-    import dataclasses
+    """A finished run is reused only when it was trained with ``cfg``'s settings (those a
+    resume may not change, and the same epochs)."""
+    from ..checkpoint import settings_changes
+    from ..config import RESUME_MAY_GROW
+    from ..run_folder import run_settings
 
-    import yaml
-
-    saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
-    ignored = {"name", "logs", "resume", "workers"}
-    changed = [
-        f"{key}: {saved.get(key)!r} → {value!r}"
-        for key, value in dataclasses.asdict(cfg).items()
-        if key not in ignored and key in saved and saved[key] != value
+    changes, refused = settings_changes(run_settings(run_dir), cfg)
+    refused += [
+        f"--{name} was {changes[name]['was']}" for name in RESUME_MAY_GROW if name in changes
     ]
-    if changed:
+    if refused:
         raise ValueError(
-            f"{run_dir} was trained with other settings ({'; '.join(changed[:4])}); delete "
+            f"{run_dir} was trained with other settings ({'; '.join(refused[:4])}); delete "
             "the folder to retrain it, or use another --out"
         )
 
