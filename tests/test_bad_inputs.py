@@ -240,3 +240,90 @@ def test_a_sample_bad_in_either_bank_is_never_a_neighbour(dirty, tmp_path):
     image_nbr, text_nbr, image_ok, text_ok = active.draw(torch.tensor(rows), 0, batch)
     assert image_ok.all() and text_ok.all()
     assert not np.isin(torch.cat([image_nbr, text_nbr]).numpy(), union).any()
+
+
+def _train_overrides(path, tmp_path, **extra):
+    """One step of training on the 58 good shapes beside ``dirty.csv``."""
+    values = dict(
+        train_data=str(path.parent / "train.csv"), model="cpu-micro-32", batch_size=32,
+        epochs=1, workers=0, logs=str(tmp_path), warmup=1, progress=False,
+    )  # fmt: skip
+    return build_config(overrides=dict(values, **extra))
+
+
+def test_evaluation_sets_are_checked_before_the_first_step(dirty, tmp_path):
+    path, bad_rows = dirty
+    # Three steps an epoch, stopped after one: the run ends before any evaluation, so only a
+    # check at the start fails it (before, each of these ran, saved a checkpoint, exited 0).
+    early = dict(batch_size=16, stop_after_steps=1)
+    with pytest.raises(ValueError, match="unknown evaluation dataset .*vall.csv"):
+        train(
+            _train_overrides(
+                path, tmp_path, name="typo", val_data=str(path.parent / "vall.csv"), **early
+            )
+        )
+    with pytest.raises(BadSample, match=r"image .*bad/cut.png listed in .*dirty.csv: unreadable"):
+        train(_train_overrides(path, tmp_path, name="strict", val_data=str(path), on_bad_sample="error", **early))  # fmt: skip
+    with pytest.raises(FileNotFoundError, match="zero-shot on val needs class names"):
+        (path.parent / "classnames.txt").rename(path.parent / "names.txt")
+        try:
+            train(_train_overrides(path, tmp_path, name="names", val_data=str(path.parent / "val.csv"), **early))  # fmt: skip
+        finally:
+            (path.parent / "names.txt").rename(path.parent / "classnames.txt")
+    for name in ("typo", "strict", "names"):  # no step was taken
+        assert not (tmp_path / name / "metrics.jsonl").exists(), name
+        assert os.listdir(tmp_path / name / "checkpoints") == [], name
+
+
+def test_evaluation_skips_bad_images_with_a_logged_reason(dirty, tmp_path):
+    path, bad_rows = dirty
+    run = train(
+        _train_overrides(path, tmp_path, name="skip", val_data=str(path), max_bad_share=0.1)
+    )
+    log = (run / "out.log").read_text()
+    for image, reason in (("cut.png", "unreadable"), ("gone.png", "not found"),
+                          ("whole.png", "empty caption"), ("bomb.png", "decompression bomb")):  # fmt: skip
+        assert f"bad/{image}' (index " in log and reason in log, image
+    record = json.loads((run / "results" / "retrieval_dirty.json").read_text())
+    assert 0 <= record["metrics"]["image_to_text_R@1"] <= 1
+    # Past --max-bad-share the run stops before its first step, naming the set.
+    with pytest.raises(ValueError, match=r"5 of the 63 samples of .*dirty.csv are bad"):
+        train(_train_overrides(path, tmp_path, name="share", val_data=str(path), stop_after_steps=1))  # fmt: skip
+
+
+def test_clip_ping_eval_follows_on_bad_sample_and_warns_on_meaningless_sets(
+    dirty, tmp_path, capsys
+):
+    from clip_ping.cli import main
+    from clip_ping.evaluation.run import run_eval
+
+    path, _ = dirty
+    run = train(_train_overrides(path, tmp_path, name="model"))
+    record = run_eval(run, "retrieval", str(path), max_bad_share=0.1)
+    assert record["skipped_images"] == 5 and record["num_images"] == 58
+    command = ["eval", "--model", str(run), "--task", "retrieval", "--dataset", str(path)]
+    assert main([*command, "--on-bad-sample", "error"]) == 2
+    assert "bad/cut.png listed in" in capsys.readouterr().err
+
+    # One class, or one caption text for every image: a score that says nothing.
+    root = path.parent
+    rows = list(csv.DictReader(open(root / "train.csv", newline="")))[:6]
+    with open(root / "one_class.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["filepath", "title", "label"])
+        writer.writerows([[r["filepath"], "a shape", 0] for r in rows])
+    (root / "names.txt").write_text("shape\n")
+    zeroshot = run_eval(
+        run, "zeroshot", str(root / "one_class.csv"), classnames=str(root / "names.txt")
+    )
+    assert zeroshot["metrics"]["acc1"] == 1.0
+    assert "has a single class" in zeroshot["warnings"][0]
+    with pytest.warns(UserWarning, match="5 caption rows repeat another row's text"):
+        retrieval = run_eval(run, "retrieval", str(root / "one_class.csv"))
+    # One caption per row (CLIP_benchmark): identical texts tie, and ties count against the
+    # query, so every model scores 0; merged, every model scores 1.
+    assert retrieval["metrics"]["image_to_text_R@1"] == 0.0
+    assert "every caption of one_class is the same text" in retrieval["warnings"][0]
+    merged = run_eval(run, "retrieval", str(root / "one_class.csv"), merge_identical_captions=True)
+    assert merged["metrics"]["image_to_text_R@1"] == 1.0 and merged["dataset"] == "one_class-merged"
+    assert "warnings" not in record  # a set that tells its images apart: no warning

@@ -1,3 +1,6 @@
+import dataclasses
+import re
+
 import pytest
 import yaml
 
@@ -90,3 +93,73 @@ def test_a_neighbour_warmup_longer_than_the_run_is_warned():
     message = ramp_warning(40, 10)
     assert "longer than the run (10 steps)" in message
     assert neighbor_ramp(9, 40) == 0.25 and "end at 0.25 of their value" in message
+
+
+def _numeric_fields():
+    from clip_ping.flags import field_type
+
+    return [f for f in dataclasses.fields(TrainConfig) if field_type(f.type)[0] in (int, float)]
+
+
+def test_every_numeric_setting_declares_its_range():
+    missing = [f.name for f in _numeric_fields() if "range" not in f.metadata]
+    assert not missing, f"give these fields a range=Range(...): {missing}"
+
+
+# Values the issue tried, and the ends of each range: (flag, value, what the message says).
+OUT_OF_RANGE = [
+    ("grad_clip_norm", -1.0, "above 0; leave it unset"),  # was gradient ascent
+    ("grad_clip_norm", 0.0, "above 0"),
+    ("lr", float("inf"), "a finite number above 0"),  # was a checkpoint of inf weights
+    ("lr", float("nan"), "a finite number above 0"),
+    ("lr", -0.001, "above 0"),
+    ("wd", -0.1, "at least 0"),
+    ("warmup", -1, "a whole number at least 0"),
+    ("epochs", 0, "at least 1"),
+    ("batch_size", -4, "at least 1"),
+    ("accum_freq", 0, "at least 1"),
+    ("workers", -1, "at least 0"),
+    ("seed", -5, r"in \[0, 2147483647\]"),  # was an error from numpy naming no flag
+    ("seed", 2**32, r"in \[0, 2147483647\]"),
+    ("nn_weight", -1.0, "at least 0"),
+    ("xnn_weight", float("inf"), "a finite number at least 0"),
+    ("neighbor_k", 0, "at least 1"),
+    ("aux_temperature", 0.0, r"in \[0.001, 10\]"),
+    ("aux_temperature", 1e-9, r"in \[0.001, 10\]"),
+    ("neighbor_warmup", -3, "at least 0"),
+    ("beta1", 1.0, r"in \[0, 1\)"),
+    ("beta2", -0.5, r"in \[0, 1\)"),
+    ("eps", 0.0, "above 0"),
+    ("max_bad_share", 1.0, r"in \[0, 1\); a fraction"),
+    ("train_num_samples", 0, "at least 1"),
+    ("log_every_steps", 0, "at least 1"),
+    ("save_every_steps", -1, "at least 0"),
+    ("save_frequency", -1, "at least 0"),
+    ("val_frequency", -2, "at least 0"),
+    ("stop_after_steps", 0, "at least 1"),
+]
+
+
+@pytest.mark.parametrize("name,value,allowed", OUT_OF_RANGE)
+def test_out_of_range_numbers_are_refused_from_flags_and_yaml_alike(name, value, allowed, tmp_path):
+    flag = "--" + name.replace("_", "-")
+    shown = re.escape(repr(value))
+    expected = rf"^{flag}={shown} is out of range: must be .*{allowed}"
+    with pytest.raises(ValueError, match=expected):
+        parse_train(["--train-data", "a.csv", flag, str(value)])
+    path = tmp_path / "run.yaml"
+    text = {float("inf"): ".inf", float("nan"): ".nan"}.get(value, str(value))
+    path.write_text(f"train_data: a.csv\n{name}: {text}\n")
+    with pytest.raises(ValueError, match=expected):
+        parse_train(["--config", str(path)])
+    with pytest.raises(ValueError, match=expected):
+        build_config(overrides={"train_data": "a.csv", name: value})
+
+
+def test_the_ends_of_each_range_are_accepted():
+    cfg = parse_train(
+        ["--train-data", "a.csv", "--seed", str(2**31 - 1), "--beta1", "0", "--wd", "0",
+         "--aux-temperature", "0.001", "--max-bad-share", "0", "--warmup", "0", "--workers", "0",
+         "--grad-clip-norm", "1e-6"]
+    )  # fmt: skip
+    assert cfg.seed == 2**31 - 1 and cfg.aux_temperature == 0.001 and cfg.grad_clip_norm == 1e-6

@@ -13,7 +13,17 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # precedes training because training evaluates periodically (evaluation.during_training
 # belongs to the training stage); the evaluation code itself never needs the trainer.
 STAGES = [
-    ("base", ["clip_ping.io", "clip_ping.distributed", "clip_ping.flags", "clip_ping.tokenizer"]),
+    (
+        "base",
+        [
+            "clip_ping.errors",
+            "clip_ping.io",
+            "clip_ping.distributed",
+            "clip_ping.flags",
+            "clip_ping.tokenizer",
+            "clip_ping.workers",
+        ],
+    ),  # fmt: skip
     ("data", ["clip_ping.data"]),
     ("teachers", ["clip_ping.teachers"]),
     ("bank", ["clip_ping.bank"]),
@@ -32,9 +42,11 @@ STAGES = [
         "training",
         [
             "clip_ping.config",
+            "clip_ping.config_file",
             "clip_ping.schedule",
             "clip_ping.logger",
             "clip_ping.checkpoint",
+            "clip_ping.run_folder",
             "clip_ping.task",
             "clip_ping.model_card",
             "clip_ping.train",

@@ -162,3 +162,11 @@ def test_npy_teacher_passes_rows_through(tmp_path):
     features = _encode(teacher, list(teacher.features[:2]))
     expected = torch.nn.functional.normalize(torch.from_numpy(rows[:2]), dim=1)
     torch.testing.assert_close(features, expected)
+    for name, content in (("pickled.npy", None), ("text.npy", b"not an array")):
+        bad = tmp_path / name
+        if content is None:
+            np.save(bad, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+        else:
+            bad.write_bytes(content)
+        with pytest.raises(ValueError, match=rf"--teacher npy:.*{name} is not a numeric \.npy"):
+            create_teacher(f"npy:{bad}", "image")

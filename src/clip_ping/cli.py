@@ -5,8 +5,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 
 from . import __version__
+from .errors import describe_failure
+from .flags import SEED_RANGE, Range, typed
+
+# argparse types of the numeric flags that are no config field, each with its allowed range.
+COUNT = typed(int, Range(1))  # how many of something: 1 or more
+SEED = typed(int, SEED_RANGE)
 
 
 def _data_shapes(args: argparse.Namespace) -> None:
@@ -44,11 +51,11 @@ def _data_demo(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from .config import build_config
+    from .config import TrainConfig, build_config
+    from .flags import namespace_values
     from .train import train
 
-    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "func", "config")}
-    run_dir = train(build_config(args.config, overrides))
+    run_dir = train(build_config(args.config, namespace_values(args, TrainConfig)))
     if os.environ.get("RANK", "0") == "0":
         print(f"run folder: {run_dir}")
 
@@ -178,28 +185,33 @@ def _add_bank_commands(commands: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     build.add_argument("--out", required=True, help="bank folder")
     build.add_argument(
-        "--image-size", type=int, default=None, help="efficientnet-lite0 input size (224)"
-    )
-    build.add_argument("--batch-size", type=int, default=64)
-    build.add_argument("--workers", type=int, default=2, help="data loader workers")
+        "--image-size", type=typed(int, Range(32, 1024)), default=None,
+        help="efficientnet-lite0 input size (224)",
+    )  # fmt: skip
+    build.add_argument("--batch-size", type=COUNT, default=64)
     build.add_argument(
-        "--chunk-rows", type=int, default=4096, help="rows per flushed, resumable chunk"
+        "--workers", type=typed(int, Range(0)), default=2,
+        help="data loader workers (at most what the machine can run)",
+    )  # fmt: skip
+    build.add_argument(
+        "--chunk-rows", type=COUNT, default=4096, help="rows per flushed, resumable chunk"
     )
     build.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     build.set_defaults(func=_bank_build)
 
     neighbors = bank.add_parser("neighbors", help="top-K neighbours of every bank row")
     neighbors.add_argument("bank", help="bank folder")
-    neighbors.add_argument("--k", type=int, default=10)
+    neighbors.add_argument("--k", type=COUNT, default=10)
     neighbors.add_argument(
         "--backend", default="auto", choices=("auto", "exact", "faiss-flat", "faiss-ivf")
     )
     neighbors.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    neighbors.add_argument("--nlist", type=int, default=None, help="faiss-ivf lists (4·√N)")
-    neighbors.add_argument("--nprobe", type=int, default=32, help="faiss-ivf lists probed")
+    neighbors.add_argument("--nlist", type=COUNT, default=None, help="faiss-ivf lists (4·√N)")
+    neighbors.add_argument("--nprobe", type=COUNT, default=32, help="faiss-ivf lists probed")
     neighbors.add_argument(
-        "--recall-sample", type=int, default=1000, help="queries for the recall check"
-    )
+        "--recall-sample", type=typed(int, Range(0)), default=1000,
+        help="queries for the recall check (0: none)",
+    )  # fmt: skip
     neighbors.add_argument(
         "--exclude-same-caption",
         metavar="TRAIN_DATA",
@@ -220,9 +232,9 @@ def _add_bank_commands(commands: argparse._SubParsersAction) -> None:
     show.add_argument("--text-bank", required=True)
     _add_data_flags(show)
     show.add_argument("--out", required=True, help="PNG file")
-    show.add_argument("--num-anchors", type=int, default=8)
-    show.add_argument("--num-neighbors", type=int, default=4, help="per modality")
-    show.add_argument("--seed", type=int, default=0)
+    show.add_argument("--num-anchors", type=COUNT, default=8)
+    show.add_argument("--num-neighbors", type=COUNT, default=4, help="per modality")
+    show.add_argument("--seed", type=SEED, default=0)
     show.set_defaults(func=_bank_show)
 
 
@@ -237,7 +249,7 @@ def _add_demo_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--jobs",
-        type=int,
+        type=COUNT,
         default=None,
         help="runs trained at once, each with an equal share of the cores (default: 2)",
     )
@@ -254,7 +266,7 @@ def _add_experiment_commands(commands: argparse._SubParsersAction) -> None:
     )
     _add_demo_flags(results)
     results.add_argument(
-        "--seeds", type=int, default=5, help="final CLIP and CLIP-PING runs per method (5)"
+        "--seeds", type=COUNT, default=5, help="final CLIP and CLIP-PING runs per method (5)"
     )
     results.add_argument(
         "--no-ablations", action="store_true", help="only the final runs, not the method sweep"
@@ -267,7 +279,7 @@ def _add_experiment_commands(commands: argparse._SubParsersAction) -> None:
         "and write the table into docs/method.md",
     )
     results.add_argument(
-        "--sweep-seeds", type=int, default=3, help="seeds per sweep point and ablation (3)"
+        "--sweep-seeds", type=COUNT, default=3, help="seeds per sweep point and ablation (3)"
     )
     results.add_argument(
         "--markdown",
@@ -297,10 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     shapes = data.add_parser("shapes", help="synthetic coloured-shapes corpus (tests, smoke runs)")
     shapes.add_argument("--out", required=True, help="output folder")
-    shapes.add_argument("--num-train", type=int, default=2000)
-    shapes.add_argument("--num-val", type=int, default=500)
-    shapes.add_argument("--image-size", type=int, default=64)
-    shapes.add_argument("--seed", type=int, default=0)
+    shapes.add_argument("--num-train", type=COUNT, default=2000)
+    shapes.add_argument("--num-val", type=COUNT, default=500)
+    shapes.add_argument("--image-size", type=typed(int, Range(8, 1024)), default=64)
+    shapes.add_argument("--seed", type=SEED, default=0)
     shapes.set_defaults(func=_data_shapes)
     karpathy = data.add_parser(
         "karpathy", help="Flickr30K / MSCOCO retrieval CSV from Karpathy's split file"
@@ -318,12 +330,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--assets", default=None, help="asset folder (default: $CLIP_PING_ASSETS, else .assets)"
     )
     demo_data.add_argument(
-        "--max-concepts", type=int, default=None, help="emoji concepts kept (default: all)"
+        "--max-concepts", type=COUNT, default=None, help="emoji concepts kept (default: all)"
     )
     demo_data.add_argument(
-        "--max-clipart", type=int, default=None, help="clip-art drawings kept (default: all)"
-    )
-    demo_data.add_argument("--seed", type=int, default=0, help="salts the split hashes")
+        "--max-clipart", type=typed(int, Range(0)), default=None,
+        help="clip-art drawings kept (default: all)",
+    )  # fmt: skip
+    demo_data.add_argument("--seed", type=SEED, default=0, help="salts the split hashes")
     demo_data.set_defaults(func=_data_demo)
 
     tokenizer = commands.add_parser("tokenizer", help="student tokenizers").add_subparsers(
@@ -334,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a small WordPiece vocabulary from the training captions (use: --tokenizer OUT)",
     )
     _add_data_flags(tok_train)
-    tok_train.add_argument("--vocab-size", type=int, default=2000)
+    tok_train.add_argument("--vocab-size", type=typed(int, Range(100)), default=2000)
     tok_train.add_argument("--out", required=True, help="output folder")
     tok_train.set_defaults(func=_tokenizer_train)
 
@@ -361,16 +374,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DEBUG_HELP = "show the traceback of a failure (for bug reports)"
+
+
+def _add_debug_flag(parser: argparse.ArgumentParser) -> None:
+    """``--debug`` before the command and after it alike: on the top parser and on every
+    sub-command (where an absent flag leaves the top parser's value)."""
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    pending = [parser]
+    while pending:
+        for action in pending.pop()._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    if not any("--debug" in a.option_strings for a in sub._actions):
+                        sub.add_argument(
+                            "--debug", action="store_true", default=argparse.SUPPRESS,
+                            help=DEBUG_HELP,
+                        )  # fmt: skip
+                    pending.append(sub)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """``clip-ping``: 0 on success; 2 for a bad input or setting, 1 for other failures
+    (a one-line message each; ``--debug`` adds the traceback), 130 when interrupted."""
+    parser = build_parser()
+    _add_debug_flag(parser)
+    args = parser.parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as exc:
-        print(f"clip-ping: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # e.g. disk full while saving: the message says what is intact
-        print(f"clip-ping: error: {exc}", file=sys.stderr)
-        return 1
+    except KeyboardInterrupt:
+        if args.debug:
+            traceback.print_exc()
+        print("clip-ping: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            traceback.print_exc()
+        message, status = describe_failure(exc, args.debug)
+        print(f"clip-ping: error: {message}", file=sys.stderr)
+        return status
     return 0
 
 

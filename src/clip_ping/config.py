@@ -16,8 +16,11 @@ from typing import Any
 
 import yaml
 
+from .config_file import read_config_file
 from .data.loader import DataSpec
-from .flags import field_type
+from .errors import UserError, short_repr
+from .flags import SEED_RANGE, Range, check_ranges, field_type, flag_name
+from .workers import check_workers
 
 PRECISIONS = ("fp32", "amp", "amp_bf16")
 DATASET_TYPES = ("auto", "csv", "webdataset")
@@ -30,6 +33,20 @@ NEIGHBOR_FIELDS = (
     "image_bank", "text_bank", "nn_weight", "xnn_weight", "neighbor_k", "neighbor_target",
     "neighbor_source", "aux_temperature", "neighbor_warmup",
 )  # fmt: skip
+
+# --resume: the settings a resumed run may change (each change is recorded in the run's
+# resumes.jsonl). They decide how the run is fed, watched, stored or stopped, not what it
+# learns; but with WebDataset shards --workers decides the order of the samples, so there it
+# must stay. --epochs may only grow: the run goes on longer, and the cosine schedule stretches
+# from the resumed step. Every other setting must keep its value (checkpoint.check_resumable);
+# name, logs and resume say where the run is, not what it is.
+RESUME_MAY_CHANGE = (
+    "workers", "device", "torch_compile", "progress", "log_every_steps", "val_frequency",
+    "save_every_steps", "save_frequency", "stop_after_steps", "skip_nonfinite",
+    "on_bad_sample", "max_bad_share",
+)  # fmt: skip
+RESUME_MAY_GROW = ("epochs",)
+RUN_LOCATION = ("name", "logs", "resume")
 
 
 def _f(default: Any, help: str, group: str, **kw: Any) -> Any:
@@ -65,7 +82,10 @@ class TrainConfig:
         None, "class names file for zero-shot eval (default: classnames.txt beside the CSV)", "data"
     )
     zeroshot_templates: str | None = _f(None, "prompt templates file (default: beside it)", "data")
-    workers: int = _f(2, "data loader workers per process", "data")
+    workers: int = _f(
+        2, "data loader workers per process (at most what the machine can run)", "data",
+        range=Range(0),
+    )  # fmt: skip
     on_bad_sample: str = _data("on_bad_sample")
     max_bad_share: float = _data("max_bad_share")
     # model
@@ -73,21 +93,30 @@ class TrainConfig:
     tokenizer: str | None = _f(None, "tokenizer folder or 'minilm' (default)", "model")
     torch_compile: bool = _f(False, "torch.compile the model (opt-in)", "model")
     aug_scale_min: float = _f(
-        0.9, "random resized crop: smallest share of the image's area kept (max 1.0)", "model"
-    )
+        0.9, "random resized crop: smallest share of the image's area kept", "model",
+        range=Range(0, 1, min_open=True, hint="1.0 turns the crop off"),
+    )  # fmt: skip
     # optimiser and schedule
-    batch_size: int = _f(64, "batch size per process", "optimiser")
-    epochs: int = _f(1, "passes over the training data", "optimiser")
-    lr: float = _f(5e-4, "peak learning rate", "optimiser")
+    batch_size: int = _f(64, "batch size per process", "optimiser", range=Range(1))
+    epochs: int = _f(1, "passes over the training data", "optimiser", range=Range(1))
+    lr: float = _f(5e-4, "peak learning rate", "optimiser", range=Range(0, min_open=True))
     wd: float = _f(
-        0.1, "AdamW weight decay (not applied to gains, biases, logit scale)", "optimiser"
+        0.1, "AdamW weight decay (not applied to gains, biases, logit scale)", "optimiser",
+        range=Range(0),
+    )  # fmt: skip
+    beta1: float = _f(0.9, "AdamW beta1", "optimiser", range=Range(0, 1, max_open=True))
+    beta2: float = _f(0.98, "AdamW beta2", "optimiser", range=Range(0, 1, max_open=True))
+    eps: float = _f(1e-6, "AdamW epsilon", "optimiser", range=Range(0, min_open=True))
+    warmup: int = _f(
+        100, "linear warm-up steps before the cosine decay", "optimiser", range=Range(0)
     )
-    beta1: float = _f(0.9, "AdamW beta1", "optimiser")
-    beta2: float = _f(0.98, "AdamW beta2", "optimiser")
-    eps: float = _f(1e-6, "AdamW epsilon", "optimiser")
-    warmup: int = _f(100, "linear warm-up steps before the cosine decay", "optimiser")
-    accum_freq: int = _f(1, "micro-batches accumulated per optimiser step", "optimiser")
-    grad_clip_norm: float | None = _f(None, "clip gradient norm at this value", "optimiser")
+    accum_freq: int = _f(
+        1, "micro-batches accumulated per optimiser step", "optimiser", range=Range(1)
+    )
+    grad_clip_norm: float | None = _f(
+        None, "clip gradient norm at this value", "optimiser",
+        range=Range(0, min_open=True, hint="leave it unset (or none) for no clipping"),
+    )  # fmt: skip
     skip_nonfinite: bool = _f(
         False, "skip (and count) steps with a NaN/inf loss instead of stopping", "optimiser"
     )
@@ -98,9 +127,13 @@ class TrainConfig:
     loss: str = _f("clip", "clip | clip-ping (neighbour guidance, needs the banks)", "loss")
     image_bank: str | None = _f(None, "image feature bank folder with neighbours", "loss")
     text_bank: str | None = _f(None, "text feature bank folder with neighbours", "loss")
-    nn_weight: float = _f(1.0, "lambda_NN: weight of the intra-modal neighbour terms", "loss")
-    xnn_weight: float = _f(1.0, "lambda_XNN: weight of the cross-modal neighbour terms", "loss")
-    neighbor_k: int = _f(5, "draw each step's neighbour among the top K", "loss")
+    nn_weight: float = _f(
+        1.0, "lambda_NN: weight of the intra-modal neighbour terms", "loss", range=Range(0)
+    )
+    xnn_weight: float = _f(
+        1.0, "lambda_XNN: weight of the cross-modal neighbour terms", "loss", range=Range(0)
+    )
+    neighbor_k: int = _f(5, "draw each step's neighbour among the top K", "loss", range=Range(1))
     neighbor_target: str = _f("bank", "bank (teacher features) | memory (student)", "loss")
     neighbor_source: str = _f(
         "offline", "offline (precomputed tables) | active (teachers on the batch)", "loss"
@@ -111,8 +144,14 @@ class TrainConfig:
         "without neighbours, a control) | include (the anchor drawn beside its top K)",
         "loss",
     )
-    aux_temperature: float = _f(0.1, "temperature of bank-mode neighbour logits", "loss")
-    neighbor_warmup: int = _f(0, "ramp the neighbour weights up over N steps", "loss")
+    # Logits are cosines / tau: at 0.001 they reach ±1000, past any useful sharpness and on
+    # the way to half-precision overflow; above 10 the softmax is nearly flat.
+    aux_temperature: float = _f(
+        0.1, "temperature of bank-mode neighbour logits", "loss", range=Range(0.001, 10)
+    )
+    neighbor_warmup: int = _f(
+        0, "ramp the neighbour weights up over N steps", "loss", range=Range(0)
+    )
     # distributed
     local_loss: bool = _f(
         False, "contrast local features against the gathered batch", "distributed"
@@ -123,28 +162,34 @@ class TrainConfig:
     # --logs-dir is the spelling that works after torchrun, whose parser takes --logs as an
     # ambiguous abbreviation of its own --logs-specs.
     logs: str = _f("logs", "folder holding run folders", "run", aliases=("--logs-dir",))
-    seed: int = _f(0, "random seed (init, data order, augmentation)", "run")
+    seed: int = _f(0, "random seed (init, data order, augmentation)", "run", range=SEED_RANGE)
     device: str = _f("auto", "auto | cpu | cuda | cuda:N", "run")
     resume: str | None = _f(None, "'latest' or a checkpoint path to continue from", "run")
-    save_frequency: int = _f(1, "keep checkpoints/epoch_N.pt every N epochs (0: never)", "run")
+    save_frequency: int = _f(
+        1, "keep checkpoints/epoch_N.pt every N epochs (0: never)", "run", range=Range(0)
+    )
     save_every_steps: int = _f(
-        200, "write checkpoints/latest.pt every N steps (0: end only)", "run"
+        200, "write checkpoints/latest.pt every N steps (0: end only)", "run", range=Range(0)
     )
-    log_every_steps: int = _f(10, "log train/* metrics every N steps", "run")
+    log_every_steps: int = _f(10, "log train/* metrics every N steps", "run", range=Range(1))
     val_frequency: int = _f(
-        1, "evaluate on --val-data / --zeroshot-data every N epochs (0: never)", "run"
-    )
+        1, "evaluate on --val-data / --zeroshot-data every N epochs (0: never)", "run",
+        range=Range(0),
+    )  # fmt: skip
     stop_after_steps: int | None = _f(
-        None, "stop after this many optimiser steps as if interrupted (for tests)", "run"
-    )
+        None, "stop after this many optimiser steps as if interrupted (for tests)", "run",
+        range=Range(1),
+    )  # fmt: skip
     progress: bool = _f(True, "show a progress bar", "run")
 
     def validate(self) -> TrainConfig:
         """Raise ``ValueError`` naming the bad value and the fix; return self."""
 
         def bad(name: str, why: str) -> None:
-            raise ValueError(f"--{name.replace('_', '-')}={getattr(self, name)!r}: {why}")
+            raise UserError(f"{flag_name(name)}={short_repr(getattr(self, name))}: {why}")
 
+        check_ranges(self)  # every numeric field's declared range
+        check_workers(self.workers)
         if not self.train_data:
             bad("train_data", "required; pass a CSV/TSV file or WebDataset shards")
         from .data.bad_samples import BAD_SAMPLE_POLICIES
@@ -160,38 +205,16 @@ class TrainConfig:
         ):
             if getattr(self, name) not in allowed:
                 bad(name, f"choose one of {', '.join(allowed)}")
-        for name in ("batch_size", "epochs", "accum_freq", "log_every_steps"):
-            if getattr(self, name) < 1:
-                bad(name, "must be at least 1")
-        for name in ("warmup", "save_every_steps", "save_frequency", "workers", "val_frequency"):
-            if getattr(self, name) < 0:
-                bad(name, "must be 0 or more")
-        if not 0 < self.aug_scale_min <= 1:
-            bad("aug_scale_min", "must be in (0, 1]; 1.0 turns the crop off")
         if self.loss == "clip-ping":
             for name in ("image_bank", "text_bank"):
                 if not getattr(self, name):
                     bad(name, "--loss clip-ping needs it; build one with clip-ping bank build")
-            if self.neighbor_k < 1:
-                bad("neighbor_k", "must be at least 1")
-            if self.nn_weight < 0 or self.xnn_weight < 0:
-                bad("nn_weight" if self.nn_weight < 0 else "xnn_weight", "must be 0 or more")
-            if self.aux_temperature <= 0:
-                bad("aux_temperature", "must be positive")
-            if self.neighbor_warmup < 0:
-                bad("neighbor_warmup", "must be 0 or more")
             if self.nn_weight == 0 and self.xnn_weight == 0:
                 bad(
                     "nn_weight",
                     "with --xnn-weight 0 too no neighbour term is left: the run would be plain "
                     "CLIP that still loads the banks; use --loss clip, or give a weight above 0",
                 )
-        if not 0 <= self.max_bad_share < 1:
-            bad("max_bad_share", "use a fraction in [0, 1), e.g. 0.01")
-        if self.lr <= 0:
-            bad("lr", "must be positive")
-        if self.wd < 0:
-            bad("wd", "must be 0 or more")
         if self.local_loss and not self.gather_with_grad:
             bad("local_loss", "needs --gather-with-grad (local logits need gathered gradients)")
         from .models import list_models
@@ -252,14 +275,15 @@ class TrainConfig:
 # --------------------------------------------------------------------------------------
 
 
-def _coerce(name: str, value: Any, annotation: Any) -> Any:
+def _coerce(name: str, value: Any, annotation: Any, where: str = "") -> Any:
+    """``value`` from a YAML file as the field's type; ``where`` starts an error message."""
     kind, optional = field_type(annotation)
     if optional and isinstance(value, str) and value.lower() in ("none", "null"):
         value = None
     if value is None:
         if optional:
             return None
-        raise ValueError(f"config key '{name}' cannot be null")
+        raise UserError(f"{where}config key '{name}' cannot be null")
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -271,14 +295,14 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
     elif kind is float and not isinstance(value, bool):
         try:
             return float(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             pass
     elif kind is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-    raise ValueError(
-        f"config key '{name}' expects {kind.__name__}{' or null' if optional else ''}, "
-        f"got {value!r} ({type(value).__name__})"
+    raise UserError(
+        f"{where}config key '{name}' expects {kind.__name__}{' or null' if optional else ''}, "
+        f"got {short_repr(value)} ({type(value).__name__})"
     )
 
 
@@ -287,22 +311,17 @@ def _fields(cls: type) -> dict[str, dataclasses.Field]:
 
 
 def load_yaml(path: str | Path, cls: type = TrainConfig) -> dict[str, Any]:
-    """Read a YAML mapping of config keys (``batch_size`` or ``batch-size``), strictly."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--config {path}: no such file")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"--config {path}: expected a mapping of keys to values")
+    """Read a YAML mapping of config keys (``batch_size`` or ``batch-size``), strictly
+    (:mod:`clip_ping.config_file`), each value as its field's type."""
     fields = _fields(cls)
     values = {}
-    for raw_key, value in data.items():
-        key = str(raw_key).replace("-", "_")
+    for raw_key, (value, line) in read_config_file(path).items():
+        key, where = raw_key.replace("-", "_"), f"--config {path}, line {line}: "
         if key not in fields:
             close = difflib.get_close_matches(key, fields, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ValueError(f"--config {path}: unknown key '{raw_key}'{hint}")
-        values[key] = _coerce(key, value, fields[key].type)
+            raise UserError(f"{where}unknown key {short_repr(raw_key)}{hint}")
+        values[key] = _coerce(key, value, fields[key].type, where)
     return values
 
 
@@ -315,9 +334,9 @@ def _check_type(name: str, value: Any, annotation: Any) -> Any:
         return float(value)
     if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
         return value
-    raise ValueError(
+    raise UserError(
         f"setting '{name}' expects {kind.__name__}{' or None' if optional else ''}, "
-        f"got {value!r} ({type(value).__name__})"
+        f"got {short_repr(value)} ({type(value).__name__})"
     )
 
 

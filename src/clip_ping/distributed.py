@@ -10,11 +10,15 @@ gathered global batch.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn
+
+from .errors import UserError, short_repr
 
 
 @dataclass(frozen=True)
@@ -30,13 +34,26 @@ class DistInfo:
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``--device`` (auto | cpu | cuda | cuda:N | another torch device) as a device that
+    exists here; an error naming the value otherwise."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         name = f"cuda:{local_rank}"
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available here; use --device cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(
+            f"--device {short_repr(name)} is no device; use auto, cpu, cuda or cuda:N"
+        ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name}: CUDA is not available here; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(
+                f"--device {name}: there are {torch.cuda.device_count()} CUDA devices here "
+                f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})"
+            )
     return device
 
 
@@ -72,6 +89,34 @@ def gather_batch(tensor: torch.Tensor, with_grad: bool) -> torch.Tensor:
     dist.all_gather(parts, tensor.contiguous())
     parts[dist.get_rank()] = tensor  # the local slice keeps its gradient
     return torch.cat(parts, dim=0)
+
+
+T = TypeVar("T")
+
+
+def share_from_main(work: Callable[[], T], is_main: bool) -> T:
+    """Run ``work()`` on rank 0 alone and give every rank its result (one process: just
+    ``work()``). If it fails, every rank raises the same error, so no rank waits for one
+    that has stopped."""
+    result, error = None, None
+    if is_main:
+        try:
+            result = work()
+        except Exception as exc:
+            error = exc
+    if is_distributed():
+        box = [(result, None if error is None else (type(error), str(error)))]
+        dist.broadcast_object_list(box, src=0)
+        result, shared = box[0]
+        if shared is not None and error is None:
+            kind, message = shared
+            try:
+                error = kind(message)
+            except Exception:  # an error class that needs other arguments
+                error = RuntimeError(message)
+    if error is not None:
+        raise error
+    return result  # type: ignore[return-value]
 
 
 def barrier() -> None:

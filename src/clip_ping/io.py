@@ -2,17 +2,43 @@
 
 A reader (or a resumed run) sees either the previous complete file or the new complete
 file, never half of one, whatever moment the process is killed.
+
+Temporaries are created the way a plain ``open()`` or ``mkdir`` creates files (mode
+0o666 / 0o777 less the umask), not with ``tempfile``'s private 0o600 / 0o700: on a shared
+machine, another user reads a run's outputs as they would any file its owner wrote.
 """
 
 from __future__ import annotations
 
+import errno
 import os
-import tempfile
-from collections.abc import Callable
+import secrets
+import shutil
+import stat
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
 import torch
+
+TEMPORARY_SUFFIX = ".tmp"  # a killed writer's leftovers end so (checkpoint.py removes them)
+
+
+def how_to_fix_write(exc: OSError, folder: Path) -> str:
+    """What to do about a failed write into ``folder``, by its cause (for error messages)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return f"free space in {folder}"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"make {folder} writable for this user (e.g. chmod u+w {folder})"
+    return f"check that {folder} can be written"
+
+
+def os_error(exc: OSError, message: str) -> OSError:
+    """An error of ``exc``'s kind (``PermissionError``, ...) and errno that says ``message``."""
+    error = type(exc)(message)
+    error.errno = exc.errno
+    return error
 
 
 def _fsync_dir(path: Path) -> None:
@@ -26,11 +52,23 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _create_beside(path: Path, create: Callable[[Path], Any]) -> tuple[Path, Any]:
+    """``create(tmp)`` for a fresh hidden name ``.NAME.XXXX.tmp`` beside ``path``."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}{TEMPORARY_SUFFIX}")
+        try:
+            return tmp, create(tmp)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {path}")
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
     """Call ``write(file)`` on a temporary file beside ``path``, then swap it in."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    tmp, fd = _create_beside(path, lambda tmp: os.open(tmp, flags, 0o666))
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -38,10 +76,43 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
     return path
+
+
+@contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty staging folder beside ``path``; fill it, and on leaving the block it
+    replaces ``path`` whole (a failed block leaves ``path`` as it was)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging, _ = _create_beside(path, lambda tmp: os.mkdir(tmp, 0o777))
+    try:
+        yield staging
+        _as_plainly_created(staging)
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _as_plainly_created(staging: Path) -> None:
+    """Give what the writers put in ``staging`` the modes a plain ``open()``/``mkdir``
+    gives (the folder's own: 0o777 less the umask). Some write through ``mkstemp``'s
+    private 0o600: transformers' sharded ``save_pretrained`` for ``model.safetensors``."""
+    folder_mode = stat.S_IMODE(staging.stat().st_mode)
+    for root, folders, files in os.walk(staging):
+        for name in folders:
+            os.chmod(os.path.join(root, name), folder_mode)
+        for name in files:
+            file = os.path.join(root, name)
+            executable = os.stat(file).st_mode & 0o111
+            os.chmod(file, folder_mode & (0o777 if executable else 0o666))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -30,17 +30,15 @@ class MetricsLog:
     """``metrics.jsonl`` (one JSON object per logged step or eval) and TensorBoard.
 
     Resuming from ``resumed_step`` drops the lines a killed run logged after its last
-    checkpoint, so the resumed run's lines are not duplicated.
+    checkpoint, so the resumed run's lines are not duplicated, and a last line the kill cut
+    in half (with a warning naming the file).
     """
 
     def __init__(self, run_dir: Path, resumed_step: int | None):
         self.path = run_dir / "metrics.jsonl"
         if resumed_step is not None and self.path.exists():
-            kept = [
-                line
-                for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= resumed_step
-            ]
+            records = read_metrics_for_resume(self.path)
+            kept = [line for line, record in records if record.get("step", 0) <= resumed_step]
             atomic_write_text(self.path, "".join(line + "\n" for line in kept))
         from torch.utils.tensorboard import SummaryWriter
 
@@ -60,3 +58,29 @@ class MetricsLog:
 
     def close(self) -> None:
         self.tensorboard.close()
+
+
+def read_metrics_for_resume(path: Path) -> list[tuple[str, dict]]:
+    """``(line, record)`` of each line of ``metrics.jsonl``. A last line that is not a
+    whole JSON object is what a killed writer leaves: it is dropped, with a warning. Any
+    other bad line is an error naming the file and the line."""
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if isinstance(record, dict):
+            records.append((line, record))
+        elif number == len(lines):
+            log.warning("%s: dropped its last line, cut short when the run was stopped "
+                        "(%d characters: %.60r)", path, len(line), line)  # fmt: skip
+        else:
+            raise ValueError(
+                f"{path} line {number} is not a JSON object ({line[:60]!r}); repair or delete "
+                "that line, then resume again"
+            )
+    return records

@@ -13,6 +13,7 @@ import yaml
 
 from .io import atomic_write_text
 from .models import load_export
+from .run_folder import run_settings
 
 SETTINGS = (  # (config key, what the card calls it)
     ("model", "student"), ("train_data", "training data"), ("epochs", "epochs"),
@@ -85,12 +86,13 @@ def _usage(run_dir: Path, model) -> list[str]:
 
 
 def write_model_card(run_dir: str | Path) -> Path:
-    """Write ``run_dir/hf/README.md`` from the run's ``config.yaml``, its export (the
-    student it holds) and its result records; return its path."""
+    """Write ``run_dir/hf/README.md`` from the run's settings (``config.yaml`` with the
+    changes of its resumes), its export (the student it holds) and its result records;
+    return its path."""
     from .evaluation.run import run_results
 
     run_dir = Path(run_dir)
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    cfg = run_settings(run_dir)
     model, _ = load_export(run_dir / "hf")
     lines = [_front_matter(model), f"# {run_dir.name}", ""]
     lines += _description(cfg, model)

@@ -316,7 +316,13 @@ class NpyFeatures(Teacher):
         self.name, self.modality, self.path = f"npy:{path}", modality, Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"--teacher npy:{path}: no such file")
-        self.features = np.load(self.path, mmap_mode="r")
+        try:
+            self.features = np.load(self.path, mmap_mode="r", allow_pickle=False)
+        except ValueError as exc:  # not an .npy array (a pickle, text, a damaged header)
+            raise ValueError(
+                f"--teacher npy:{path} is not a numeric .npy array ({exc}); save the features "
+                "with numpy.save(path, array) as an (N, D) float array"
+            ) from exc
         if self.features.ndim != 2:
             raise ValueError(
                 f"--teacher npy:{path} has shape {self.features.shape}; expected (N, D) with "

@@ -19,6 +19,8 @@ import torch
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from .errors import UserError
+
 DEFAULT_TOKENIZER = "minilm"
 SPECIAL_TOKENS = {"pad": "[PAD]", "unk": "[UNK]", "bos": "[CLS]", "eos": "[SEP]"}
 
@@ -114,7 +116,14 @@ def get_tokenizer(name_or_path: str | None = None, context_length: int = 32) -> 
             f"tokenizer '{name_or_path}': no tokenizer.json at {path}; pass 'minilm', a folder "
             "saved by transformers' save_pretrained, or build one with train_tokenizer()"
         )
-    return Tokenizer(HFTokenizer.from_file(str(path)), context_length)
+    try:
+        backend = HFTokenizer.from_file(str(path))
+    except Exception as exc:  # the tokenizers library raises a bare Exception
+        raise UserError(
+            f"tokenizer '{name_or_path}': {path} is not a readable tokenizer file ({exc}); "
+            "pass 'minilm' or a folder saved by save_pretrained or train_tokenizer()"
+        ) from exc
+    return Tokenizer(backend, context_length)
 
 
 def train_tokenizer(

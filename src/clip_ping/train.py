@@ -4,13 +4,15 @@
         --model cpu-small-64 --epochs 4 --batch-size 64 --name shapes
     torchrun --nproc_per_node 8 -m clip_ping.cli train --config configs/cc3m-vit-xs.yaml
 
-A run lives in ``logs/<name>/``: ``config.yaml`` (resolved), ``out.log``,
-``metrics.jsonl``, ``tensorboard/``, ``checkpoints/latest.pt`` (every
+A run lives in ``logs/<name>/``: ``config.yaml`` (resolved, of the run's first part),
+``resumes.jsonl`` (one line per resume), ``run.lock`` (while a run writes the folder),
+``out.log``, ``metrics.jsonl``, ``tensorboard/``, ``checkpoints/latest.pt`` (every
 ``--save-every-steps`` and at the end of each epoch), ``hf/`` (the export for
 transformers: a ``CLIPModel``, or the side-by-side towers of a ConvNeXt/MobileViT student)
 and ``results/``.
 
-The pieces live beside this file: the step in :mod:`.task`, checkpoints and resume in
+The pieces live beside this file: the step in :mod:`.task`, the run folder (its name, its
+lock, its record of resumes) in :mod:`.run_folder`, checkpoints and resume in
 :mod:`.checkpoint`, the optimiser, schedule and precision in :mod:`.schedule`, logs in
 :mod:`.logger`, periodic evaluation in :mod:`.evaluation.during_training`. What is left here
 reads top to bottom: :func:`setup`, then :func:`train_one_epoch` until the last epoch.
@@ -25,25 +27,17 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .checkpoint import (
-    Checkpointer,
-    Progress,
-    check_resumable,
-    load_resume_checkpoint,
-    remove_stale_temporaries,
-    resolve_run_dir,
-    restore,
-    seed_everything,
-)
-from .config import TrainConfig, save_yaml
+from .checkpoint import Checkpointer, Progress, open_resume_checkpoint, restore, seed_everything
+from .config import TrainConfig
 from .data.bad_samples import BadSampleLog
 from .data.loader import TrainData, build_train_data
-from .data.transforms import TrainTransform
+from .data.transforms import EvalTransform, TrainTransform
 from .distributed import DistInfo, barrier, cleanup, init_distributed, is_distributed
-from .evaluation.during_training import evaluate_during_training
+from .evaluation.during_training import EvalJob, evaluate_during_training, load_eval_sets
 from .logger import MetricsLog, log, setup_logging
 from .model_card import write_model_card
 from .models import create_model, export_hf, get_model_spec
+from .run_folder import RunFolder, claim_run_folder, record_start
 from .schedule import (
     autocast_context,
     cosine_lr,
@@ -74,6 +68,7 @@ class Run:
     bad_samples: BadSampleLog
     metrics: MetricsLog | None  # main process only
     bar: tqdm
+    eval_sets: list[EvalJob]  # main process only: the others do not evaluate
 
     @property
     def total_steps(self) -> int:
@@ -99,33 +94,33 @@ def train(cfg: TrainConfig) -> Path:
     """Train a student with ``cfg``; return the run folder."""
     info = init_distributed(cfg.device)
     try:
-        run = setup(cfg, info)
-        stopped = False
-        while run.progress.epoch < cfg.epochs and not stopped:
-            stopped = train_one_epoch(run)
-            if not stopped:
-                end_epoch(run)
-                stopped = run.should_stop()
-        finish(run, stopped)
-        return run.run_dir
+        autocast_context(cfg.precision, info.device)  # an impossible precision: before any work
+        with claim_run_folder(cfg, info.is_main) as folder:  # this run alone writes the folder
+            run = setup(cfg, info, folder)
+            stopped = False
+            while run.progress.epoch < cfg.epochs and not stopped:
+                stopped = train_one_epoch(run)
+                if not stopped:
+                    end_epoch(run)
+                    stopped = run.should_stop()
+            finish(run, stopped)
+            return run.run_dir
     finally:
         cleanup()
 
 
-def setup(cfg: TrainConfig, info: DistInfo) -> Run:
-    """Run folder, student, data, task, optimiser, and the state of a resumed run."""
-    autocast_context(cfg.precision, info.device)  # fail on an impossible precision before any work
-    run_dir, resume_from = resolve_run_dir(cfg)
-    if info.is_main:
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(run_dir / "checkpoints")
-    barrier()
+def setup(cfg: TrainConfig, info: DistInfo, folder: RunFolder) -> Run:
+    """Student, data, task, optimiser, and the state of a resumed run, in ``folder``."""
+    run_dir = folder.path
     setup_logging(run_dir, info.is_main)
+    for note in folder.notes if info.is_main else ():
+        log.warning(note)
     seed_everything(cfg.seed)
-    checkpoint = None
+    checkpoint, resume_from, changes = None, folder.resume_from, {}
     if resume_from:
-        checkpoint, resume_from = load_resume_checkpoint(resume_from, cfg.resume == "latest")
-        check_resumable(checkpoint, resume_from, cfg)
+        checkpoint, resume_from, changes = open_resume_checkpoint(
+            resume_from, folder.checkpoints, cfg, info.world_size, info.is_main
+        )
 
     tokenizer = get_tokenizer(
         cfg.tokenizer, context_length=get_model_spec(cfg.model).context_length
@@ -143,6 +138,9 @@ def setup(cfg: TrainConfig, info: DistInfo) -> Run:
         info.rank,
         info.world_size,
     )
+    # Every evaluation set is opened and checked now, not when the first epoch ends.
+    evaluating = (cfg.val_data or cfg.zeroshot_data) and cfg.val_frequency and info.is_main
+    eval_sets = load_eval_sets(cfg, EvalTransform(model.image_size)) if evaluating else []
     steps_per_epoch = data.batches_per_epoch(cfg.batch_size) // cfg.accum_freq
     if steps_per_epoch < 1:
         raise ValueError(
@@ -157,21 +155,26 @@ def setup(cfg: TrainConfig, info: DistInfo) -> Run:
         log.warning(late)
     task = create_task(cfg, model, spec, info.device)
     optimizer, scaler = create_optimizer(task, cfg), create_scaler(cfg.precision)
-    progress = Progress()
+    progress, resumed = Progress(), None
     if checkpoint is not None:
-        progress = restore(checkpoint, task=task, optimizer=optimizer, scaler=scaler)
+        progress = restore(checkpoint, resume_from, task=task, optimizer=optimizer, scaler=scaler)
         log.info("resumed from %s at step %d (epoch %d, batch %d)", resume_from,
                  progress.step, progress.epoch, progress.batch)  # fmt: skip
+        for name, change in changes.items():
+            log.info("--%s was %s, now %s on this resume", name.replace("_", "-"),
+                     change["was"], change["now"])  # fmt: skip
+        resumed = {"from": str(resume_from), "step": progress.step, "epoch": progress.epoch,
+                   "batch": progress.batch, "changed": changes}  # fmt: skip
     elif cfg.resume == "latest":
-        log.info("no checkpoint in %s yet: starting a new run", run_dir / "checkpoints")
+        log.info("no checkpoint in %s yet: starting a new run", folder.checkpoints)
     # Each rank checks its share of the samples (a rank sees num_samples / world of them).
     bad_samples = BadSampleLog(
         data.num_samples // info.world_size, cfg.max_bad_share, cfg.train_data,
         checkpoint["bad_samples"] if checkpoint else None,
     )  # fmt: skip
-    resumed_step = progress.step if checkpoint else None
+    saved_step = progress.step if checkpoint else None
     if info.is_main:
-        save_yaml(cfg, run_dir / "config.yaml")
+        record_start(folder, cfg, resumed)
     log.info(
         "model %s (%.2fM params), %d samples, %d steps/epoch × %d epochs, device %s, world %d",
         cfg.model, sum(p.numel() for p in model.parameters()) / 1e6, data.num_samples,
@@ -188,8 +191,10 @@ def setup(cfg: TrainConfig, info: DistInfo) -> Run:
     )  # fmt: skip
     return Run(
         cfg, info, run_dir, task, tokenizer, optimizer, scaler, data, steps_per_epoch, progress,
-        Checkpointer(run_dir, info.is_main, resumed_step), bad_samples,
-        MetricsLog(run_dir, resumed_step) if info.is_main else None, bar,
+        Checkpointer(run_dir, info.is_main, info.world_size, saved_step), bad_samples,
+        # a run that found no checkpoint to resume from starts over: its old lines go too
+        MetricsLog(run_dir, 0 if cfg.resume and saved_step is None else saved_step)
+        if info.is_main else None, bar, eval_sets,
     )  # fmt: skip
 
 
@@ -301,8 +306,9 @@ def nonfinite_message(run: Run) -> str:
     )
     return (
         f"non-finite loss (NaN or inf) at step {run.progress.step + 1}; stopped without "
-        f"applying it, and {saved}. Lower --lr, set --grad-clip-norm or --precision fp32, or "
-        "pass --skip-nonfinite to skip such steps (counted as train/nonfinite_steps)"
+        f"applying it, and {saved}. Start a new run with a lower --lr, a --grad-clip-norm or "
+        "--precision fp32, or continue this one with --resume latest --skip-nonfinite, which "
+        "skips such steps (counted as train/nonfinite_steps)"
     )
 
 
@@ -331,11 +337,10 @@ def end_epoch(run: Run) -> None:
     """Next epoch's position; evaluate, save, keep ``epoch_N.pt`` as configured."""
     cfg, progress = run.cfg, run.progress
     progress.epoch, progress.batch = progress.epoch + 1, 0
-    evaluating = cfg.val_data or cfg.zeroshot_data
-    if run.metrics and evaluating and cfg.val_frequency and progress.epoch % cfg.val_frequency == 0:
+    if run.metrics and run.eval_sets and progress.epoch % cfg.val_frequency == 0:
         evaluate_during_training(
             run.task.model, run.tokenizer, cfg, run.info.device, run.metrics, progress.step,
-            progress.epoch,
+            progress.epoch, run.eval_sets,
         )  # fmt: skip
     run.save()
     if cfg.save_frequency and progress.epoch % cfg.save_frequency == 0:

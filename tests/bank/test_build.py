@@ -122,7 +122,7 @@ def test_shards_give_the_csv_bank(banks, corpus, tmp_path):
         atol=2e-3,
     )  # fmt: skip
     Bank(out).check_dataset(spec)
-    with pytest.raises(ValueError, match="other samples"):  # same count, other keys
+    with pytest.raises(ValueError, match="other data"):  # same count, other keys
         Bank(banks / "image").check_dataset(spec)
 
 
@@ -142,7 +142,7 @@ def test_mismatched_bank_fails_with_a_clear_error(banks, corpus, tmp_path):
     (tmp_path / "images").symlink_to(corpus / "images")
     (tmp_path / "edited.csv").write_text("\n".join(lines) + "\n")
     edited = DataSpec(str(tmp_path / "edited.csv"))
-    with pytest.raises(ValueError, match="was built from other samples"):
+    with pytest.raises(ValueError, match="was built from other data"):
         bank.check_dataset(edited)
     Bank(banks / "image").check_dataset(edited)  # image keys unchanged: still valid
 
@@ -168,6 +168,68 @@ def test_npy_features_and_folder_reuse(corpus, tmp_path):
     np.save(tmp_path / "short.npy", rows[:-1])
     with pytest.raises(ValueError, match="has 319 rows but --train-data .* has 320 samples"):
         build_bank(spec, "text", tmp_path / "other", teacher=f"npy:{tmp_path / 'short.npy'}")
+
+
+def test_non_finite_teacher_features_are_bad_rows_never_neighbours(corpus, tmp_path, capsys):
+    rows = np.random.default_rng(2).normal(size=(NUM_ROWS, 6)).astype(np.float32)
+    rows[5, 2], rows[17, :] = np.nan, np.inf
+    np.save(tmp_path / "f.npy", rows)
+    out = tmp_path / "bank"
+    build = ["bank", "build", "--train-data", str(corpus / "train.csv"), "--modality", "text",
+             "--teacher", f"npy:{tmp_path / 'f.npy'}", "--workers", "0"]  # fmt: skip
+    assert main([*build, "--out", str(out)]) == 0
+    assert "skipped bad sample row 17 of the npy:" in capsys.readouterr().err
+    bank = Bank(out)
+    assert bank.skipped.tolist() == [5, 17]
+    assert json.loads((out / "meta.json").read_text())["skipped"] == [5, 17]
+    features = np.asarray(bank.features, dtype=np.float32)
+    assert np.isfinite(features).all() and not features[[5, 17]].any()
+    # Before: 198 of 200 rows had the NaN and inf rows as neighbours.
+    assert main(["bank", "neighbors", str(out), "--k", "5", "--backend", "exact"]) == 0
+    neighbors, similarities = bank.neighbors()
+    assert not np.isin(neighbors, [5, 17]).any() and np.isfinite(similarities).all()
+    # --on-bad-sample error: the build stops, naming the row.
+    assert main([*build, "--out", str(tmp_path / "strict"), "--on-bad-sample", "error"]) == 2
+    assert "row 5 of the npy:" in capsys.readouterr().err
+    assert not (tmp_path / "strict" / "meta.json").exists()
+
+
+def test_overwritten_images_make_the_image_bank_stale(tmp_path, caplog):
+    corpus = tmp_path / "corpus"
+    build_shapes(corpus, num_train=24, num_val=4, image_size=16, seed=3)
+    spec = DataSpec(str(corpus / "train.csv"))
+    np.save(tmp_path / "f.npy", np.random.default_rng(3).normal(size=(24, 4)))
+    teacher = f"npy:{tmp_path / 'f.npy'}"
+    image = Bank(build_bank(spec, "image", tmp_path / "image", teacher=teacher, workers=0))
+    text = Bank(build_bank(spec, "text", tmp_path / "text", teacher=teacher, workers=0))
+    meta = json.loads((image.path / "meta.json").read_text())
+    assert meta["fingerprint_covers"] == "image paths, file sizes and modification times"
+    image.check_dataset(spec)
+
+    # Overwrite one image with other pixels (its time set explicitly: no clock dependence).
+    path = corpus / CsvDataset(corpus / "train.csv").keys()[7]
+    before = path.stat()
+    from PIL import Image
+
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(path)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 5_000_000_000))
+    with pytest.raises(ValueError, match="samples or files changed since it was built"):
+        image.check_dataset(spec)  # passed before: the fingerprint covered paths only
+    with pytest.raises(ValueError, match="of other data: .* file sizes and modification times"):
+        build_bank(spec, "image", image.path, teacher=teacher, workers=0)  # not "nothing to do"
+    text.check_dataset(spec)  # the captions are unchanged: the text bank is still good
+
+    # A bank of an earlier version (paths only, no fingerprint_covers) is still read, with
+    # a warning saying how to get the check; building over it names the fix.
+    legacy = dataset_fingerprint(spec, "image", file_stamps=False)
+    meta.pop("fingerprint_covers")
+    meta["fingerprint"] = legacy.digest
+    (image.path / "meta.json").write_text(json.dumps(meta))
+    with caplog.at_level("WARNING", logger="clip_ping"):
+        Bank(image.path).check_dataset(spec)
+    assert "covers only the image paths" in caplog.text and "bank build --out" in caplog.text
+    with pytest.raises(ValueError, match="earlier clip-ping.*delete .* and rerun"):
+        build_bank(spec, "image", image.path, teacher=teacher, workers=0)
 
 
 def test_torchrun_build_equals_single_process(corpus, tmp_path):

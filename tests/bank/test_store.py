@@ -138,3 +138,36 @@ def test_neighbor_table_round_trip(shapes_banks, tmp_path):
 
     with pytest.raises(ValueError, match=r"two \(N, K\) arrays with N = 512"):
         write_neighbor_table(bank, neighbors[:-1], similarities[:-1])
+
+
+def test_damaged_meta_files_name_the_file_and_the_fix(shapes_banks, tmp_path):
+    folder = shutil.copytree(shapes_banks / "text", tmp_path / "text")
+    meta = (folder / META).read_text()
+    (folder / META).write_text(meta[: len(meta) // 2])  # cut mid-write by hand
+    with pytest.raises(ValueError, match=rf"{folder / META} is not valid JSON .* bank build"):
+        Bank(folder)
+    entries = json.loads(meta)
+    del entries["num_rows"]
+    (folder / META).write_text(json.dumps(entries))
+    with pytest.raises(ValueError, match=r"meta.json has no 'num_rows' entry.*delete .* rerun"):
+        Bank(folder)
+    (folder / META).write_text(meta)
+    (folder / NEIGHBORS_META).write_text("{")
+    with pytest.raises(ValueError, match=r"neighbors.json is not valid JSON.*bank neighbors"):
+        Bank(folder).neighbors()
+
+
+def test_bad_neighbour_tables_are_refused_naming_file_and_command(shapes_banks, tmp_path):
+    folder = shutil.copytree(shapes_banks / "image", tmp_path / "image")
+    table = np.load(folder / NEIGHBORS)
+    for bad, value in (((7, 2), len(table)), ((9, 0), -3)):  # past the end; negative
+        damaged = table.copy()
+        damaged[bad] = value
+        np.save(folder / NEIGHBORS, damaged)
+        for random_access in (False, True):  # training reads it with random access
+            with pytest.raises(ValueError, match=rf"holds index {value} at row {bad[0]}.*--k 5"):
+                Bank(folder).neighbors(random_access=random_access)
+    (folder / NEIGHBORS).unlink()
+    command = f"clip-ping bank neighbors {folder} --k 5"
+    with pytest.raises(FileNotFoundError, match=rf"{folder / NEIGHBORS} is missing.*{command}"):
+        Bank(folder).neighbors()

@@ -235,3 +235,24 @@ def test_readers_pass_the_teacher_view_on(corpus):
     dataset = CsvDataset(info["train_csv"], transform=TrainTransform(32, teacher_size=64))
     sample = dataset[(0, 3)]
     assert sample["image"].shape == (3, 32, 32) and sample["teacher_image"].shape == (3, 64, 64)
+
+
+@pytest.mark.parametrize(
+    ("name", "pixels", "white"),
+    [
+        ("gray16.png", np.uint16, 65535),  # PIL mode I;16
+        ("int32.tif", np.int32, 65535),  # 16-bit data in a 32-bit TIFF (mode I)
+        ("wide32.tif", np.int32, 2**31 - 1),  # the full 32-bit range
+        ("float32.tif", np.float32, 1.0),  # a float image in 0-1 (mode F)
+    ],
+)
+def test_deep_grayscale_images_are_scaled_not_saturated(tmp_path, name, pixels, white):
+    ramp = np.linspace(0, 1, 64 * 64).reshape(64, 64)  # black to white
+    Image.fromarray((ramp * white).astype(pixels)).save(tmp_path / name)
+    _write_csv(tmp_path / "pairs.csv", ["filepath", "title"], [[name, "a grey ramp"]])
+    image = np.asarray(CsvDataset(tmp_path / "pairs.csv")[0]["image"])  # RGB, 8 bits
+    assert image.shape == (64, 64, 3) and image.dtype == np.uint8
+    expected = ramp * 255
+    # PIL's convert("RGB") clipped these at 255: over 99% of the pixels were white.
+    assert (image == 255).mean() < 0.01
+    assert np.abs(image[..., 0] - expected).max() <= 1

@@ -180,3 +180,19 @@ def test_write_shards_accepts_a_dataset(corpus, tmp_path):
     dataset = CsvDataset(corpus["csv"])
     paths = write_shards(dataset, tmp_path, samples_per_shard=100)
     assert [Path(p).name for p in paths] == ["00000.tar"]
+
+
+def test_shard_only_settings_on_a_csv_are_clear_errors(corpus, tokenizer, tmp_path, capsys):
+    from clip_ping.cli import main
+
+    csv_path = corpus["csv"]
+    # --dataset-type webdataset on a CSV: was a tarfile traceback.
+    spec = DataSpec(csv_path, dataset_type="webdataset")
+    with pytest.raises(ValueError, match=r"train\.csv is not a tar archive .*--dataset-type csv"):
+        build_train_data(spec, None, tokenizer, 0)
+    command = ["tokenizer", "train", "--train-data", csv_path, "--dataset-type", "webdataset"]
+    assert main([*command, "--out", str(tmp_path / "tok")]) == 2
+    assert "is not a tar archive" in capsys.readouterr().err
+    # --train-num-samples on a CSV: was silently ignored.
+    with pytest.raises(ValueError, match="--train-num-samples 40 applies to WebDataset shards"):
+        build_train_data(DataSpec(csv_path, train_num_samples=40), None, tokenizer, 0)

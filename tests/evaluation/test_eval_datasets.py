@@ -71,7 +71,7 @@ def test_csv_errors_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match="--csv-img-key"):
         load_eval_dataset(tmp_path / "cols.csv", raw)
     (tmp_path / "missing.csv").write_text("filepath,title\nnope.png,x\n")
-    with pytest.raises(FileNotFoundError, match="nope.png listed in"):
+    with pytest.raises(ValueError, match="nope.png listed in .*: file not found"):
         load_eval_dataset(tmp_path / "missing.csv", raw).images[0]
     with pytest.raises(ValueError, match="digits, mnist5k"):
         load_eval_dataset("imagenet", raw)

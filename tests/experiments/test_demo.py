@@ -99,7 +99,12 @@ def test_demo_command_is_the_demo_only():
     parser = build_parser()
     args = parser.parse_args(["demo", "--quick", "--out", "x", "--jobs", "1"])
     assert (args.quick, args.out, args.jobs, args.assets) == (True, "x", 1, None)
-    for flags in (["--seeds", "3"], ["--ablations"], ["--ablation-seeds", "1"], ["--results", "r"]):
+    for flags in (
+        ["--seeds", "3"],
+        ["--sweep", "recipe"],
+        ["--sweep-seeds", "1"],
+        ["--results", "r"],
+    ):
         with pytest.raises(SystemExit) as refused:  # results flags: `clip-ping results`
             parser.parse_args(["demo", *flags])
         assert refused.value.code == 2

@@ -95,3 +95,22 @@ def test_results_command_and_its_flags(capsys):
     assert parser.parse_args(["results", "--sweep", "recipe"]).sweep == "recipe"
     with pytest.raises(SystemExit):
         parser.parse_args(["results", "--sweep", "everything"])
+
+
+def test_a_finished_run_is_reused_only_with_its_own_settings(tmp_path):
+    from clip_ping.config import save_yaml
+    from clip_ping.experiments.demo import FULL, DemoData
+    from clip_ping.experiments.runs import _check_same_settings, train_config
+
+    data = DemoData(tmp_path / "corpus", tmp_path / "banks")
+    run = tmp_path / "sweep" / "clip-run"
+    run.mkdir(parents=True)
+    save_yaml(train_config(data, FULL, "clip", 0, run.parent, run.name), run / "config.yaml")
+    _check_same_settings(run, train_config(data, FULL, "clip", 0, run.parent, run.name))
+    for settings, said in (
+        ({"lr": 2e-3}, "--lr was 0.001, now 0.002"),
+        ({"epochs": 8}, "--epochs"),
+    ):
+        wanted = train_config(data, FULL, "clip", 0, run.parent, run.name, settings)
+        with pytest.raises(ValueError, match=f"trained with other settings \\({said}"):
+            _check_same_settings(run, wanted)

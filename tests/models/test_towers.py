@@ -14,6 +14,7 @@ from clip_ping.models import (
     FAMILIES,
     MODEL_SPECS,
     ClipStudent,
+    DamagedCheckpointError,
     TowerStudent,
     create_model,
     export_hf,
@@ -140,3 +141,22 @@ def test_an_unknown_tower_kind_names_the_supported_ones():
     state = {"student": {**student_record(model, tokenizer), "tower": "resnet"}, "task": {}}
     with pytest.raises(ValueError, match="'resnet'.*vit, convnext, mobilevit"):
         model_from_checkpoint(state)
+
+
+@pytest.mark.parametrize("tower", sorted(FAMILIES))
+def test_a_tower_checkpoint_that_does_not_fit_is_one_line_naming_it(tower):
+    model, tokenizer = create_model(MICRO[tower], seed=0)
+    weights = {f"model.{k}": v for k, v in model.state_dict().items()}
+    record = student_record(model, tokenizer)
+    no_vision = {key: value for key, value in record.items() if key != "vision_config"}
+    reshaped = {**weights, "model.log_scale": torch.zeros(3)}
+    cases = [
+        ({"student": no_vision, "task": weights}, "lacks its vision_config, text_config"),
+        ({"student": record, "task": reshaped}, "log_scale (3,) instead of scalar"),
+        ({"student": record, "task": {}}, f"tensors {len(weights)} missing"),
+    ]
+    for state, says in cases:
+        with pytest.raises(DamagedCheckpointError) as error:
+            model_from_checkpoint(state, "ckpt.pt")
+        assert says in str(error.value) and "ckpt.pt" in str(error.value)
+        assert "\n" not in str(error.value)

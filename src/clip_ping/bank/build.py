@@ -1,7 +1,8 @@
 """Building a bank: every training sample embedded once by a frozen teacher, row i = sample i
 (the folder's files: :mod:`.store`).
 
-Bad samples (unreadable images, empty captions; see :mod:`clip_ping.data.bad_samples`) follow
+Bad samples (unreadable images, empty captions; see :mod:`clip_ping.data.bad_samples`; and
+rows whose teacher features are NaN, inf or zero, e.g. from an ``npy:`` file) follow
 ``--on-bad-sample``: with ``skip`` their rows stay zero, they are printed with their keys, and
 the bank's meta lists them under ``"skipped"``; :class:`.Bank` exposes them as ``bank.skipped``
 and neighbour mining never returns them. With ``error`` the build stops at the first one.
@@ -44,8 +45,9 @@ from ..data.loader import DataSpec
 from ..distributed import is_distributed, resolve_device
 from ..io import atomic_write_text
 from ..teachers import Teacher, create_teacher
+from ..workers import check_workers, loader_workers
 from .samples import SampleReader, dataset_fingerprint
-from .store import BANK_FORMAT, FEATURES, META, PROGRESS
+from .store import BANK_FORMAT, FEATURES, META, PROGRESS, read_json
 
 DEFAULT_CHUNK_ROWS = 4096  # rows per flushed chunk: the most work a killed build loses
 VERSIONED_PACKAGES = ("clip-ping", "torch", "numpy", "transformers", "efficientnet-lite-pytorch")
@@ -108,9 +110,28 @@ class _Reader:
             yield from self.samples.read(start, stop, self.modality)
 
 
-def _extract(teacher: Teacher, stream: _ChunkStream, workers: int, bar: tqdm | None):
+def _unusable_rows(
+    features: np.ndarray, indices: np.ndarray, teacher: Teacher, on_bad_sample: str
+) -> np.ndarray:
+    """Mask of the ``(B, D)`` rows that no unit vector can come from: NaN or inf anywhere
+    (an ``npy:`` file with such rows, a teacher that overflowed) or all zero. They are bad
+    samples: each is named, and with ``skip`` its row is zeroed by the caller."""
+    finite = np.isfinite(features).all(axis=1)
+    bad = ~finite | ~features.any(axis=1)
+    for index, is_finite in zip(indices[bad], finite[bad], strict=True):
+        reason = "teacher features are " + ("not finite (NaN or inf)" if not is_finite else "zero")
+        where = f"row {int(index)} of the {teacher.name} features"
+        if on_bad_sample == "error":
+            raise BadSample(reason).at(where)
+        print(f"skipped bad sample {where}: {reason}", file=sys.stderr)
+    return bad
+
+
+def _extract(
+    teacher: Teacher, stream: _ChunkStream, workers: int, bar: tqdm | None, on_bad_sample: str
+):
     """Yield ``(chunk, (rows, D) float16)`` as chunks finish."""
-    loader = DataLoader(stream, batch_size=None, num_workers=workers, collate_fn=_unbatched)
+    loader = DataLoader(stream, batch_size=None, collate_fn=_unbatched, **loader_workers(workers))
     pending: dict[int, list] = {}  # chunk → [features, rows still missing]
     for batch in loader:
         chunk, indices = batch["chunk"], np.asarray(batch["index"])
@@ -118,8 +139,10 @@ def _extract(teacher: Teacher, stream: _ChunkStream, workers: int, bar: tqdm | N
             rows = min(stream.chunk_rows, stream.num_rows - chunk * stream.chunk_rows)
             pending[chunk] = [np.zeros((rows, teacher.dim), np.float16), rows]
         if len(indices):
-            features = teacher.encode(batch["inputs"]).numpy().astype(np.float16)
-            pending[chunk][0][indices - chunk * stream.chunk_rows] = features
+            features = teacher.encode(batch["inputs"]).numpy()
+            # A skipped row stays zero; zero rows are what marks it skipped (see build_bank).
+            features[_unusable_rows(features, indices, teacher, on_bad_sample)] = 0
+            pending[chunk][0][indices - chunk * stream.chunk_rows] = features.astype(np.float16)
         pending[chunk][1] -= len(indices) + batch["skipped"]
         if bar is not None:
             bar.update(len(indices) + batch["skipped"])
@@ -161,22 +184,22 @@ def _prepare(
 ) -> tuple[list[int], int, list[int]]:
     """Rank 0: create or resume the folder → (chunks done, chunk_rows, skipped rows); errors
     if it holds something else."""
+    fix = f"delete {out} and rerun to build it anew, or choose another --out"
     if (out / META).is_file():
-        meta = json.loads((out / META).read_text())
-        if {k: meta.get(k) for k in job} == job:
+        meta = read_json(out / META, fix)
+        if _same_job(meta, job):
             chunks = list(range(math.ceil(num_rows / meta["chunk_rows"])))
             return chunks, meta["chunk_rows"], meta.get("skipped", [])
-        raise ValueError(
-            f"{out} already holds a complete {meta.get('modality')} bank of {meta.get('teacher')} "
-            f"over other data or settings; choose another --out or delete {out}"
+        what = (
+            f"{out} already holds a complete {meta.get('modality')} bank of {meta.get('teacher')}"
         )
+        raise ValueError(f"{what} {_difference(meta, job)}; {fix}")
     if (out / PROGRESS).is_file():
-        progress = json.loads((out / PROGRESS).read_text())
-        if progress["job"] != job:
-            changed = sorted(k for k in job if progress["job"].get(k) != job[k])
+        progress = read_json(out / PROGRESS, f"delete {out} to start over")
+        if not _same_job(progress["job"], job):
             raise ValueError(
-                f"{out} holds a partial bank built with other {', '.join(changed)}; rerun with "
-                f"the same flags to resume it, or delete {out} to start over"
+                f"{out} holds a partial bank {_difference(progress['job'], job)}; rerun with "
+                f"the same flags and data to resume it, or delete {out} to start over"
             )
         if (out / FEATURES).is_file():
             if chunk_rows != progress["chunk_rows"]:
@@ -186,6 +209,29 @@ def _prepare(
     np.lib.format.open_memmap(out / FEATURES, "w+", np.float16, (num_rows, job["dim"])).flush()
     _write_progress(out, job, chunk_rows, [], [])
     return [], chunk_rows, []
+
+
+def _same_job(recorded: dict, job: dict) -> bool:
+    # Banks of earlier versions record no fingerprint_covers: where their digest agrees with
+    # the job's, both hashed the same (CSV text banks), so the bank is this job's.
+    recorded = {"fingerprint_covers": job["fingerprint_covers"], **recorded}
+    return {k: recorded.get(k) for k in job} == job
+
+
+def _difference(recorded: dict, job: dict) -> str:
+    """How the bank ``recorded`` in a folder differs from ``job``, in words."""
+    changed = [k for k in job if k != "fingerprint_covers" and recorded.get(k) != job[k]]
+    if changed == ["fingerprint"] and "fingerprint_covers" not in recorded:
+        return (
+            "of an earlier clip-ping, whose fingerprint covers only the sample keys, so "
+            "whether its files changed since cannot be told"
+        )
+    if changed == ["fingerprint"]:
+        return (
+            f"of other data: the fingerprint of the {job['fingerprint_covers']} of "
+            "--train-data differs, so samples or files changed since it was built"
+        )
+    return f"built with other {', '.join(changed)}"
 
 
 def _write_progress(
@@ -217,7 +263,8 @@ def _job(spec: DataSpec, modality: str, model: Teacher) -> dict:
         )
     return {
         "format": BANK_FORMAT, "teacher": model.name, "modality": modality, "dim": model.dim,
-        "num_rows": num_rows, "fingerprint": fingerprint.digest, "preprocessing": model.info,
+        "num_rows": num_rows, "fingerprint": fingerprint.digest,
+        "fingerprint_covers": fingerprint.covers, "preprocessing": model.info,
     }  # fmt: skip
 
 
@@ -278,6 +325,7 @@ def build_bank(
         raise ValueError(
             f"--batch-size and --chunk-rows must be positive ({batch_size}, {chunk_rows})"
         )
+    check_workers(workers)  # before the teacher loads
     model = create_teacher(teacher, modality, image_size, str(device))
     job = _job(spec, modality, model)
     num_rows = job["num_rows"]
@@ -300,7 +348,7 @@ def build_bank(
         bar = tqdm(
             total=num_rows, initial=initial, unit="rows", desc=f"{modality} bank", smoothing=0.1
         )
-    finished = _extract(model, stream, workers, bar)
+    finished = _extract(model, stream, workers, bar, spec.on_bad_sample)
     features = np.load(out / FEATURES, mmap_mode="r+") if rank == 0 else None
     for _ in range(math.ceil(len(todo) / world)):
         parts = _gather_round(next(finished, None), chunk_rows, model.dim, device)

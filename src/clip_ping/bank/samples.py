@@ -13,18 +13,27 @@ import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..data.bad_samples import BadSample, check_caption
 from ..data.datasets import CsvDataset
 from ..data.loader import DataSpec
-from ..data.tars import KeyIndex, build_key_index, decode_shard_sample, expand_urls, iter_shard
+from ..data.tars import (
+    KeyIndex,
+    build_key_index,
+    decode_shard_sample,
+    expand_urls,
+    iter_shard,
+    local_path,
+)
 from ..data.transforms import to_rgb
 
 
 class Fingerprint(NamedTuple):
     digest: str  # sha256 hex
     num_samples: int
+    covers: str  # what the digest depends on, in words (recorded in the bank's meta.json)
 
 
 def _open_csv(spec: DataSpec) -> CsvDataset:
@@ -34,28 +43,61 @@ def _open_csv(spec: DataSpec) -> CsvDataset:
     )  # fmt: skip
 
 
-def dataset_fingerprint(spec: DataSpec, modality: str) -> Fingerprint:
+def _file_stamp(path: Path) -> str:
+    """``size:mtime_ns`` of a file, or ``missing``: cheap, and changes when it is rewritten."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return "missing"
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def fingerprint_covers(spec: DataSpec, modality: str, file_stamps: bool = True) -> str:
+    """What :func:`dataset_fingerprint` hashes for ``spec`` and ``modality``, in words."""
+    if spec.resolved_type() != "csv":
+        stamps = ", shard sizes and modification times" if file_stamps else ""
+        return "sample keys and shard names" + stamps
+    if modality == "text":
+        return "image paths and captions"
+    return "image paths" + (", file sizes and modification times" if file_stamps else "")
+
+
+def dataset_fingerprint(spec: DataSpec, modality: str, file_stamps: bool = True) -> Fingerprint:
     """What a bank of ``modality`` over ``spec`` depends on, hashed, and the sample count.
 
-    CSV: the image paths (+ the captions for text banks). Shards: the sample keys and shard
-    names, read from the key index (captions are not read: that would mean reading every
-    shard; the key index is rebuilt whenever a shard's size changes).
+    CSV: the image paths, plus the captions for text banks, plus for image banks each image
+    file's size and modification time. Shards: the sample keys and shard names (from the key
+    index), plus each local shard's size and modification time. Overwriting an image or a
+    shard therefore makes its banks stale. Content is not hashed (that would mean reading the
+    whole dataset); a file rewritten with its old size *and* modification time goes
+    unnoticed. ``file_stamps=False`` gives the fingerprint of banks written before sizes and
+    times were covered (they record no ``fingerprint_covers``).
     """
+    covers = fingerprint_covers(spec, modality, file_stamps)
     digest = hashlib.sha256(f"{modality}\n".encode())
+    stamps: list[str] | None = None
     if spec.resolved_type() == "csv":
         dataset = _open_csv(spec)
         keys = dataset.keys()
         texts = dataset.captions if modality == "text" else None
+        if file_stamps and modality == "image":
+            stamps = [_file_stamp(dataset.root / key) for key in keys]
     else:
-        index = build_key_index(expand_urls(spec.train_data))
+        urls = expand_urls(spec.train_data)
+        index = build_key_index(urls)
         keys, texts = list(index.keys), None
         digest.update("\n".join(index.shards).encode() + b"\0")
+        if file_stamps:
+            local = [local_path(url) for url in urls]
+            digest.update("\n".join(_file_stamp(p) for p in local if p is not None).encode())
     for i, key in enumerate(keys):
         digest.update(key.encode() + b"\t")
         if texts is not None:
             digest.update((texts[i] or "").encode())  # None: a short CSV row
+        if stamps is not None:
+            digest.update(stamps[i].encode())
         digest.update(b"\n")
-    return Fingerprint(digest.hexdigest(), len(keys))
+    return Fingerprint(digest.hexdigest(), len(keys), covers)
 
 
 @dataclass

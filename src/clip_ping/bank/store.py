@@ -24,6 +24,7 @@ Examples:
 from __future__ import annotations
 
 import json
+import logging
 import math
 import mmap
 from dataclasses import dataclass, field, fields
@@ -35,11 +36,13 @@ import numpy as np
 from ..data.loader import DataSpec
 from ..io import atomic_write_text
 from ..teachers import EfficientNetLite0
-from .samples import dataset_fingerprint
+from .samples import dataset_fingerprint, fingerprint_covers
 
 BANK_FORMAT = "clip-ping-bank/1"
 FEATURES, META, PROGRESS = "features.npy", "meta.json", "progress.json"
 NEIGHBORS, SIMILARITIES, NEIGHBORS_META = "neighbors.npy", "similarities.npy", "neighbors.json"
+
+log = logging.getLogger("clip_ping")
 
 
 # --------------------------------------------------------------------------- teacher
@@ -139,6 +142,20 @@ def open_array(path: str | Path, random_access: bool = False) -> np.ndarray:
 
 # --------------------------------------------------------------------------- reading
 
+INDEX_CHECK_ROWS = 1 << 20  # neighbour rows checked at a time (4 MiB per neighbour column)
+
+
+def read_json(path: Path, fix: str) -> dict[str, Any]:
+    """A bank folder's JSON object at ``path``; ``ValueError`` naming the file and ``fix``
+    when it is not one."""
+    try:
+        value = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); {fix}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} holds a JSON {type(value).__name__}, not an object; {fix}")
+    return value
+
 
 def has_neighbor_table(folder: str | Path) -> bool:
     """Whether the bank folder holds a complete neighbour table."""
@@ -164,26 +181,55 @@ class Bank:
                 + "); run (or rerun, to resume) clip-ping bank build --out "
                 + f"{self.path} --train-data ... --modality image|text"
             )
-        self.meta = json.loads((self.path / META).read_text())
-        self.modality, self.teacher = self.meta["modality"], self.meta["teacher"]
-        self.teacher_spec = TeacherSpec.from_meta(self.meta)
-        self.num_rows, self.dim = int(self.meta["num_rows"]), int(self.meta["dim"])
-        self.fingerprint = self.meta["fingerprint"]
+        self.meta = read_json(self.path / META, self._rebuild)
+        try:
+            self.modality, self.teacher = str(self.meta["modality"]), str(self.meta["teacher"])
+            self.teacher_spec = TeacherSpec.from_meta(self.meta)
+            self.num_rows, self.dim = int(self.meta["num_rows"]), int(self.meta["dim"])
+            self.fingerprint = str(self.meta["fingerprint"])
+            # Rows of samples skipped as bad at build time: zeros, never to be neighbours.
+            self.skipped = np.asarray(self.meta.get("skipped", []), dtype=np.int64).reshape(-1)
+        except KeyError as exc:
+            raise ValueError(
+                f"{self.path / META} has no {exc} entry, so it was not written by clip-ping bank "
+                f"build or is damaged; {self._rebuild}"
+            ) from None
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"{self.path / META} holds a wrong value ({exc}); {self._rebuild}"
+            ) from None
+        if len(self.skipped) and not (
+            0 <= self.skipped.min() <= self.skipped.max() < self.num_rows
+        ):
+            raise ValueError(
+                f"{self.path / META} lists skipped rows outside 0..{self.num_rows - 1}; "
+                f"{self._rebuild}"
+            )
         self.features = self._open(FEATURES, (self.num_rows, self.dim), np.float16)
-        # Rows of samples skipped as bad at build time: zeros, never to be chosen as neighbours.
-        self.skipped = np.asarray(self.meta.get("skipped", []), dtype=np.int64)
+
+    @property
+    def _rebuild(self) -> str:
+        return (
+            f"rebuild the bank: delete {self.path} and rerun clip-ping bank build --out {self.path}"
+        )
+
+    def _remine(self, k: int | str = "K") -> str:
+        return f"rebuild the table: clip-ping bank neighbors {self.path} --k {k}"
 
     def _open(
         self, name: str, shape: tuple[int, ...], dtype: type, random_access: bool = False
     ) -> np.ndarray:
         path = self.path / name
         expected = np.dtype(dtype).itemsize * math.prod(shape)
+        fix = self._rebuild if name == FEATURES else self._remine(shape[1])
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing from the bank; {fix}")
         try:
             array = open_array(path, random_access)
         except (ValueError, OSError) as exc:  # e.g. "mmap length is greater than file size"
             raise ValueError(
                 f"{path} is unreadable or truncated ({exc}; {path.stat().st_size:,} bytes for "
-                f"{expected:,} of data); rebuild it (delete {self.path}, rerun the command)"
+                f"{expected:,} of data); {fix}"
             ) from None
         if array.shape != shape or array.dtype != dtype:
             raise ValueError(
@@ -217,9 +263,11 @@ class Bank:
                 f"{what} has {self.num_rows:,} rows but {data} has {num_rows:,} samples; {fix}"
             )
         if fingerprint is not None and fingerprint != self.fingerprint:
+            covers = self.meta.get("fingerprint_covers", "sample keys")
             raise ValueError(
-                f"{what} was built from other samples than {data} (same count, {num_rows:,}, "
-                f"but dataset fingerprint {self.fingerprint[:12]} ≠ {fingerprint[:12]}); {fix}"
+                f"{what} was built from other data than {data}: same count ({num_rows:,}) but "
+                f"another fingerprint of the {covers} ({self.fingerprint[:12]} ≠ "
+                f"{fingerprint[:12]}), so samples or files changed since it was built; {fix}"
             )
         if dim is not None and dim != self.dim:
             raise ValueError(
@@ -228,9 +276,18 @@ class Bank:
             )
 
     def check_dataset(self, spec: DataSpec, dim: int | None = None) -> None:
-        """:meth:`validate` against ``spec`` (hashes its keys and, for CSV text, captions)."""
-        fingerprint = dataset_fingerprint(spec, self.modality)
+        """:meth:`validate` against ``spec`` (see :func:`.samples.dataset_fingerprint`:
+        keys, CSV captions for text, file sizes and modification times)."""
+        legacy = "fingerprint_covers" not in self.meta  # a bank of an earlier clip-ping
+        fingerprint = dataset_fingerprint(spec, self.modality, file_stamps=not legacy)
         self.validate(fingerprint.digest, fingerprint.num_samples, dim, str(spec.train_data))
+        if legacy and fingerprint_covers(spec, self.modality) != fingerprint.covers:
+            log.warning(
+                "%s was built by an earlier clip-ping: its fingerprint covers only the %s, "
+                "so data files rewritten since cannot be detected. Rebuild it to have them "
+                "checked too: delete it and rerun clip-ping bank build --out %s",
+                self.path, fingerprint.covers, self.path,
+            )  # fmt: skip
 
     @property
     def has_neighbors(self) -> bool:
@@ -242,16 +299,40 @@ class Bank:
             raise FileNotFoundError(
                 f"{self.path} has no neighbour table; run clip-ping bank neighbors {self.path} --k K"
             )
-        return json.loads((self.path / NEIGHBORS_META).read_text())
+        info = read_json(self.path / NEIGHBORS_META, self._remine())
+        k = info.get("k")
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"{self.path / NEIGHBORS_META} holds no valid 'k'; {self._remine()}")
+        if info.get("bank", self.fingerprint) != self.fingerprint:
+            raise ValueError(
+                f"the neighbour table in {self.path} was mined from another build of the bank "
+                f"({NEIGHBORS_META} names fingerprint {str(info['bank'])[:12]}, the bank has "
+                f"{self.fingerprint[:12]}); {self._remine(k)}"
+            )
+        return info
 
     def neighbors(self, random_access: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Memory-mapped ``(N, K)`` int32 neighbour indices and float16 similarities
-        (``random_access``: mapped for reads of scattered rows, see :func:`open_array`)."""
-        shape = (self.num_rows, int(self.neighbor_info()["k"]))
-        return (
-            self._open(NEIGHBORS, shape, np.int32, random_access),
-            self._open(SIMILARITIES, shape, np.float16, random_access),
-        )
+        (``random_access``: mapped for reads of scattered rows, see :func:`open_array`).
+        Every index is checked to be a row of the bank (one pass over the table)."""
+        shape = (self.num_rows, self.neighbor_info()["k"])
+        neighbors = self._open(NEIGHBORS, shape, np.int32)
+        self._check_indices(neighbors)
+        if random_access:
+            neighbors = self._open(NEIGHBORS, shape, np.int32, random_access)
+        return neighbors, self._open(SIMILARITIES, shape, np.float16, random_access)
+
+    def _check_indices(self, neighbors: np.ndarray) -> None:
+        for start in range(0, len(neighbors), INDEX_CHECK_ROWS):
+            block = np.asarray(neighbors[start : start + INDEX_CHECK_ROWS])
+            bad = (block < 0) | (block >= self.num_rows)
+            if bad.any():
+                row, column = np.argwhere(bad)[0]
+                raise ValueError(
+                    f"{self.path / NEIGHBORS} holds index {block[row, column]} at row "
+                    f"{start + row}, outside the bank's rows 0..{self.num_rows - 1}: the table is "
+                    f"damaged or belongs to another bank; {self._remine(neighbors.shape[1])}"
+                )
 
 
 # --------------------------------------------------------------------------- writing

@@ -14,7 +14,6 @@ sample's pixels depend on nothing else (resume and worker count leave them uncha
 
 from __future__ import annotations
 
-import csv
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +31,7 @@ from .bad_samples import (
     decode_image,
     inside_root,
 )
+from .csv_table import int_column, read_csv_table
 from .transforms import to_rgb
 
 Transform = Callable[[Image.Image, np.random.Generator], torch.Tensor]
@@ -105,25 +105,14 @@ class CsvDataset(Dataset):
                 f"CSV file {self.path} not found; pass --train-data a .csv/.tsv file (e.g. "
                 "from `clip-ping data shapes --out DIR`: DIR/train.csv) or WebDataset shards"
             )
-        if separator is None:
-            separator = "\t" if self.path.suffix.lower() == ".tsv" else ","
-        with open(self.path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f, delimiter=separator)
-            columns = list(reader.fieldnames or [])
-            for key, flag in ((img_key, "--csv-img-key"), (caption_key, "--csv-caption-key")):
-                if key not in columns:
-                    raise ValueError(
-                        f"{self.path}: no column {key!r}; columns found (separator "
-                        f"{separator!r}): {columns}. Name the right column with {flag}, or "
-                        "set --csv-separator if the columns look merged"
-                    )
-            rows = list(reader)
+        required = {img_key: "--csv-img-key", caption_key: "--csv-caption-key"}
+        table = read_csv_table(self.path, separator, required)
         self.root = Path(root) if root is not None else self.path.parent
         self.confined = root is not None  # a given root is a boundary, the default is not
-        self._keys = [row[img_key] for row in rows]
-        self.captions: list[str] = [row[caption_key] for row in rows]
+        self._keys: list[str] = table.column(img_key)  # type: ignore[assignment]
+        self.captions: list[str | None] = table.column(caption_key)
         self.labels: list[int] | None = (
-            [int(row["label"]) for row in rows] if "label" in columns else None
+            int_column(table, "label") if "label" in table.columns else None
         )
         self.transform, self.tokenizer, self.seed = transform, tokenizer, seed
         self.on_bad_sample = on_bad_sample

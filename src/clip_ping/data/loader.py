@@ -29,6 +29,8 @@ from typing import Protocol
 import torch
 from torch.utils.data import DataLoader
 
+from ..flags import Range, check_ranges
+from ..workers import loader_workers
 from .bad_samples import DEFAULT_MAX_BAD_SHARE, check_policy, collate_good
 from .datasets import CsvDataset, Tokenizer, Transform
 from .shards import ShardDataset
@@ -37,8 +39,8 @@ from .tars import build_key_index, expand_urls, iter_shard
 DATASET_TYPES = ("csv", "webdataset", "auto")
 
 
-def _flag(default, help: str):
-    return field(default=default, metadata={"help": help, "group": "data"})
+def _flag(default, help: str, **kw):
+    return field(default=default, metadata={"help": help, "group": "data", **kw})
 
 
 @dataclass
@@ -56,14 +58,15 @@ class DataSpec:
     csv_caption_key: str = _flag("title", "CSV column with captions")
     csv_separator: str | None = _flag(None, "CSV separator (default: tab for .tsv, else comma)")
     train_num_samples: int | None = _flag(
-        None, "webdataset: samples per epoch (default: all the shards hold)"
+        None, "webdataset: samples per epoch (default: all the shards hold)", range=Range(1)
     )
     on_bad_sample: str = _flag(
         "skip", "skip (log with the key, count) | error: unreadable images, empty captions"
     )
     max_bad_share: float = _flag(
-        DEFAULT_MAX_BAD_SHARE, "skip: stop when more of the samples are bad"
-    )
+        DEFAULT_MAX_BAD_SHARE, "skip: stop when more of the samples are bad",
+        range=Range(0, 1, max_open=True, hint="a fraction such as 0.01"),
+    )  # fmt: skip
     dataset_resampled: bool = _flag(
         False, "webdataset: draw shards with replacement; epochs of --train-num-samples"
     )
@@ -71,6 +74,7 @@ class DataSpec:
     def __post_init__(self):
         if not self.train_data:
             raise ValueError("--train-data is required: a CSV/TSV file or WebDataset shards")
+        check_ranges(self)
 
     def resolved_type(self) -> str:
         if self.dataset_type not in DATASET_TYPES:
@@ -145,7 +149,7 @@ class CsvTrainData:
             self.dataset,
             batch_size=batch_size,
             sampler=[(epoch, row) for row in rows],  # (epoch, row): the dataset seeds from both
-            num_workers=workers,
+            **loader_workers(workers),
             drop_last=True,
             collate_fn=collate_good,
             pin_memory=torch.cuda.is_available(),
@@ -177,7 +181,7 @@ class ShardTrainData:
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            num_workers=workers,
+            **loader_workers(workers),
             collate_fn=collate_good,
             pin_memory=torch.cuda.is_available(),
         )
@@ -194,10 +198,14 @@ def build_train_data(
     """Open ``spec.train_data`` as CSV or WebDataset shards for ``rank`` of ``world_size``."""
     check_policy(spec.on_bad_sample, spec.max_bad_share)
     if spec.resolved_type() == "csv":
-        if spec.dataset_resampled:
+        shard_only = {
+            "--dataset-resampled": spec.dataset_resampled,
+            f"--train-num-samples {spec.train_num_samples}": spec.train_num_samples is not None,
+        }
+        for flag in (flag for flag, given in shard_only.items() if given):
             raise ValueError(
-                f"--dataset-resampled applies to WebDataset shards, but --train-data "
-                f"{spec.train_data} is read as CSV; drop the flag or pass shards"
+                f"{flag} applies to WebDataset shards, but --train-data {spec.train_data} is "
+                "read as CSV, whose epoch is every row once; drop the flag or pass shards"
             )
         if os.path.isdir(spec.train_data):
             raise ValueError(

@@ -41,7 +41,7 @@ def expand_urls(spec: str | Sequence[str]) -> list[str]:
     return urls
 
 
-def _local_path(url: str) -> Path | None:
+def local_path(url: str) -> Path | None:
     """The file behind ``url``, or None for ``pipe:`` and remote URLs."""
     if url.startswith("file:"):  # file:///abs/x.tar or file:rel/x.tar
         return Path(url.removeprefix("file:").removeprefix("//")).expanduser()
@@ -52,23 +52,41 @@ def _local_path(url: str) -> Path | None:
 
 def shard_name(url: str) -> str:
     # Local shards are matched by file name, so a moved corpus keeps its key index.
-    path = _local_path(url)
+    path = local_path(url)
     return path.name if path is not None else url
+
+
+def _not_a_shard(url: str, exc: Exception) -> ValueError:
+    """The error for a shard that is no tar file (a CSV read as shards, most often)."""
+    path = local_path(url)
+    if path is not None and path.suffix.lower() in (".csv", ".tsv"):
+        fix = "it is a CSV file: pass --dataset-type csv, or auto (.csv/.tsv are read as CSV)"
+    else:
+        fix = "WebDataset shards are .tar files of KEY.jpg|png|webp + KEY.txt members"
+    return ValueError(f"shard {url} is not a tar archive ({exc}); {fix}")
 
 
 @contextlib.contextmanager
 def _open_tar(url: str) -> Iterator[tarfile.TarFile]:
-    path = _local_path(url)
+    path = local_path(url)
     if path is not None:
         # Random access: members we skip are seeked over, not read.
-        with tarfile.open(path, mode="r:") as tar:
+        try:
+            tar = tarfile.open(path, mode="r:")
+        except tarfile.ReadError as exc:
+            raise _not_a_shard(url, exc) from None
+        with tar:
             yield tar
         return
     from webdataset.gopen import gopen  # only needed for pipe:/remote URLs
 
     stream = gopen(url, "rb")
     try:
-        with tarfile.open(fileobj=stream, mode="r|") as tar:
+        try:
+            tar = tarfile.open(fileobj=stream, mode="r|")
+        except tarfile.ReadError as exc:
+            raise _not_a_shard(url, exc) from None
+        with tar:
             yield tar
     finally:
         stream.close()
@@ -160,7 +178,7 @@ def _members(tar: tarfile.TarFile, url: str) -> Iterator[tarfile.TarInfo]:
         )
         yield tarfile.TarInfo(_CUT)
         return
-    path = _local_path(url)
+    path = local_path(url)
     # tarfile ends quietly at a cut header; a whole archive has end-of-archive blocks there.
     if path is not None and path.stat().st_size - tar.offset < tarfile.BLOCKSIZE:
         warnings.warn(
@@ -204,7 +222,7 @@ class KeyIndex:
 
 def default_key_index_path(urls: Sequence[str]) -> Path | None:
     """``<first shard's folder>/keys-<hash of the shard list>.json``; None for remote shards."""
-    first = _local_path(urls[0]) if urls else None
+    first = local_path(urls[0]) if urls else None
     if first is None:
         return None
     digest = hashlib.sha1("\n".join(shard_name(u) for u in urls).encode()).hexdigest()[:12]
@@ -213,7 +231,7 @@ def default_key_index_path(urls: Sequence[str]) -> Path | None:
 
 def _shard_bytes(urls: Sequence[str]) -> list[int | None]:
     """File size of each local shard (None for remote ones); an error if any is missing."""
-    paths = [_local_path(url) for url in urls]
+    paths = [local_path(url) for url in urls]
     missing = [u for u, p in zip(urls, paths, strict=True) if p is not None and not p.is_file()]
     if missing:
         raise FileNotFoundError(

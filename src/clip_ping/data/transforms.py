@@ -21,8 +21,36 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+# The ranges a 32-bit integer (signed, as PIL reads it) or float image is read in: the
+# smallest that holds its values. Such files carry no white level (16-bit data in a 32-bit
+# TIFF is common, float images are usually 0-1); PIL's own convert() clips at 255 instead,
+# which makes nearly every pixel white.
+HIGH_DEPTH_RANGES = (1.0, 255.0, 65535.0, 2147483647.0)
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """A grayscale image deeper than 8 bits (PIL modes ``I;16*``, ``I``, ``F``) scaled to
+    mode ``L``: 16-bit by 65,535 → 255; 32-bit integer and float images by the first of
+    :data:`HIGH_DEPTH_RANGES` that holds their largest value (1.0 only for floats, and for a
+    TIFF that declares 16 bits per sample, 65,535). Negative values become 0."""
+    pixels = np.asarray(image, dtype=np.float64)
+    if image.mode.startswith("I;16"):
+        white = 65535.0
+    elif getattr(image, "tag_v2", {}).get(258) in (16, (16,)):  # TIFF BitsPerSample
+        white = 65535.0
+    else:
+        peak = float(pixels.max(initial=0.0))
+        ranges = HIGH_DEPTH_RANGES if image.mode == "F" else HIGH_DEPTH_RANGES[1:]
+        white = next((r for r in ranges if peak <= r), ranges[-1])
+    scaled = np.clip(np.nan_to_num(pixels) * (255.0 / white), 0, 255)
+    return Image.fromarray(np.round(scaled).astype(np.uint8), "L")
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB copy of ``image``; transparent pixels are composited on white, not black."""
+    """RGB copy of ``image``; transparent pixels are composited on white, not black, and
+    16-bit or 32-bit grayscale is scaled to 8 bits (:func:`_to_8bit`), not clipped."""
+    if image.mode.startswith("I") or image.mode == "F":
+        image = _to_8bit(image)
     if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

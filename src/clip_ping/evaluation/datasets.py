@@ -28,7 +28,6 @@ become RGB and are resized by the model's own ``preprocess``.
 
 from __future__ import annotations
 
-import csv
 import functools
 import os
 from collections.abc import Callable, Sequence
@@ -40,6 +39,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..data.bad_samples import BadSample, decode_image
+from ..data.csv_table import int_column, read_csv_table
 from ..data.transforms import to_rgb
 from .zeroshot import DEFAULT_TEMPLATES, read_lines
 
@@ -154,13 +155,10 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         try:
-            with Image.open(self.paths[index]) as image:
-                pixels = self.preprocess(to_rgb(image))  # alpha composited on white
-        except FileNotFoundError:
-            raise FileNotFoundError(
-                f"image {self.paths[index]} listed in {self.source} not found"
-            ) from None
-        return {"image": pixels, "index": index}
+            image = decode_image(self.paths[index])
+        except BadSample as bad:  # checks.check_images finds these before any evaluation
+            raise bad.at(f"image {self.paths[index]} listed in {self.source}") from None
+        return {"image": self.preprocess(to_rgb(image)), "index": index}  # alpha on white
 
 
 class ImageArrays(Dataset):
@@ -233,38 +231,29 @@ def _load_csv(
 ) -> EvalDataset:
     from .retrieval import group_captions
 
-    if separator is None:
-        separator = "\t" if path.suffix.lower() == ".tsv" else ","
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f, delimiter=separator)
-        columns = list(reader.fieldnames or [])
-        rows = list(reader)
-    if img_key not in columns:
-        raise ValueError(
-            f"{path}: no image column {img_key!r}; columns found (separator {separator!r}): "
-            f"{columns}. Name it with --csv-img-key, or set --csv-separator"
-        )
-    keys, caption_image = group_captions([row[img_key] for row in rows])
+    table = read_csv_table(path, separator, required={img_key: "--csv-img-key"})
+    keys, caption_image = group_captions(table.column(img_key))
     labels = None
-    if "label" in columns:
+    if "label" in table.columns:
         by_image: dict[int, int] = {}
-        for row, image in zip(rows, caption_image, strict=True):
-            label = int(row["label"])
+        for row, (label, image) in enumerate(
+            zip(int_column(table, "label"), caption_image, strict=True)
+        ):
             if by_image.setdefault(image, label) != label:
                 raise ValueError(
-                    f"{path}: image {keys[image]} has rows with labels {by_image[image]} and "
-                    f"{label}; an image has one label"
+                    f"{table.where(row)}: image {keys[image]} has rows with labels "
+                    f"{by_image[image]} and {label}; an image has one label"
                 )
         labels = [by_image[i] for i in range(len(keys))]
     names, hint = _classnames(classnames, path.parent / "classnames.txt")
-    has_captions = caption_key in columns
+    has_captions = caption_key in table.columns
     return EvalDataset(
         name=csv_dataset_name(path),
         images=ImageFiles([path.parent / key for key in keys], preprocess, str(path)),
         labels=labels,
         classnames=names,
         templates=_templates(templates, path.parent / "templates.txt", DEFAULT_TEMPLATES),
-        captions=[row[caption_key] for row in rows] if has_captions else None,
+        captions=table.column(caption_key) if has_captions else None,
         caption_image=caption_image if has_captions else None,
         classnames_hint=hint,
     )
@@ -272,7 +261,7 @@ def _load_csv(
 
 def csv_dataset_name(path: Path) -> str:
     """The name in metric names: the file's stem, or its folder's name for a split-named file
-    (``zeroshot/concepts/test.csv`` → ``concepts``)."""
+    (``zeroshot/unseen/test.csv`` → ``unseen``)."""
     return path.parent.name if path.stem.lower() in GENERIC_STEMS else path.stem
 
 

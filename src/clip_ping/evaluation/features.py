@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..workers import loader_workers
+
 
 @torch.no_grad()
 def encode_images(
@@ -24,7 +26,7 @@ def encode_images(
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    loader = DataLoader(images, batch_size=batch_size, num_workers=workers)
+    loader = DataLoader(images, batch_size=batch_size, **loader_workers(workers))
     features: torch.Tensor | None = None
     try:
         for batch in loader:

@@ -22,19 +22,26 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import os
 import warnings
 from pathlib import Path
 
 import torch
 
+from ..data.bad_samples import DEFAULT_MAX_BAD_SHARE
+from ..distributed import resolve_device
 from ..io import atomic_torch_save, atomic_write_text
+from ..workers import check_workers
+from .checks import check_images, check_task, meaningless_score
 from .datasets import EvalDataset, builtin_datasets, load_eval_dataset
 from .features import encode_images, encode_texts
 from .linear_probe import DEFAULT_WEIGHT_DECAYS, linear_probe
 from .ranking import DEFAULT_MAX_BLOCK_ELEMENTS
 from .retrieval import retrieval_metrics, text_ids
 from .zeroshot import class_embeddings, zero_shot_metrics
+
+log = logging.getLogger("clip_ping")
 
 # CLI task → (CLIP_benchmark task name, prefix of the run-log metric names)
 TASKS = {
@@ -173,22 +180,30 @@ def run_eval(
     weight_decays: tuple[float, ...] = DEFAULT_WEIGHT_DECAYS,
     feature_cache: str | None = None,
     merge_identical_captions: bool = False,
+    on_bad_sample: str = "skip",
+    max_bad_share: float = DEFAULT_MAX_BAD_SHARE,
 ) -> dict:
     """Load ``model_path``, run ``task`` on ``dataset``, return (and write to ``out``) the
     result record. ``train_dataset`` is the probe's training set (built-ins: their own
-    train split)."""
+    train split). Every image is checked first; bad ones follow ``on_bad_sample`` (see
+    :mod:`.checks`), and the record counts them as ``skipped_images``. A set on which any
+    model would score perfectly is warned about, and the warning kept in ``warnings``."""
     from ..models import load
 
     if task not in TASKS:
         raise ValueError(f"--task {task!r}: choose one of {', '.join(TASKS)}")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    check_workers(workers)  # before the model loads
+    device = resolve_device(device)
     model, preprocess, tokenizer = load(model_path, device=device)
     options = dict(
         classnames=classnames, templates=templates, csv_img_key=csv_img_key,
         csv_caption_key=csv_caption_key, csv_separator=csv_separator,
     )  # fmt: skip
-    data = load_eval_dataset(dataset, preprocess, split="test", **options)
+    report: dict = {"skipped_images": 0, "warnings": []}
+    check = dict(task=task, on_bad_sample=on_bad_sample, max_bad_share=max_bad_share)
+    data = _checked(
+        load_eval_dataset(dataset, preprocess, split="test", **options), report, **check
+    )
     encode = dict(batch_size=batch_size, device=device, workers=workers)
     extra = {}
     if task == "linear-probe":
@@ -198,6 +213,7 @@ def run_eval(
                 f"probe is fitted on (built-ins {', '.join(builtin_datasets())} bring their own)"
             )
         train = load_eval_dataset(train_dataset or dataset, preprocess, split="train", **options)
+        train = _checked(train, report, **check)
         features = probe_features(model, train, data, feature_cache, **encode)
         result = linear_probe(
             features["train"], train.require_labels("linear probe"),
@@ -215,9 +231,23 @@ def run_eval(
             data.name = f"{data.name}-merged"  # never mistaken for the standard protocol
     record = result_record(task, data.name, str(model_path), metrics)
     record.update(num_images=len(data), **extra)
+    record.update({key: value for key, value in report.items() if value})
     if out is not None:
         atomic_write_text(out, json.dumps(record, indent=2) + "\n")
     return record
+
+
+def _checked(
+    data: EvalDataset, report: dict, task: str, on_bad_sample: str, max_bad_share: float
+) -> EvalDataset:
+    """``data`` checked for ``task`` (:mod:`.checks`); skips and warnings go to ``report``."""
+    check_task(data, task)
+    checked = check_images(data, on_bad_sample, max_bad_share)
+    report["skipped_images"] += len(data) - len(checked)
+    if reason := meaningless_score(checked, task):
+        log.warning(reason)
+        report["warnings"].append(reason)
+    return checked
 
 
 def result_record(task: str, dataset: str, model: str, metrics: dict[str, float]) -> dict:
@@ -295,17 +325,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="prompt templates file or imagenet1k (default: templates.txt beside)",
     )
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--workers", type=int, default=0, help="data loader workers")
     from ..data.loader import DataSpec
+    from ..flags import Range, typed
     from ..flags import add_arguments as add_field_arguments
 
-    csv_columns = ("csv_img_key", "csv_caption_key", "csv_separator")
-    add_field_arguments(parser, DataSpec, only=csv_columns, suppress_defaults=False)
+    parser.add_argument("--batch-size", type=typed(int, Range(1)), default=256)
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument(
+        "--workers", type=typed(int, Range(0)), default=0,
+        help="data loader workers (at most what the machine can run)",
+    )  # fmt: skip
+
+    data_flags = ("csv_img_key", "csv_caption_key", "csv_separator")
+    data_flags += ("on_bad_sample", "max_bad_share")  # bad images: as in training
+    add_field_arguments(parser, DataSpec, only=data_flags, suppress_defaults=False)
     parser.add_argument(
         "--wd",
-        type=float,
+        type=typed(float, Range(0, min_open=True)),
         nargs="+",
         default=list(DEFAULT_WEIGHT_DECAYS),
         help="linear probe: weight decays to sweep",
@@ -330,6 +366,7 @@ def main(args: argparse.Namespace) -> dict:
         csv_caption_key=args.csv_caption_key, csv_separator=args.csv_separator,
         weight_decays=tuple(args.wd), feature_cache=args.feature_cache,
         merge_identical_captions=args.merge_identical_captions,
+        on_bad_sample=args.on_bad_sample, max_bad_share=args.max_bad_share,
     )  # fmt: skip
     print(json.dumps(record["metric_names"], indent=2))
     if args.out:

@@ -115,21 +115,19 @@ def run_variant(data: DemoData, size: DemoSize, run: Planned, logs: Path) -> dic
 
 
 def _check_same_settings(run_dir: Path, cfg) -> None:
-    """A finished run is reused only when it was trained with ``cfg``'s settings."""
-    import dataclasses
+    """A finished run is reused only when it was trained with ``cfg``'s settings (those a
+    resume may not change, and the same epochs)."""
+    from ..checkpoint import settings_changes
+    from ..config import RESUME_MAY_GROW
+    from ..run_folder import run_settings
 
-    import yaml
-
-    saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
-    ignored = {"name", "logs", "resume", "workers"}
-    changed = [
-        f"{key}: {saved.get(key)!r} → {value!r}"
-        for key, value in dataclasses.asdict(cfg).items()
-        if key not in ignored and key in saved and saved[key] != value
+    changes, refused = settings_changes(run_settings(run_dir), cfg)
+    refused += [
+        f"--{name} was {changes[name]['was']}" for name in RESUME_MAY_GROW if name in changes
     ]
-    if changed:
+    if refused:
         raise ValueError(
-            f"{run_dir} was trained with other settings ({'; '.join(changed[:4])}); delete "
+            f"{run_dir} was trained with other settings ({'; '.join(refused[:4])}); delete "
             "the folder to retrain it, or use another --out"
         )
 
@@ -205,9 +203,11 @@ def run_variants(
 
     from tqdm import tqdm
 
+    from ..workers import die_with_parent, usable_cores
+
     plan = _merge_duplicates([Planned(*run) for run in plan])
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    jobs = max(1, min(jobs or min(2, cores or 1), len(plan)))
+    cores = usable_cores()
+    jobs = max(1, min(jobs or min(2, cores), len(plan)))
     if jobs == 1:
         return {run.name: run_variant(data, size, run, logs) for run in plan}
     rows = data.split_rows()["train.csv"]
@@ -217,13 +217,15 @@ def run_variants(
         * run.settings.get("epochs", size.epochs)
         for run in plan
     }
-    threads = max(1, (cores or jobs) // jobs)
+    threads = max(1, cores // jobs)
     print(f"{len(plan)} runs, {jobs} at a time with {threads} thread(s) each; "
           f"their output: {logs}/<run>/console.log", flush=True)  # fmt: skip
     results: dict[str, dict[str, float]] = {}
     context = get_context("spawn")  # a fresh interpreter: no inherited torch thread pools
     with (
-        ProcessPoolExecutor(jobs, mp_context=context) as pool,
+        ProcessPoolExecutor(
+            jobs, mp_context=context, initializer=die_with_parent, initargs=(os.getpid(),)
+        ) as pool,
         tqdm(total=sum(steps.values()), unit="step", desc="training", dynamic_ncols=True) as bar,
     ):
         futures = {

@@ -24,11 +24,14 @@ import torch
 from ..tokenizer import Tokenizer, get_tokenizer
 from .export import (
     STUDENT_PREFIX,
+    DamagedCheckpointError,
     export_hf,
+    first_line,
     is_exported,
     load,
     load_checkpoint_file,
     load_export,
+    load_weights,
     model_from_checkpoint,
     student_class,
     student_record,
@@ -129,8 +132,9 @@ def create_model(
 
 
 __all__ = [
-    "FAMILIES", "MAX_LOGIT_SCALE", "MODEL_SPECS", "STUDENT_PREFIX", "ClipStudent", "ModelSpec",
-    "Student", "TowerSpec", "TowerStudent", "clip_config", "create_model", "export_hf",
-    "get_model_spec", "is_exported", "list_models", "load", "load_checkpoint_file",
-    "load_export", "model_from_checkpoint", "student_class", "student_record",
+    "FAMILIES", "MAX_LOGIT_SCALE", "MODEL_SPECS", "STUDENT_PREFIX", "ClipStudent",
+    "DamagedCheckpointError", "ModelSpec", "Student", "TowerSpec", "TowerStudent",
+    "clip_config", "create_model", "export_hf", "first_line", "get_model_spec", "is_exported",
+    "list_models", "load", "load_checkpoint_file", "load_export", "load_weights",
+    "model_from_checkpoint", "student_class", "student_record",
 ]  # fmt: skip

@@ -12,13 +12,13 @@ Both carry the image processor and the tokenizer, and both load without clip-pin
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from ..data.transforms import EvalTransform
+from ..io import atomic_directory, os_error
 from ..tokenizer import Tokenizer
 from .student import Student
 from .towers import EXPORT_FILE, TowerStudent
@@ -36,16 +36,8 @@ def export_hf(model: Student, tokenizer: Tokenizer, out_dir: str | os.PathLike) 
     configs, image processor, tokenizer). Written beside and swapped in whole, so a reader
     never sees half an export."""
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
+    with atomic_directory(out_dir) as staging:
         model.export(staging, tokenizer)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out_dir
 
 
@@ -82,36 +74,129 @@ def student_record(model: Student, tokenizer: Tokenizer) -> dict:
     return {**model.record(), "tokenizer": tokenizer.to_str()}
 
 
-def model_from_checkpoint(state: dict) -> tuple[Student, Tokenizer]:
+class DamagedCheckpointError(ValueError):
+    """A checkpoint file read whole that is no usable clip-ping checkpoint (cut short,
+    altered, or written by something else): reading it again will not help."""
+
+
+def model_from_checkpoint(state: dict, source: str = "the checkpoint") -> tuple[Student, Tokenizer]:
     """Rebuild the student stored in a training checkpoint dict (see ``checkpoint.py``).
     Checkpoints from before other towers existed (no ``tower``: a ViT) and of format 1
-    (``model``/``clip_config`` keys) load too."""
-    if "student" in state:
+    (``model``/``clip_config`` keys) load too. A dict that does not describe a student is
+    :class:`DamagedCheckpointError`, naming ``source``."""
+    if isinstance(state.get("student"), dict) and isinstance(state.get("task"), dict):
         record = state["student"]
         weights = {
             key[len(STUDENT_PREFIX) :]: value
             for key, value in state["task"].items()
-            if key.startswith(STUDENT_PREFIX)
+            if isinstance(key, str) and key.startswith(STUDENT_PREFIX)
         }
-    else:  # format 1
+    elif isinstance(state.get("model"), dict):  # format 1
         record, weights = state, state["model"]
+    else:
+        raise DamagedCheckpointError(
+            f"{source} holds no student (keys {_some(state)}); it was not written by clip-ping "
+            "training, or was altered"
+        )
     tower = record.get("tower", "vit")
-    text_config = record["clip_config"]["text_config"] if tower == "vit" else record["text_config"]
-    tokenizer = Tokenizer.from_str(record["tokenizer"], text_config["max_position_embeddings"])
-    model = student_class(tower).from_record(record, tokenizer)
-    model.load_state_dict(weights)
+    configs = ["clip_config"] if tower == "vit" else ["vision_config", "text_config"]
+    if not (
+        all(isinstance(record.get(key), dict) for key in configs)
+        and isinstance(record.get("tokenizer"), str)
+    ):
+        raise DamagedCheckpointError(
+            f"{source}: the student's record lacks its {', '.join(configs)} or tokenizer; "
+            "it was altered"
+        )
+    try:
+        text = record["clip_config"]["text_config"] if tower == "vit" else record["text_config"]
+        tokenizer = Tokenizer.from_str(record["tokenizer"], text["max_position_embeddings"])
+        model = student_class(tower).from_record(record, tokenizer)
+    except Exception as exc:
+        raise DamagedCheckpointError(
+            f"{source}: the student's record does not build a model ({first_line(exc)}); "
+            "it was altered"
+        ) from exc
+    load_weights(model, weights, source)
     return model, tokenizer
 
 
+def load_weights(module: nn.Module, weights: dict, source: str) -> None:
+    """``module.load_state_dict(weights)``; weights that do not fit (missing, extra, of
+    another shape) are one :class:`DamagedCheckpointError` naming ``source``."""
+    expected = module.state_dict()
+    shape = lambda value: tuple(getattr(value, "shape", ())) or "scalar"  # noqa: E731
+    wrong = [
+        f"{key} {shape(value)} instead of {shape(expected[key])}"
+        for key, value in weights.items()
+        if key in expected
+        and not (isinstance(value, torch.Tensor) and value.shape == expected[key].shape)
+    ]
+    found = {
+        "missing": [key for key in expected if key not in weights],
+        "unexpected": [str(key)[:80] for key in weights if key not in expected],
+        "of another shape": wrong,
+    }
+    problems = [
+        f"{len(keys)} {what} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
+        for what, keys in found.items()
+        if keys
+    ]
+    if problems:
+        raise DamagedCheckpointError(
+            f"{source} does not fit the model it describes: tensors {'; '.join(problems)}. "
+            "It is damaged or was altered: use another checkpoint, or start a new run"
+        )
+    module.load_state_dict(weights)
+
+
+READ_CHUNK_BYTES = 16 << 20
+
+
 def load_checkpoint_file(path: str | os.PathLike) -> dict:
-    """``torch.load`` with ``weights_only=True``: a crafted pickle cannot run code."""
+    """``torch.load`` with ``weights_only=True``: a crafted pickle cannot run code.
+
+    The file is read through once first, so that a failure to read it (permissions, an I/O
+    error) is raised as that ``OSError``, naming the file, and is never taken for damage:
+    the file may be intact. Only a file read whole that does not load as a clip-ping
+    checkpoint dict is :class:`DamagedCheckpointError`.
+    """
+    path = Path(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(
-            f"could not load checkpoint {path}: {exc}. Only checkpoints written by clip-ping "
-            "(plain tensors and containers) are accepted."
+        with open(path, "rb") as f:
+            while f.read(READ_CHUNK_BYTES):
+                pass
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as exc:
+        raise os_error(
+            exc, f"could not read checkpoint {path} ({exc.strerror or exc}); the file may be "
+            "intact: fix the cause (its permissions, the storage) and try again",
+        ) from exc  # fmt: skip
+    except MemoryError as exc:
+        raise MemoryError(f"not enough memory to load checkpoint {path}") from exc
+    except Exception as exc:  # the zip reader, the unpickler, weights_only's refusal
+        raise DamagedCheckpointError(
+            f"could not load checkpoint {path}: {first_line(exc)}. It is cut short or "
+            "altered, or was not written by clip-ping: only clip-ping checkpoints (plain "
+            "tensors and containers) are accepted"
         ) from exc
+    if not isinstance(state, dict):
+        raise DamagedCheckpointError(
+            f"could not load checkpoint {path}: it holds a {type(state).__name__}, not the "
+            "dict clip-ping writes"
+        )
+    return state
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of ``exc``'s message, cut at ``limit`` (for one-line errors)."""
+    line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return line if len(line) <= limit else line[:limit] + "..."
+
+
+def _some(state: dict, limit: int = 6) -> str:
+    keys = [str(key)[:40] for key in list(state)[:limit]]
+    return ", ".join(keys) + (", ..." if len(state) > limit else "") if keys else "none"
 
 
 def load(path: str | os.PathLike, device: str | torch.device = "cpu"):
@@ -127,11 +212,10 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu"):
     elif path.is_dir() and export_kind(path):
         model, tokenizer = load_export(path)
     elif path.is_dir() and (path / "checkpoints" / "latest.pt").is_file():
-        model, tokenizer = model_from_checkpoint(
-            load_checkpoint_file(path / "checkpoints" / "latest.pt")
-        )
+        latest = path / "checkpoints" / "latest.pt"
+        model, tokenizer = model_from_checkpoint(load_checkpoint_file(latest), str(latest))
     elif path.is_file():
-        model, tokenizer = model_from_checkpoint(load_checkpoint_file(path))
+        model, tokenizer = model_from_checkpoint(load_checkpoint_file(path), str(path))
     else:
         raise FileNotFoundError(
             f"cannot load a model from {path}: expected a run directory (with hf/ or "
