@@ -136,8 +136,8 @@ def run_sweep(
 ) -> str:  # fmt: skip
     """Train and evaluate every run of the sweep on val; its table, also written into
     ``markdown`` between ``<!-- sweep:NAME -->`` and ``<!-- /sweep:NAME -->``."""
-    from ..io import atomic_write_text
     from .demo import FULL, prepare_data
+    from .markdown import write_section
     from .runs import run_variants
 
     out = Path(out)
@@ -147,11 +147,6 @@ def run_sweep(
     command = f"clip-ping results --sweep {sweep} --sweep-seeds {seeds}"
     table = f"Val mean recall, produced by `{command}`:\n\n" + sweep_table(plan, metrics)
     if markdown is not None and Path(markdown).is_file():
-        text = Path(markdown).read_text(encoding="utf-8")
-        start, end = f"<!-- sweep:{sweep} -->", f"<!-- /sweep:{sweep} -->"
-        if start in text and end in text:
-            head, rest = text.split(start, 1)
-            text = head + start + "\n" + table + end + rest.split(end, 1)[1]
-            atomic_write_text(markdown, text)
+        write_section(markdown, f"sweep:{sweep}", table)
     print(table)
     return table
