@@ -49,3 +49,39 @@ def test_sweep_table_gives_mean_spread_and_marks_the_best_per_method():
     assert "| lr 5e-4 | 0.2050 ± 0.0071 (n=2) **best** | 0.2550 ± 0.0071 (n=2) **best** |" in table
     assert "| starting recipe | 0.1050 ± 0.0071 (n=2) | 0.1550 ± 0.0071 (n=2) |" in table
     assert "| batch 64 | — | — |" in table  # not run yet
+
+
+def test_a_sweep_table_from_the_runs_finished_so_far(tmp_path):
+    import json
+
+    from clip_ping.evaluation.run import result_path
+    from clip_ping.experiments.demo import RETRIEVAL_SOURCES
+    from clip_ping.experiments.sweep import run_sweep
+
+    plan = sweep_plan("recipe", RECIPE_START, seeds=1)
+    done = {p: run for p, m, run in plan if m == "clip" and p in ("starting recipe", "lr 5e-4")}
+    for point, run in done.items():
+        folder = tmp_path / "sweep" / run.name
+        (folder / "hf").mkdir(parents=True)
+        (folder / "hf" / "config.json").write_text("{}")
+        score = 0.3 if point == "lr 5e-4" else 0.1
+        for source in RETRIEVAL_SOURCES:
+            names = {
+                f"retrieval/val_{source}/{d}_R@{k}": score
+                for d in ("image_to_text", "text_to_image")
+                for k in (1, 5, 10)
+            }
+            out = result_path(folder, "retrieval", f"val_{source}")
+            out.parent.mkdir(exist_ok=True)
+            out.write_text(json.dumps({"metric_names": names}))
+    unevaluated = next(run for p, m, run in plan if p == "batch 64" and m == "clip")
+    (tmp_path / "sweep" / unevaluated.name / "hf").mkdir(parents=True)
+    (tmp_path / "sweep" / unevaluated.name / "hf" / "config.json").write_text("{}")
+    md = tmp_path / "method.md"
+    md.write_text("# Method\n\n<!-- sweep:recipe -->\nold\n<!-- /sweep:recipe -->\n\nrest\n")
+    table = run_sweep("recipe", tmp_path, seeds=1, markdown=md, finished_only=True)
+    assert f"(2 of {len(plan)} runs finished so far)" in table
+    assert "| lr 5e-4 | 0.3000 (n=1) **best** | — |" in table
+    assert "| batch 64 | — | — |" in table  # trained but not evaluated: not in the table
+    text = md.read_text()
+    assert "old" not in text and text.endswith("rest\n") and "| starting recipe | 0.1000" in text

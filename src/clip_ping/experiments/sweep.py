@@ -142,21 +142,45 @@ def sweep_table(
 def run_sweep(
     sweep: str, out: str | Path = "runs/demo", seeds: int = 2, jobs: int | None = None,
     assets: str | None = None, markdown: str | Path | None = "docs/method.md",
+    finished_only: bool = False,
 ) -> str:  # fmt: skip
     """Train and evaluate every run of the sweep on val; its table, also written into
-    ``markdown`` between ``<!-- sweep:NAME -->`` and ``<!-- /sweep:NAME -->``."""
+    ``markdown`` between ``<!-- sweep:NAME -->`` and ``<!-- /sweep:NAME -->``.
+    ``finished_only``: train nothing, tabulate the runs finished so far (a sweep that spans
+    days can be read while it runs)."""
     from .demo import FULL, prepare_data
     from .markdown import write_section
     from .runs import run_variants
 
     out = Path(out)
-    data = prepare_data(out, FULL, assets)
     size = RECIPE_START if sweep == "recipe" else FULL
     plan = sweep_plan(sweep, size, seeds)
-    metrics = run_variants(data, size, [run for _, _, run in plan], out / "sweep", jobs)
     command = f"clip-ping results --sweep {sweep} --sweep-seeds {seeds}"
-    table = f"Val mean recall, produced by `{command}`:\n\n" + sweep_table(plan, metrics)
+    if finished_only:
+        metrics = finished_runs([run for _, _, run in plan], out / "sweep")
+        note = f" ({len(metrics)} of {len(plan)} runs finished so far)"
+    else:
+        data = prepare_data(out, FULL, assets)
+        metrics = run_variants(data, size, [run for _, _, run in plan], out / "sweep", jobs)
+        note = ""
+    table = f"Val mean recall, produced by `{command}`{note}:\n\n" + sweep_table(plan, metrics)
     if markdown is not None and Path(markdown).is_file():
         write_section(markdown, f"sweep:{sweep}", table)
     print(table)
     return table
+
+
+def finished_runs(plan: Sequence[Planned], logs: Path) -> dict[str, dict[str, float]]:
+    """Final metrics of the runs of ``plan`` that are trained and evaluated on val."""
+    from .report import final_metrics
+
+    metrics = {}
+    for run in plan:
+        if (logs / run.name / "hf" / "config.json").is_file():
+            found = final_metrics(logs / run.name)
+            try:
+                mean_recall(found, "val")
+            except KeyError:  # trained, not evaluated yet
+                continue
+            metrics[run.name] = found
+    return metrics
