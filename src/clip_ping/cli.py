@@ -9,10 +9,10 @@ import traceback
 
 from . import __version__
 from .errors import describe_failure
-from .flags import SEED_RANGE, Range, typed
+from .experiments.commands import add_experiment_commands
+from .flags import COUNT, SEED_RANGE, Range, typed
 
 # argparse types of the numeric flags that are no config field, each with its allowed range.
-COUNT = typed(int, Range(1))  # how many of something: 1 or more
 SEED = typed(int, SEED_RANGE)
 
 
@@ -70,33 +70,6 @@ def _tokenizer_train(args: argparse.Namespace) -> None:
     print(
         f"{tokenizer.vocab_size}-token WordPiece vocabulary from {len(captions)} captions in {args.out}"
     )
-
-
-def _demo(args: argparse.Namespace) -> None:
-    from .experiments.demo import run_demo
-
-    run_demo(args.out, quick=args.quick, assets=args.assets, jobs=args.jobs)
-
-
-def _results(args: argparse.Namespace) -> None:
-    if args.sweep:
-        from .experiments.sweep import run_sweep
-
-        markdown = "docs/method.md" if args.markdown == "docs/results.md" else args.markdown
-        run_sweep(args.sweep, args.out, args.sweep_seeds, args.jobs, args.assets, markdown)
-        return
-    from .experiments.results import run_results
-
-    run_results(
-        args.out, seeds=args.seeds, sweep_seeds=args.sweep_seeds, ablations=not args.no_ablations,
-        quick=args.quick, markdown=args.markdown, assets=args.assets, jobs=args.jobs,
-    )  # fmt: skip
-
-
-def _report(args: argparse.Namespace) -> None:
-    from .experiments.report import main
-
-    main(args.runs, args.out)
 
 
 def _bank_build(args: argparse.Namespace) -> None:
@@ -238,62 +211,6 @@ def _add_bank_commands(commands: argparse._SubParsersAction) -> None:
     show.set_defaults(func=_bank_show)
 
 
-def _add_demo_flags(parser: argparse.ArgumentParser) -> None:
-    """The flags the demo and the results page share: where, how big, how many at once."""
-    parser.add_argument("--out", default="runs/demo", help="output folder")
-    parser.add_argument("--quick", action="store_true", help="a smaller, faster run")
-    parser.add_argument(
-        "--assets",
-        default=None,
-        help="asset packages folder (default: $CLIP_PING_ASSETS or .assets)",
-    )
-    parser.add_argument(
-        "--jobs",
-        type=COUNT,
-        default=None,
-        help="runs trained at once, each with an equal share of the cores (default: 2)",
-    )
-
-
-def _add_experiment_commands(commands: argparse._SubParsersAction) -> None:
-    demo = commands.add_parser("demo", help="the main job: corpus → training → evaluation")
-    _add_demo_flags(demo)
-    demo.set_defaults(func=_demo)
-
-    results = commands.add_parser(
-        "results",
-        help="CLIP vs CLIP-PING over seeds on test, ablations on val → docs/results.md",
-    )
-    _add_demo_flags(results)
-    results.add_argument(
-        "--seeds", type=COUNT, default=5, help="final CLIP and CLIP-PING runs per method (5)"
-    )
-    results.add_argument(
-        "--no-ablations", action="store_true", help="only the final runs, not the method sweep"
-    )
-    results.add_argument(
-        "--sweep",
-        choices=("recipe", "method"),
-        default=None,
-        help="instead: sweep the recipe (CLIP and CLIP-PING) or CLIP-PING's settings on val, "
-        "and write the table into docs/method.md",
-    )
-    results.add_argument(
-        "--sweep-seeds", type=COUNT, default=3, help="seeds per sweep point and ablation (3)"
-    )
-    results.add_argument(
-        "--markdown",
-        default="docs/results.md",
-        help="the markdown file written (with --sweep: docs/method.md)",
-    )
-    results.set_defaults(func=_results)
-
-    report = commands.add_parser("report", help="compare finished runs: table + figures")
-    report.add_argument("runs", nargs="+", help="run folders (logs/<name>)")
-    report.add_argument("--out", required=True, help="folder for report.md and figures/")
-    report.set_defaults(func=_report)
-
-
 def build_parser() -> argparse.ArgumentParser:
     from .config import TrainConfig
     from .flags import add_arguments
@@ -370,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=evaluation_run.main)
 
     _add_bank_commands(commands)
-    _add_experiment_commands(commands)
+    add_experiment_commands(commands)
     return parser
 
 

@@ -155,3 +155,6 @@ def check_ranges(config: Any) -> None:
 def namespace_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     """The values in ``args`` of ``cls``'s fields (those the parser defined)."""
     return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+
+
+COUNT = typed(int, Range(1))  # how many of something: 1 or more

@@ -87,11 +87,12 @@ def test_results_command_and_its_flags(capsys):
         parser.parse_args(["results", "--help"])
     assert shown.value.code == 0
     usage = capsys.readouterr().out
-    for flag in ("--seeds", "--sweep-seeds", "--sweep", "--no-ablations", "--quick", "--out",
+    for flag in ("--seeds", "--sweep-seeds", "--sweep", "--curve", "--no-ablations", "--quick", "--out",
                  "--assets", "--jobs", "--markdown"):  # fmt: skip
         assert flag in usage
     args = parser.parse_args(["results"])
-    assert (args.seeds, args.sweep_seeds, args.no_ablations, args.sweep) == (5, 3, False, None)
+    assert (args.seeds, args.sweep_seeds, args.no_ablations, args.sweep) == (None, 3, False, None)
+    assert not args.curve and parser.parse_args(["results", "--curve"]).curve
     assert parser.parse_args(["results", "--sweep", "recipe"]).sweep == "recipe"
     with pytest.raises(SystemExit):
         parser.parse_args(["results", "--sweep", "everything"])

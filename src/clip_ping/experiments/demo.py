@@ -91,10 +91,11 @@ class DemoData:
 
     corpus: Path
     banks: Path
+    train_file: Path | None = None  # another training CSV (a subset): the corpus's by default
 
     @property
     def train(self) -> Path:
-        return self.corpus / "train.csv"
+        return self.train_file or self.corpus / "train.csv"
 
     def bank(self, modality: str, variant: str = "default") -> Path:
         return self.banks / (modality if variant == "default" else f"{modality}-{variant}")
@@ -102,6 +103,15 @@ class DemoData:
     def split_rows(self) -> dict[str, int]:
         """The row count of each split of the corpus (``train.csv``: ...), from ``corpus.json``."""
         return dict(json.loads((self.corpus / "corpus.json").read_text())["splits"])
+
+    def train_rows(self) -> int:
+        """Training pairs: the corpus's, or those of the other training CSV."""
+        if self.train_file is None:
+            return self.split_rows()["train.csv"]
+        import csv
+
+        with open(self.train_file, newline="", encoding="utf-8") as f:
+            return sum(1 for _ in csv.reader(f)) - 1
 
     def eval_jobs(self, probes: tuple[str, ...], split: str = "test") -> list[tuple[str, str]]:
         """(task, dataset) pairs a run is evaluated on: retrieval on the ``split``'s sets; for
@@ -120,28 +130,35 @@ class DemoData:
 
 def prepare_data(out: Path, size: DemoSize, assets: str | None = None) -> DemoData:
     """The corpus, both banks and their neighbour tables (also without same-caption pairs)."""
-    from ..bank import build_bank, caption_groups, has_neighbor_table, mine_bank
-    from ..data.loader import DataSpec, read_captions
     from .demo_corpus import build_demo_corpus
 
     data = DemoData(out / "data" / "corpus", out / "banks")
     build_demo_corpus(
         data.corpus, assets=assets, max_concepts=size.max_concepts, max_clipart=size.max_clipart
     )
+    prepare_banks(data)
+    return data
+
+
+def prepare_banks(data: DemoData, same_caption_variant: bool = True) -> None:
+    """Both teacher banks of ``data.train`` and their top-K neighbour tables; with
+    ``same_caption_variant`` also the tables without same-caption neighbours. Finished parts
+    are kept."""
+    from ..bank import build_bank, caption_groups, has_neighbor_table, mine_bank
+    from ..data.loader import DataSpec, read_captions
+
     spec = DataSpec(str(data.train))
     build_bank(spec, "image", data.bank("image"), image_size=IMAGE_TEACHER_SIZE, workers=0)
     build_bank(spec, "text", data.bank("text"), workers=0)
-    captions = read_captions(spec)
-    groups = caption_groups(captions)
+    groups = caption_groups(read_captions(spec)) if same_caption_variant else None
     for modality, other in (("image", "text"), ("text", "image")):
         paired = data.bank(other)  # a sample bad in either bank is no neighbour
         if not has_neighbor_table(data.bank(modality)):
             mine_bank(data.bank(modality), k=NEIGHBOR_K, paired_bank=paired)
         alt = data.bank(modality, "no-same-caption")
-        if not has_neighbor_table(alt):
+        if groups is not None and not has_neighbor_table(alt):
             _link_bank(data.bank(modality), alt)
             mine_bank(alt, k=NEIGHBOR_K, exclude_groups=groups, paired_bank=paired)
-    return data
 
 
 def _link_bank(source: Path, target: Path) -> None:

@@ -182,9 +182,24 @@ def run_results(
     }
     atomic_write_text(out / "results.json", json.dumps(summary, indent=2) + "\n")
     text = render_results(by_variant, points, summary, data, Path(markdown), Path(figures))
-    atomic_write_text(markdown, text)
+    atomic_write_text(markdown, keep_sections(text, Path(markdown)))
     print(f"\nresults: {markdown}")
     return summary
+
+
+# Sections of the page that other commands write (:mod:`.markdown`), kept when it is rewritten.
+OTHER_SECTIONS = {
+    "architectures": "## Other students (test)\n\nNot produced yet: `make architectures`.",
+    "curve": "## Data efficiency (test)\n\nNot produced yet: `make curve`.",
+}
+
+
+def keep_sections(text: str, markdown: Path) -> str:
+    """``text`` with the page's sections of :data:`OTHER_SECTIONS`, as they are now."""
+    from .markdown import carry_sections
+
+    old = markdown.read_text(encoding="utf-8") if markdown.is_file() else ""
+    return carry_sections(text, old, tuple(OTHER_SECTIONS), OTHER_SECTIONS)
 
 
 def result_keys(metrics: dict[str, float]) -> list[str]:

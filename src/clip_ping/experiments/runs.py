@@ -210,7 +210,7 @@ def run_variants(
     jobs = max(1, min(jobs or min(2, cores), len(plan)))
     if jobs == 1:
         return {run.name: run_variant(data, size, run, logs) for run in plan}
-    rows = data.split_rows()["train.csv"]
+    rows = data.train_rows()
     steps = {
         run.name: rows
         // run.settings.get("batch_size", size.batch_size)

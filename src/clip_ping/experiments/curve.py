@@ -1,0 +1,274 @@
+"""The data-efficiency curve: CLIP and CLIP-PING trained on nested subsets of the training
+groups, scored on the test sets (the paper's claim that neighbour guidance lowers the data a
+small model needs).
+
+    clip-ping results --curve          # make curve: the figure and ratio in docs/results.md
+
+- **Subsets** (:func:`nested_subsets`): the training *groups* (an emoji concept with its
+  counterparts, linked clip-art: :mod:`.corpus_splits`) in one fixed pseudo-random order;
+  a subset takes groups in that order until it holds its share of the training pairs. So
+  10% ⊂ 25% ⊂ 50% ⊂ 100%, and a group is never split.
+- **Banks on the subset alone.** Each subset gets its own teacher banks and neighbour
+  tables, built from its own CSV: the neighbours of a pair are found among the subset's
+  pairs only, so the teachers never offer a pair the student cannot see.
+- **The same number of optimisation steps** at every point, those of the recipe on all the
+  data (:data:`.demo.FULL`): a subset trains for proportionally more epochs. With the same
+  epochs instead, the 10% point would take ~35 steps, fewer than the warm-up, and the curve
+  would measure a shorter schedule as much as less data. Same steps asks the question the
+  claim is about: with compute to spare, how many pairs does each method need?
+- **Seeds.** The same seeds at every point and for both methods (a seed fixes the initial
+  weights and the batch order); the subsets do not change with the seed. The 100% runs are
+  :mod:`.results`' final runs, shared through their folders.
+- **The ratio** (:func:`pairs_to_match`): on CLIP's curve, interpolated linearly in
+  log(pairs), the number of pairs at which CLIP reaches CLIP-PING's score at 25% and 50%,
+  divided by those points' pairs ("CLIP needs 1.8× the pairs"); "more than 4×" where CLIP
+  never reaches it within the data we have.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+from dataclasses import replace
+from pathlib import Path
+
+from ..io import atomic_write_text
+
+FRACTIONS = (0.1, 0.25, 0.5, 1.0)
+METHODS = ("clip", "clip-ping")
+
+
+def group_order(groups: list[str]) -> list[str]:
+    """``groups`` in a fixed pseudo-random order (by a hash of the name, not by Python's
+    per-process salted ``hash``)."""
+    return sorted(set(groups), key=lambda g: (hashlib.sha1(g.encode()).hexdigest(), g))
+
+
+def nested_subsets(
+    train_keys: list[str], group_of: dict[str, str], fractions=FRACTIONS
+) -> dict[float, set[str]]:
+    """The training keys of each fraction's subset: whole groups in :func:`group_order`,
+    taken until the subset holds ``ceil(fraction × len(train_keys))`` pairs."""
+    missing = [k for k in train_keys if k not in group_of]
+    if missing:
+        raise ValueError(f"{len(missing)} training keys have no group, e.g. {missing[0]!r}")
+    members: dict[str, list[str]] = {}
+    for key in train_keys:
+        members.setdefault(group_of[key], []).append(key)
+    order = group_order(list(members))
+    subsets: dict[float, set[str]] = {}
+    for fraction in sorted(fractions):
+        if not 0 < fraction <= 1:
+            raise ValueError(f"fraction {fraction}: need 0 < fraction <= 1")
+        wanted, taken = math.ceil(fraction * len(train_keys)), set()
+        for group in order:
+            if len(taken) >= wanted:
+                break
+            taken.update(members[group])
+        subsets[fraction] = taken
+    return subsets
+
+
+def point_name(fraction: float) -> str:
+    return f"p{round(fraction * 100):03d}"
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    """Rewrite ``path`` only when its text changes: its bank's fingerprint covers its mtime."""
+    if not (path.is_file() and path.read_text(encoding="utf-8") == text):
+        atomic_write_text(path, text)
+
+
+def subset_data(data, fraction: float, keys: set[str], out: Path):
+    """A :class:`.demo.DemoData` whose training CSV holds the rows of ``keys`` (image paths
+    relative to it) and whose banks and neighbour tables are built on those rows alone."""
+    from .demo import DemoData, prepare_banks
+
+    folder = out / point_name(fraction)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(data.train, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        fields, rows = reader.fieldnames, [r for r in reader if r["key"] in keys]
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        image = data.train.parent / row["filepath"]
+        writer.writerow({**row, "filepath": os.path.relpath(image, folder)})
+    _write_if_changed(folder / "train.csv", text.getvalue())
+    subset = DemoData(data.corpus, folder / "banks", train_file=folder / "train.csv")
+    prepare_banks(subset, same_caption_variant=False)
+    return subset
+
+
+def pairs_to_match(pairs: list[int], clip: list[float], target: float) -> float:
+    """The number of pairs at which CLIP's curve (``clip`` scores at ``pairs``, increasing
+    pairs) reaches ``target``, interpolated linearly in log(pairs); ``inf`` when it never
+    does within ``pairs``, the smallest point's pairs when it already does there."""
+    if clip[0] >= target:
+        return float(pairs[0])
+    points = list(zip(pairs, clip, strict=True))
+    for (n0, s0), (n1, s1) in zip(points, points[1:], strict=False):
+        if s0 < target <= s1:
+            t = (target - s0) / (s1 - s0)
+            return math.exp(math.log(n0) + t * (math.log(n1) - math.log(n0)))
+    return math.inf
+
+
+def ratio_text(ratio: float, largest: float) -> str:
+    """``1.8×``, or ``more than 4.0×`` past the data we have (``largest``: the most pairs
+    CLIP saw, over the point's pairs)."""
+    return f"more than {largest:.1f}×" if math.isinf(ratio) else f"{ratio:.1f}×"
+
+
+def curve_plan(subsets: dict[float, set[str]], size, seeds: int, train_rows: int):
+    """``(fraction, Planned)`` for every point, seed and method: the same steps everywhere."""
+    from .runs import Planned
+    from .sweep import run_slug
+
+    full_steps = size.epochs * (train_rows // size.batch_size)  # full batches (drop_last)
+    plan = []
+    for fraction, keys in sorted(subsets.items()):
+        epochs = max(1, round(full_steps / max(1, len(keys) // size.batch_size)))
+        for seed in range(seeds):
+            for method in METHODS:
+                if fraction == 1.0:  # the final runs of the results page
+                    plan.append((fraction, Planned(method, seed, run_slug(method, size, {}, seed))))
+                else:
+                    name, settings = f"{method}_s{seed}", {"epochs": epochs}
+                    plan.append((fraction, Planned(method, seed, name, settings)))
+    return plan
+
+
+def _train_keys(data) -> list[str]:
+    with open(data.train, newline="", encoding="utf-8") as f:
+        return [row["key"] for row in csv.DictReader(f)]
+
+
+def _group_of(corpus: Path) -> dict[str, str]:
+    with open(corpus / "groups.csv", newline="", encoding="utf-8") as f:
+        return {row["key"]: row["group"] for row in csv.DictReader(f) if row["split"] == "train"}
+
+
+def run_curve(
+    out: str | Path = "runs/demo", seeds: int = 3, quick: bool = False, jobs: int | None = None,
+    assets: str | None = None, markdown: str | Path = "docs/results.md",
+    figures: str | Path = "docs/figures", fractions=FRACTIONS, size=None,
+) -> dict:  # fmt: skip
+    """Train and evaluate every point of the curve (cached like every run), then write its
+    section of ``markdown`` and its figure (``size``: another recipe than the demo's, for
+    tests)."""
+    from .demo import FULL, QUICK, mean_recall, prepare_data
+    from .markdown import write_section
+    from .runs import run_variants
+
+    out, size = Path(out), size or (QUICK if quick else FULL)
+    data = prepare_data(out, size, assets)
+    train_keys = _train_keys(data)
+    subsets = nested_subsets(train_keys, _group_of(data.corpus), fractions)
+    plan = curve_plan(subsets, size, seeds, len(train_keys))
+    scores: dict[float, dict[str, dict[int, float]]] = {}
+    epochs: dict[float, int] = {}
+    for fraction in sorted(subsets):
+        runs = [run for f, run in plan if f == fraction]
+        if fraction == 1.0:
+            point, logs = data, out / "sweep"
+        else:
+            point = subset_data(data, fraction, subsets[fraction], out / "curve")
+            logs = point.train.parent / "runs"
+        print(f"\n== {len(subsets[fraction]):,} training pairs ({fraction:.0%}) ==", flush=True)
+        metrics = run_variants(point, replace(size, probes=()), runs, logs, jobs)
+        epochs[fraction] = runs[0].settings.get("epochs", size.epochs)
+        for run in runs:
+            scores.setdefault(fraction, {}).setdefault(run.variant, {})[run.seed] = mean_recall(
+                metrics[run.name], "test"
+            )
+    pairs = {f: len(keys) for f, keys in subsets.items()}
+    command = f"clip-ping results --curve --seeds {seeds}" + (" --quick" if quick else "")
+    figure = plot_curve(scores, pairs, Path(figures) / "data_efficiency.png")
+    body = render_curve(scores, pairs, epochs, size, command, figure, Path(markdown))
+    write_section(markdown, "curve", body)
+    summary = {"command": command, "pairs": {str(f): n for f, n in pairs.items()},
+               "epochs": {str(f): e for f, e in epochs.items()},
+               "scores": {str(f): s for f, s in scores.items()}}  # fmt: skip
+    atomic_write_text(out / "curve.json", json.dumps(summary, indent=2) + "\n")
+    print(f"\ndata-efficiency curve: {markdown} (section 'curve'), {figure}")
+    return summary
+
+
+def plot_curve(scores, pairs: dict[float, int], out: Path) -> Path:
+    """Test mean recall against training pairs (log scale), both methods, 95% intervals."""
+    from .figures import pyplot, save_figure
+    from .results import t_interval
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    fractions = sorted(scores)
+    x = [pairs[f] for f in fractions]
+    for method, colour in zip(METHODS, ("tab:blue", "tab:orange"), strict=True):
+        stats = [t_interval(list(scores[f][method].values())) for f in fractions]
+        means = [m for m, _, _ in stats]
+        ax.plot(x, means, "o-", color=colour, label=method.upper())
+        lows = [lo if not math.isnan(lo) else m for m, lo, _ in stats]
+        highs = [hi if not math.isnan(hi) else m for m, _, hi in stats]
+        ax.fill_between(x, lows, highs, color=colour, alpha=0.2)
+    ax.set_xscale("log")
+    ax.set_xticks(x, [f"{n:,}\n({f:.0%})" for n, f in zip(x, fractions, strict=True)])
+    ax.minorticks_off()
+    ax.set(xlabel="training pairs", ylabel="test mean recall",
+           title="data efficiency: mean of 3 seeds, 95% intervals")  # fmt: skip
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return save_figure(fig, out)
+
+
+def render_curve(scores, pairs, epochs, size, command, figure: Path, markdown: Path) -> str:
+    from .results import _interval_cell, mean_std, verdict
+
+    fractions = sorted(scores)
+    seeds = len(scores[fractions[0]]["clip"])
+    rows = [
+        "| training pairs | share | epochs | CLIP | CLIP-PING | CLIP-PING − CLIP [95% CI] | verdict |",
+        "|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for f in fractions:
+        clip, ping = scores[f]["clip"], scores[f]["clip-ping"]
+        diffs = [ping[s] - clip[s] for s in sorted(set(clip) & set(ping))]
+        c, p = mean_std(clip.values()), mean_std(ping.values())
+        rows.append(
+            f"| {pairs[f]:,} | {f:.0%} | {epochs[f]} | {c[0]:.4f} ± {c[1]:.4f} | "
+            f"{p[0]:.4f} ± {p[1]:.4f} | {_interval_cell(diffs)} | {verdict(diffs)} |"
+        )
+    x = [pairs[f] for f in fractions]
+    clip_curve = [mean_std(scores[f]["clip"].values())[0] for f in fractions]
+    reads = []
+    for f in (0.25, 0.5):
+        if f not in scores:
+            continue
+        target = mean_std(scores[f]["clip-ping"].values())[0]
+        ratio = pairs_to_match(x, clip_curve, target) / pairs[f]
+        reads.append(
+            f"- CLIP-PING at {f:.0%} ({pairs[f]:,} pairs) scores {target:.4f}: CLIP needs "
+            f"**{ratio_text(ratio, x[-1] / pairs[f])} the pairs** to match it."
+        )
+    rel = os.path.relpath(figure, markdown.parent)
+    return "\n".join([
+        "## Data efficiency (test)",
+        "",
+        f"Produced by `{command}`. CLIP and CLIP-PING on nested subsets of the training "
+        f"groups, {seeds} seeds each (the same seeds at every point), test mean recall. Every "
+        f"point takes the same number of optimisation steps as {size.epochs} epochs on all the "
+        "data, so a subset trains for more epochs; the banks and neighbour tables of a subset "
+        "are built from that subset alone. The ratio reads CLIP's mean curve, interpolated "
+        "in log(pairs), at CLIP-PING's mean score.",
+        "",
+        *rows,
+        "",
+        *reads,
+        "",
+        f"![data efficiency]({rel})",
+    ]) + "\n"  # fmt: skip
