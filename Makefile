@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_VERSION := 2.13.0
 
-.PHONY: install assets demo results curve sweeps test lint format bench clean
+.PHONY: install assets demo results architectures curve sweeps test lint format bench clean
 
 install: $(STAMP)
 
@@ -48,6 +48,10 @@ demo: $(STAMP) $(ASSETS_STAMP)
 # 3 seeds on val (the command that wrote the page). Finished runs are reused.
 results: $(STAMP) $(ASSETS_STAMP)
 	$(BIN)/clip-ping results --seeds 5 --sweep-seeds 3
+
+# docs/results.md's per-student section: a ViT, a ConvNeXt and a MobileViT, lr chosen on val.
+architectures: $(STAMP) $(ASSETS_STAMP)
+	$(BIN)/clip-ping results --architectures --seeds 3
 
 # docs/results.md's data-efficiency section: CLIP and CLIP-PING on 10/25/50/100% of the groups.
 curve: $(STAMP) $(ASSETS_STAMP)
