@@ -14,7 +14,7 @@ from clip_ping.bank import Bank, build_bank, mine_bank
 from clip_ping.data.loader import DataSpec, build_train_data
 from clip_ping.data.shards import write_shards
 from clip_ping.data.transforms import TrainTransform
-from clip_ping.guidance import DRAWN_KEYS, TARGET_NAMES, NeighborGuidance
+from clip_ping.guidance import NEIGHBOR_COLUMNS, NeighborGuidance
 from clip_ping.memory import StudentMemory
 
 CPU = torch.device("cpu")
@@ -71,11 +71,11 @@ def check_loader(data, guidance, start_batch, workers, first_step, accum_freq):
         position = int(batch["epoch_batch"][0])
         assert torch.equal(batch["epoch_batch"], torch.full_like(batch["index"], position))
         step = first_step + position // accum_freq
-        assert torch.equal(batch["neighbor_step"], torch.full_like(batch["index"], step))
-        drawn = guidance.draw(batch["index"], step)
-        for key, expected in zip(DRAWN_KEYS[1:], drawn, strict=True):
-            assert torch.equal(batch[key], expected), key
-        assert all((f"target_{n}" in batch) == (guidance.target == "bank") for n in TARGET_NAMES)
+        image, text, image_ok, text_ok = guidance.draw(batch["index"], step)
+        columns = [torch.full_like(image, step), image, text, image_ok.long(), text_ok.long()]
+        assert torch.equal(batch["neighbors"], torch.stack(columns, 1))
+        for name in ("image_bank_rows", "text_bank_rows"):
+            assert (name in batch) == (guidance.target == "bank"), name
         from_workers = guidance.targets(batch["index"], step, CPU, batch)
         assert_same_targets(from_workers, guidance.targets(batch["index"], step, CPU))
         positions.append(position)
@@ -111,7 +111,8 @@ def test_shard_workers_deliver_the_loops_neighbours_and_targets(
 def test_memory_targets_are_read_in_the_loop_and_active_draws_there(banks):
     memory_reader = guidance_of(banks, "memory").reader(0)
     batch = memory_reader({"index": torch.arange(8), "epoch_batch": torch.zeros(8, dtype=int)})
-    assert set(DRAWN_KEYS) <= set(batch) and not any(k.startswith("target_") for k in batch)
+    assert batch["neighbors"].shape == (8, len(NEIGHBOR_COLUMNS))
+    assert "image_bank_rows" not in batch and "text_bank_rows" not in batch
 
     class Active:  # stands in for the online teachers: the reader must not need them
         pass
@@ -125,7 +126,7 @@ def test_a_batch_drawn_for_another_step_is_refused(banks):
     batch = guidance.reader(first_step=10, accum_freq=2)(
         {"index": torch.arange(4), "epoch_batch": torch.full((4,), 3)}
     )
-    assert batch["neighbor_step"].tolist() == [11] * 4
+    assert batch["neighbors"][:, NEIGHBOR_COLUMNS.index("step")].tolist() == [11] * 4
     guidance.targets(batch["index"], 11, CPU, batch)
     with pytest.raises(RuntimeError, match="drew neighbours for step 11 but the batch is trained"):
         guidance.targets(batch["index"], 12, CPU, batch)
@@ -134,8 +135,8 @@ def test_a_batch_drawn_for_another_step_is_refused(banks):
 def test_a_batch_of_bad_samples_only_gets_empty_neighbours(banks):
     empty = torch.empty(0, dtype=torch.long)
     batch = guidance_of(banks, "bank").reader(0)({"index": empty, "bad_samples": []})
-    assert all(len(batch[key]) == 0 for key in DRAWN_KEYS)
-    assert batch["target_nn_image"].shape == (0, banks[0].dim)
+    assert batch["neighbors"].shape == (0, len(NEIGHBOR_COLUMNS))
+    assert batch["image_bank_rows"].shape == (0, 2, banks[0].dim)
 
 
 def test_the_reader_opens_banks_in_each_process_and_pickles_without_them(banks):
@@ -161,7 +162,8 @@ def test_rows_skipped_in_a_bank_are_passed_over_and_masked_alike(shapes_banks, t
         batch = guidance.reader(0)({"index": anchors, "epoch_batch": torch.zeros(64, dtype=int)})
         loop = guidance.targets(anchors, 0, CPU)
         assert_same_targets(guidance.targets(anchors, 0, CPU, batch), loop)
-        usable = batch["image_neighbor"][batch["image_neighbor_ok"]]
-        assert len(usable) and not np.isin(usable.numpy(), skipped).any()
+        columns = dict(zip(NEIGHBOR_COLUMNS, batch["neighbors"].T, strict=True))
+        usable = columns["image"][columns["image_ok"] == 1]
+        assert len(usable) and not np.isin(usable, skipped).any()
         if k == 1:  # nothing else to draw: masked
-            assert not loop.nn_image_valid[:8].any() and not batch["image_neighbor_ok"][:8].any()
+            assert not loop.nn_image_valid[:8].any() and not columns["image_ok"][:8].any()

@@ -41,11 +41,9 @@ from .memory import StudentMemory
 
 _MIX = (0x9E3779B1, 0x85EBCA77, 0xC2B2AE3D)  # odd constants of a multiplicative hash
 
-# What a NeighborReader adds to a batch: (B,) each; then, in ``bank`` mode, the four targets
-# as "target_<name>" (B, D) rows, float16 as stored in the banks.
-DRAWN_KEYS = ("neighbor_step", "image_neighbor", "text_neighbor",
-              "image_neighbor_ok", "text_neighbor_ok")  # fmt: skip
-TARGET_NAMES = ("nn_image", "nn_text", "xnn_image", "xnn_text")
+# The columns of the (B, 5) int64 "neighbors" a NeighborReader adds to a batch: the step it
+# drew for, the image and the caption neighbour, and whether each is usable (1) or masked (0).
+NEIGHBOR_COLUMNS = ("step", "image", "text", "image_ok", "text_ok")
 
 
 def draw_offsets(indices: torch.Tensor, step: int, seed: int, k: int) -> torch.Tensor:
@@ -63,24 +61,38 @@ def _rows(table: np.ndarray, indices: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(table[indices.cpu().numpy()]))
 
 
-def bank_rows(
-    image_bank: np.ndarray, text_bank: np.ndarray, image_nbr: torch.Tensor, text_nbr: torch.Tensor
-) -> dict[str, torch.Tensor]:
-    """The four ``bank`` targets by :data:`TARGET_NAMES`: the neighbours' rows of the
-    ``(N, D)`` banks, ``(B, D)`` each."""
-    return {
-        "nn_image": _rows(image_bank, image_nbr), "nn_text": _rows(text_bank, text_nbr),
-        "xnn_image": _rows(text_bank, image_nbr), "xnn_text": _rows(image_bank, text_nbr),
-    }  # fmt: skip
+def neighbor_rows(
+    bank: np.ndarray, image_nbr: torch.Tensor, text_nbr: torch.Tensor
+) -> torch.Tensor:
+    """``(B, 2, D)``: the rows of each anchor's image neighbour and caption neighbour in the
+    ``(N, D)`` ``bank``, in one read."""
+    return _rows(bank, torch.stack([image_nbr, text_nbr], 1))
+
+
+def targets_from_rows(
+    image_nbr: torch.Tensor,
+    text_nbr: torch.Tensor,
+    image_rows: torch.Tensor,
+    text_rows: torch.Tensor,
+) -> NeighborTargets:
+    """``bank`` targets from the :func:`neighbor_rows` of the image and the text bank: NN
+    image and XNN text in the image bank, XNN image and NN text in the text bank."""
+    return NeighborTargets(
+        image_nbr, text_nbr,
+        nn_image=image_rows[:, 0].contiguous(), nn_text=text_rows[:, 1].contiguous(),
+        xnn_image=text_rows[:, 0].contiguous(), xnn_text=image_rows[:, 1].contiguous(),
+    )  # fmt: skip
 
 
 def bank_targets(
     image_bank: np.ndarray, text_bank: np.ndarray, image_nbr: torch.Tensor, text_nbr: torch.Tensor
 ) -> NeighborTargets:
     """Targets in ``bank`` mode: the neighbours' teacher features (``(N, D)`` bank rows)."""
-    return NeighborTargets(
-        image_nbr, text_nbr, **bank_rows(image_bank, text_bank, image_nbr, text_nbr)
-    )
+    return targets_from_rows(
+        image_nbr, text_nbr,
+        neighbor_rows(image_bank, image_nbr, text_nbr),
+        neighbor_rows(text_bank, image_nbr, text_nbr),
+    )  # fmt: skip
 
 
 def memory_targets(
@@ -261,17 +273,15 @@ class NeighborGuidance:
         images and captions (the active source needs them); where a :class:`NeighborReader`
         has already drawn the neighbours (and read the bank rows) in the loader, they are
         taken from ``batch`` instead of drawn here."""
-        rows = None
-        if batch is not None and "neighbor_step" in batch:
+        if batch is not None and "neighbors" in batch:
             image_nbr, text_nbr, image_ok, text_ok = self._delivered(batch, step)
-            if self.target == "bank":
-                rows = {name: batch[f"target_{name}"] for name in TARGET_NAMES}
         else:
             image_nbr, text_nbr, image_ok, text_ok = self.draw(indices, step, batch)
-        if self.target == "bank":
-            if rows is None:
-                rows = bank_rows(self.image_features, self.text_features, image_nbr, text_nbr)
-            targets = NeighborTargets(image_nbr, text_nbr, **rows)
+        if self.target == "bank" and batch is not None and "image_bank_rows" in batch:
+            rows = batch["image_bank_rows"], batch["text_bank_rows"]
+            targets = targets_from_rows(image_nbr, text_nbr, *rows)
+        elif self.target == "bank":
+            targets = bank_targets(self.image_features, self.text_features, image_nbr, text_nbr)
         else:
             targets = memory_targets(self.memory, image_nbr, text_nbr)
         if not (image_ok.all() and text_ok.all()):  # anchors whose top-K are all skipped
@@ -282,14 +292,14 @@ class NeighborGuidance:
     def _delivered(batch: dict, step: int) -> tuple[torch.Tensor, ...]:
         """The neighbours a :class:`NeighborReader` drew for ``batch``, checked to be those
         of ``step`` (a mismatch would silently change the draw, so it stops the run)."""
-        drawn_at = batch["neighbor_step"]
+        drawn_at, image, text, image_ok, text_ok = batch["neighbors"].T.contiguous()
         if bool((drawn_at != step).any()):
             raise RuntimeError(
                 f"the data loader drew neighbours for step {int(drawn_at[0])} but the batch "
                 f"is trained at step {step}: the loader was given the wrong first step or "
                 "--accum-freq (a bug; --neighbor-source active draws in the loop instead)"
             )
-        return tuple(batch[key] for key in DRAWN_KEYS[1:])
+        return image, text, image_ok.bool(), text_ok.bool()
 
 
 @dataclass
@@ -301,10 +311,15 @@ class NeighborReader:
     A batch is trained at step ``first_step + epoch_batch // accum_freq``, ``epoch_batch``
     being its position in the rank's epoch (set by the loader) and ``first_step`` the step of
     the epoch's first batch: the draw is the same pure function of (seed, step, sample
-    index) as in the loop, so resumes stay exact. The reader adds :data:`DRAWN_KEYS` to the
-    batch (``neighbor_step``, the drawn ``image_neighbor``/``text_neighbor`` and whether
-    each is usable, ``(B,)``) and, with ``read_targets``, the four bank rows
-    ``target_<name>`` ``(B, D)`` of :data:`TARGET_NAMES`.
+    index) as in the loop, so resumes stay exact. The reader adds to the batch
+
+    - ``neighbors``: ``(B, 5)`` int64, columns :data:`NEIGHBOR_COLUMNS` (the step, the drawn
+      image and caption neighbours, whether each is usable);
+    - with ``read_targets`` (``bank`` mode): ``image_bank_rows`` ``(B, 2, D_I)`` and
+      ``text_bank_rows`` ``(B, 2, D_T)``, the :func:`neighbor_rows` of both neighbours in
+      each bank, which hold the four targets (:func:`targets_from_rows`).
+
+    Three tensors, not one per field: each tensor costs the loop a transfer from the worker.
 
     It holds paths and settings only: each process opens the banks and tables on its first
     batch (memory maps, after the fork), and a pickled reader leaves them behind.
@@ -344,9 +359,10 @@ class NeighborReader:
         if bool((position != position[0]).any()):
             raise ValueError("a collated batch mixes samples of several batches of the epoch")
         step = self.step_of(int(position[0]))
-        drawn = guidance.draw(indices, step)
-        out = dict(zip(DRAWN_KEYS, (torch.full_like(indices, step), *drawn), strict=True))
+        image, text, image_ok, text_ok = guidance.draw(indices, step)
+        columns = (torch.full_like(image, step), image, text, image_ok.long(), text_ok.long())
+        out = {"neighbors": torch.stack(columns, 1)}
         if self.read_targets:
-            rows = bank_rows(guidance.image_features, guidance.text_features, *drawn[:2])
-            out.update({f"target_{name}": rows[name] for name in TARGET_NAMES})
+            out["image_bank_rows"] = neighbor_rows(guidance.image_features, image, text)
+            out["text_bank_rows"] = neighbor_rows(guidance.text_features, image, text)
         return {**batch, **out}
