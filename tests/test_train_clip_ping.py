@@ -168,3 +168,33 @@ def test_neighbor_self_trains(small_corpus, shapes_banks, tmp_path):
         )
         last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
         assert last["train/nn_loss"] > 0 and last["train/xnn_loss"] > 0
+
+
+@pytest.mark.parametrize("target", ["bank", "memory"])
+def test_resume_with_loader_workers_equals_an_uninterrupted_run_drawing_in_the_loop(
+    small_corpus, shapes_banks, tmp_path, monkeypatch, target
+):
+    """Neighbours drawn (and bank rows read) by 2 loader workers, with --accum-freq 2, cut
+    mid-epoch and resumed: the weights, heads and memory of an uninterrupted run that
+    draws them in the training loop, bit for bit."""
+    from clip_ping.guidance import NeighborGuidance
+    from clip_ping.task import TrainingTask
+
+    common = dict(neighbor_target=target, epochs=2, accum_freq=2, neighbor_self="include")
+    with monkeypatch.context() as patch:  # the reference: no reader, every draw in the loop
+        patch.setattr(TrainingTask, "neighbor_reader", lambda self, *args: None)
+        full = train(config(small_corpus, shapes_banks, tmp_path, name="loop", **common))
+    draws_here = []
+    draw = NeighborGuidance.draw  # counts the draws of this process (not those of workers)
+    monkeypatch.setattr(NeighborGuidance, "draw", lambda self, *a, **kw: draws_here.append(1)
+                        or draw(self, *a, **kw))  # fmt: skip
+    cut = dict(name="workers", workers=2, **common)
+    train(config(small_corpus, shapes_banks, tmp_path, stop_after_steps=11, **cut))  # epoch 1
+    resumed = train(config(small_corpus, shapes_banks, tmp_path, resume="latest", **cut))
+    assert draws_here == []
+    a = load_checkpoint_file(full / "checkpoints" / "latest.pt")
+    b = load_checkpoint_file(resumed / "checkpoints" / "latest.pt")
+    assert a["step"] == b["step"] == 16
+    assert a["task"].keys() == b["task"].keys()
+    for key, value in a["task"].items():
+        assert torch.equal(value, b["task"][key]), key

@@ -6,6 +6,11 @@ the neighbour guidance and the student memory (``memory`` targets; buffers). Its
 (or, with ``--accum-freq``, for the gradients of several micro-batches scored as one batch:
 :meth:`TrainingTask.accumulate`) and then tells it to remember the batch's embeddings.
 
+The neighbours themselves are drawn (and, with ``bank`` targets, their rows read) in the
+data loader's workers: :meth:`TrainingTask.neighbor_reader` gives the loader that half of
+the guidance, and :meth:`TrainingTask.targets` assembles what the batch brings (see
+:mod:`.guidance`).
+
 Two parts stay out of the data-parallel wrapper on purpose:
 
 - the frozen teachers of the ``active`` source and the memory-mapped banks (in
@@ -36,7 +41,7 @@ from torch import nn
 
 from .config import TrainConfig
 from .data.loader import DataSpec
-from .guidance import NeighborGuidance
+from .guidance import NeighborGuidance, NeighborReader
 from .losses import TOTAL_TERMS, ClipLoss, NeighborLoss, NeighborTargets
 from .memory import StudentMemory
 from .schedule import neighbor_ramp
@@ -193,8 +198,15 @@ class TrainingTask(nn.Module):
         """Replace the step module by ``wrapper(step_module)`` (DDP, ``torch.compile``)."""
         self._set_step_module(wrapper(self.step_module))
 
+    def neighbor_reader(self, first_step: int, accum_freq: int = 1) -> NeighborReader | None:
+        """What the data loader runs on each batch of an epoch whose first batch is trained
+        at ``first_step`` (``prepare`` of :meth:`~clip_ping.data.loader.TrainData.loader`):
+        the neighbour draw and bank reads; None when there is nothing to draw there."""
+        return self.guidance.reader(first_step, accum_freq) if self.guidance else None
+
     def targets(self, batch: dict, step: int, device) -> NeighborTargets | None:
-        """The neighbour targets of ``batch``'s anchors at ``step`` (None without guidance)."""
+        """The neighbour targets of ``batch``'s anchors at ``step`` (None without guidance):
+        those the loader's :meth:`neighbor_reader` put in ``batch``, or drawn here."""
         if self.guidance is None:
             return None
         # Bank rows are read as stored and the active teachers run in float32, whatever the

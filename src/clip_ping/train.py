@@ -202,8 +202,11 @@ def train_one_epoch(run: Run) -> bool:
     """Train from ``run.progress`` to the end of its epoch; True if stopped early
     (``--stop-after-steps``)."""
     cfg, progress, device = run.cfg, run.progress, run.info.device
+    # The loader's workers draw each batch's neighbours for the step that will train it:
+    # the epoch's first batch is trained at step - batch, then accum_freq batches a step.
+    reader = run.task.neighbor_reader(progress.step - progress.batch, cfg.accum_freq)
     batches = run.data.loader(
-        progress.epoch, progress.batch * cfg.accum_freq, cfg.batch_size, cfg.workers
+        progress.epoch, progress.batch * cfg.accum_freq, cfg.batch_size, cfg.workers, reader
     )
     run.task.train()
     window = (time.perf_counter(), 0)  # (start, samples) of the throughput window

@@ -311,13 +311,17 @@ class Bank:
             )
         return info
 
-    def neighbors(self, random_access: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def neighbors(
+        self, random_access: bool = False, check: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Memory-mapped ``(N, K)`` int32 neighbour indices and float16 similarities
         (``random_access``: mapped for reads of scattered rows, see :func:`open_array`).
-        Every index is checked to be a row of the bank (one pass over the table)."""
+        Every index is checked to be a row of the bank (one pass over the table) unless
+        ``check`` is False: for a process that reopens a table another one has checked."""
         shape = (self.num_rows, self.neighbor_info()["k"])
         neighbors = self._open(NEIGHBORS, shape, np.int32)
-        self._check_indices(neighbors)
+        if check:
+            self._check_indices(neighbors)
         if random_access:
             neighbors = self._open(NEIGHBORS, shape, np.int32, random_access)
         return neighbors, self._open(SIMILARITIES, shape, np.float16, random_access)

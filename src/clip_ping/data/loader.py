@@ -1,13 +1,22 @@
 """One training-data interface over CSV files and WebDataset shards.
 
 The training loop asks for ``batches_per_epoch(batch_size)`` and for
-``loader(epoch, start_batch, batch_size, workers)``, which yields this rank's batches::
+``loader(epoch, start_batch, batch_size, workers, prepare)``, which yields this rank's
+batches::
 
     {"image": (B, 3, H, W) float, "text": (B, L) long, "index": (B,) long,
-     "bad_samples": [(index, key, reason), ...]}
+     "epoch_batch": (B,) long, "bad_samples": [(index, key, reason), ...]}
+
+``epoch_batch`` is the batch's position in this rank's epoch (the same for all its samples;
+``start_batch`` is the first a resumed loader yields). ``prepare(batch) -> batch``, if given,
+runs on each collated batch in the loader's worker processes (in this process with
+``workers=0``): the training loop has its neighbours drawn and their bank rows read there,
+from ``epoch_batch`` (:class:`clip_ping.guidance.NeighborReader`). It must be picklable
+where workers are spawned rather than forked.
 
 With ``on_bad_sample="skip"`` a batch may hold fewer than ``batch_size`` samples: the bad
-ones are listed in ``bad_samples`` instead (see :mod:`.bad_samples`).
+ones are listed in ``bad_samples`` instead (see :mod:`.bad_samples`); a batch of bad samples
+only has no ``epoch_batch``.
 
 Batches are a function of (seed, epoch, rank, world_size, batch_size) and, for shards only,
 the worker count; resuming at ``start_batch`` yields exactly the rest of the epoch.
@@ -21,13 +30,14 @@ Examples:
 from __future__ import annotations
 
 import copy
+import functools
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from ..flags import Range, check_ranges
 from ..workers import loader_workers
@@ -37,6 +47,7 @@ from .shards import ShardDataset
 from .tars import build_key_index, expand_urls, iter_shard
 
 DATASET_TYPES = ("csv", "webdataset", "auto")
+Prepare = Callable[[dict], dict]
 
 
 def _flag(default, help: str, **kw):
@@ -96,8 +107,27 @@ class TrainData(Protocol):
     def batches_per_epoch(self, batch_size: int) -> int: ...
 
     def loader(
-        self, epoch: int, start_batch: int, batch_size: int, workers: int
+        self,
+        epoch: int,
+        start_batch: int,
+        batch_size: int,
+        workers: int,
+        prepare: Prepare | None = None,
     ) -> Iterable[dict]: ...
+
+
+def _collate(samples: list[dict], prepare: Prepare | None) -> dict:
+    batch = collate_good(samples)
+    return prepare(batch) if prepare is not None else batch
+
+
+def _loader_options(workers: int, prepare: Prepare | None) -> dict:
+    """What the training loaders share: workers, collation (then ``prepare``), pinning."""
+    return dict(
+        **loader_workers(workers),
+        collate_fn=functools.partial(_collate, prepare=prepare),
+        pin_memory=torch.cuda.is_available(),
+    )
 
 
 def _check_sizes(num_samples: int, batch_size: int, world_size: int, source: str) -> int:
@@ -121,6 +151,21 @@ def _check_start(start_batch: int, num_batches: int) -> None:
         )
 
 
+class _EpochRows(Dataset):
+    """A CSV dataset read at ``(epoch, row, epoch_batch)`` items: each sample also says
+    which batch of the epoch it belongs to."""
+
+    def __init__(self, dataset: CsvDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int, int]) -> dict:
+        epoch, row, epoch_batch = item
+        return {**self.dataset[(epoch, row)], "epoch_batch": epoch_batch}
+
+
 class CsvTrainData:
     """CSV pairs: a permutation of all rows per epoch, dealt round-robin to ranks.
 
@@ -142,17 +187,24 @@ class CsvTrainData:
         order = torch.randperm(self.num_samples, generator=generator)[:used]
         return order[self.rank :: self.world_size].tolist()
 
-    def loader(self, epoch: int, start_batch: int, batch_size: int, workers: int) -> DataLoader:
+    def loader(
+        self,
+        epoch: int,
+        start_batch: int,
+        batch_size: int,
+        workers: int,
+        prepare: Prepare | None = None,
+    ) -> DataLoader:
         _check_start(start_batch, self.batches_per_epoch(batch_size))
         rows = self.rank_indices(epoch, batch_size)[start_batch * batch_size :]
+        # (epoch, row): the dataset seeds the augmentation from both; then the row's batch.
+        items = [(epoch, row, start_batch + i // batch_size) for i, row in enumerate(rows)]
         return DataLoader(
-            self.dataset,
+            _EpochRows(self.dataset),
             batch_size=batch_size,
-            sampler=[(epoch, row) for row in rows],  # (epoch, row): the dataset seeds from both
-            **loader_workers(workers),
+            sampler=items,
             drop_last=True,
-            collate_fn=collate_good,
-            pin_memory=torch.cuda.is_available(),
+            **_loader_options(workers, prepare),
         )
 
 
@@ -172,19 +224,20 @@ class ShardTrainData:
         source = f"{len(self.dataset.urls)} shards ({self.dataset.urls[0]}, ...)"
         return _check_sizes(self.num_samples, batch_size, self.dataset.world_size, source)
 
-    def loader(self, epoch: int, start_batch: int, batch_size: int, workers: int) -> DataLoader:
+    def loader(
+        self,
+        epoch: int,
+        start_batch: int,
+        batch_size: int,
+        workers: int,
+        prepare: Prepare | None = None,
+    ) -> DataLoader:
         _check_start(start_batch, self.batches_per_epoch(batch_size))
         # A copy per loader: an earlier loader not yet iterated keeps its own epoch.
         dataset = copy.copy(self.dataset)
         dataset.batch_size = batch_size
         dataset.set_epoch(epoch, start_batch)
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            **loader_workers(workers),
-            collate_fn=collate_good,
-            pin_memory=torch.cuda.is_available(),
-        )
+        return DataLoader(dataset, batch_size=batch_size, **_loader_options(workers, prepare))
 
 
 def build_train_data(

@@ -56,7 +56,9 @@ def _shuffle_buffer(items: Iterator, size: int, rng: np.random.Generator) -> Ite
 
 
 class ShardDataset(IterableDataset):
-    """WebDataset shards as an ``IterableDataset`` of ``{"image", "text", "index"}`` dicts.
+    """WebDataset shards as an ``IterableDataset`` of ``{"image", "text", "index",
+    "epoch_batch"}`` dicts (``epoch_batch``: the position in the rank's epoch of the batch
+    of ``batch_size`` the sample belongs to).
 
     Each epoch the shard order is shuffled with ``(seed, epoch)``; the resulting stream of
     samples is cut into one contiguous range per rank (``num_samples // world_size`` samples)
@@ -194,9 +196,14 @@ class ShardDataset(IterableDataset):
         if self.shuffle and self.shuffle_buffer > 1:
             rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker, 1])
             stream = _shuffle_buffer(stream, self.shuffle_buffer, rng)
-        consumed = self.batch_size * len(range(worker, self.start_batch, num_workers))
-        for index, files in itertools.islice(stream, consumed, None):
-            yield self._decode(index, files)
+        # This worker's batches of the epoch are worker, worker + num_workers, ...; those
+        # before start_batch were consumed already.
+        consumed = len(range(worker, self.start_batch, num_workers))
+        samples = itertools.islice(stream, self.batch_size * consumed, None)
+        for position, (index, files) in enumerate(samples, self.batch_size * consumed):
+            sample = self._decode(index, files)
+            sample["epoch_batch"] = worker + num_workers * (position // self.batch_size)
+            yield sample
 
 
 # --------------------------------------------------------------------------- writing shards
