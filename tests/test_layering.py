@@ -31,6 +31,7 @@ STAGES = [
         "student",
         [
             "clip_ping.models",
+            "clip_ping.towers",
             "clip_ping.losses",
             "clip_ping.memory",
             "clip_ping.guidance",

@@ -101,8 +101,13 @@ class ClipStudent(nn.Module):
     """open_clip-style wrapper around a ``transformers.CLIPModel``.
 
     Args:
-        clip: the CLIPModel holding every weight (exported as is).
+        clip: the CLIPModel holding every weight (exported as is). Its QuickGELU activations
+            are swapped in place for the fused form of :mod:`clip_ping.towers`.
         pad_id: padding token id, masked out of text attention.
+
+    ``encode_image``/``encode_text`` run the last block of each tower for the pooled token
+    only (:mod:`clip_ping.towers`; ``pooled_only = False``: transformers' own path). Both
+    give the embeddings of ``CLIPModel.get_image_features``/``get_text_features``.
 
     Examples:
         >>> model, tokenizer = create_model("cpu-micro-32")
@@ -111,9 +116,12 @@ class ClipStudent(nn.Module):
     """
 
     def __init__(self, clip, pad_id: int):
+        from .towers import fuse_activations, pooled_path_supported
+
         super().__init__()
-        self.clip = clip
+        self.clip = fuse_activations(clip)
         self.pad_id = pad_id
+        self.pooled_only = pooled_path_supported()
 
     @property
     def image_size(self) -> int:
@@ -125,13 +133,24 @@ class ClipStudent(nn.Module):
 
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """``(B, 3, H, W)`` pixels → ``(B, embed_dim)`` embeddings."""
-        features = self.clip.get_image_features(pixel_values=images).pooler_output
+        if self.pooled_only:
+            from .towers import image_features
+
+            features = image_features(self.clip, images)
+        else:
+            features = self.clip.get_image_features(pixel_values=images).pooler_output
         return F.normalize(features, dim=-1) if normalize else features
 
     def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """``(B, L)`` token ids → ``(B, embed_dim)`` embeddings."""
-        mask = (tokens != self.pad_id).long()
-        features = self.clip.get_text_features(input_ids=tokens, attention_mask=mask).pooler_output
+        if self.pooled_only:
+            from .towers import text_features
+
+            features = text_features(self.clip, tokens, self.pad_id)
+        else:
+            mask = (tokens != self.pad_id).long()
+            features = self.clip.get_text_features(input_ids=tokens, attention_mask=mask)
+            features = features.pooler_output
         return F.normalize(features, dim=-1) if normalize else features
 
     def logit_scale(self) -> torch.Tensor:
