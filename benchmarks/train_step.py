@@ -24,6 +24,10 @@ With ``P = (image_size / patch)^2`` patches, ``mlp_ratio = r`` and a multiply-ad
                  + 2 * W_t * d
     train/sample = 3 * (vision + text)
 
+These are the model's FLOPs as transformers runs it. clip-ping's step does less: it runs each
+tower's last block for the pooled token only (``clip_ping.models.vit_fast``), which skips about 5/6 of
+that block, so "% of mm peak" understates how busy the matmuls are by that much.
+
 Not counted: the token-embedding lookup (a gather, not a matmul), layer norms, softmax, GELU,
 the AdamW update and the ``B x B`` contrastive logits (``2 * B * d`` per sample, < 0.1% here).
 The count is checked against ``torch.utils.flop_counter.FlopCounterMode`` on one forward of an
@@ -39,6 +43,7 @@ import platform
 import random
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -49,7 +54,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from clip_ping.config import TrainConfig
 from clip_ping.losses import ClipLoss
 from clip_ping.models import MODEL_SPECS, ClipStudent, ModelSpec, create_model
-from clip_ping.schedule import create_optimizer
+from clip_ping.schedule import autocast_context, create_optimizer
 
 # The ViT students (the FLOP formula below is theirs); models/towers.py's are in model_sizes.py.
 CPU_MODELS = [n for n, s in MODEL_SPECS.items() if n.startswith("cpu-") and s.tower == "vit"]
@@ -92,6 +97,8 @@ def counted_forward_flops(name: str, images: torch.Tensor, texts: torch.Tensor) 
     """FLOPs per sample that ``FlopCounterMode`` sees in one forward of an eager-attention copy."""
     model, _ = create_model(name, seed=SEED)
     model.eval()  # BatchNorm towers cannot train on one sample of 1 x 1 maps; same FLOPs
+    if model.tower == "vit":
+        model.pooled_only = False  # the formula counts whole last blocks, as transformers runs
     text = model.clip if model.tower == "vit" else model.text
     text.set_attn_implementation("eager")  # SDPA on CPU has no flop formula
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
@@ -125,21 +132,29 @@ class StepBench:
     loss_fn: ClipLoss
     images: torch.Tensor  # (B, 3, H, W)
     texts: torch.Tensor  # (B, context_length)
+    precision: str = "fp32"  # --precision: amp_bf16 steps under bf16 autocast
 
     @classmethod
-    def create(cls, name: str, batch_size: int) -> StepBench:
+    def create(
+        cls, name: str, batch_size: int, variant: Callable[[ClipStudent], object] | None = None,
+        device: str = "cpu", precision: str = "fp32",
+    ) -> StepBench:  # fmt: skip
+        """``variant`` changes the model ``create_model`` gives (``levers.VARIANTS``)."""
         model, tokenizer = create_model(name, seed=SEED)
-        model.train()
+        if variant is not None:
+            variant(model)
+        model.to(device).train()
         generator = torch.Generator().manual_seed(SEED)
         size = model.image_size
-        images = torch.randn(batch_size, 3, size, size, generator=generator)
-        texts = tokenizer(captions(batch_size, random.Random(SEED)))
+        images = torch.randn(batch_size, 3, size, size, generator=generator).to(device)
+        texts = tokenizer(captions(batch_size, random.Random(SEED))).to(device)
         optimizer = create_optimizer(model, TrainConfig())
-        return cls(name, batch_size, model, optimizer, ClipLoss(), images, texts)
+        return cls(name, batch_size, model, optimizer, ClipLoss(), images, texts, precision)
 
     def step(self) -> None:
-        out = self.model(self.images, self.texts)
-        terms = self.loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
+        with autocast_context(self.precision, self.images.device):
+            out = self.model(self.images, self.texts)
+            terms = self.loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
         sum(terms.values()).backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)

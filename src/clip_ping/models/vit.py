@@ -69,8 +69,13 @@ class ClipStudent(Student):
     """open_clip-style wrapper around a ``transformers.CLIPModel``.
 
     Args:
-        clip: the CLIPModel holding every weight (exported as is).
+        clip: the CLIPModel holding every weight (exported as is). Its QuickGELU activations
+            are swapped in place for the fused form of :mod:`.vit_fast`.
         pad_id: padding token id, masked out of text attention.
+
+    ``image_features``/``text_features`` run the last block of each tower for the pooled
+    token only (:mod:`.vit_fast`; ``pooled_only = False``: transformers' own path). Both give
+    the embeddings of ``CLIPModel.get_image_features``/``get_text_features``.
 
     Examples:
         >>> model, tokenizer = create_model("cpu-micro-32")
@@ -81,9 +86,12 @@ class ClipStudent(Student):
     tower = "vit"
 
     def __init__(self, clip, pad_id: int):
+        from .vit_fast import fuse_activations, pooled_path_supported
+
         super().__init__()
-        self.clip = clip
+        self.clip = fuse_activations(clip)
         self.pad_id = pad_id
+        self.pooled_only = pooled_path_supported()
 
     @classmethod
     def create(cls, spec: ModelSpec, tokenizer: Tokenizer) -> ClipStudent:
@@ -100,9 +108,17 @@ class ClipStudent(Student):
         return self.clip.config.projection_dim
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        if self.pooled_only:
+            from .vit_fast import image_features
+
+            return image_features(self.clip, images)
         return self.clip.get_image_features(pixel_values=images).pooler_output
 
     def text_features(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.pooled_only:
+            from .vit_fast import text_features
+
+            return text_features(self.clip, tokens, self.pad_id)
         return self.clip.get_text_features(input_ids=tokens, attention_mask=mask).pooler_output
 
     def log_logit_scale(self):
