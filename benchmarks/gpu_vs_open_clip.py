@@ -2,7 +2,7 @@
 the data loader's decode rate against both.
 
     bash benchmarks/gpu_vs_open_clip.sh OUT_DIR          # sets up the peer venv, then runs this
-    PYTHON=/work/peer-venv/bin/python bash benchmarks/gpu_vs_open_clip.sh /tmp/g --device cpu --tiny
+    PYTHON=../peer-venv/bin/python bash benchmarks/gpu_vs_open_clip.sh /tmp/g --device cpu --tiny
 
 Three measurements, written to ``OUT/gpu_vs_open_clip.json`` and ``.md``:
 

@@ -6,7 +6,7 @@
 #
 #   bash benchmarks/gpu_vs_open_clip.sh OUT_DIR
 #   PEER_VENV=/opt/peer bash benchmarks/gpu_vs_open_clip.sh OUT_DIR --max-batch 2048
-#   PYTHON=/work/peer-venv/bin/python bash benchmarks/gpu_vs_open_clip.sh /tmp/g --device cpu --tiny
+#   PYTHON=../peer-venv/bin/python bash benchmarks/gpu_vs_open_clip.sh /tmp/g --device cpu --tiny
 #
 # open_clip does not import beside clip-ping's pinned CPU torch, so both run from a peer venv
 # (benchmarks/README.md). Unless PYTHON names a ready interpreter, the script makes one at

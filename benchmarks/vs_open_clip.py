@@ -1,6 +1,6 @@
 """Training-step speed of clip-ping against open_clip on the same towers (CPU, fp32).
 
-    /work/peer-venv/bin/python benchmarks/vs_open_clip.py --out /tmp/vs_open_clip.json
+    ../peer-venv/bin/python benchmarks/vs_open_clip.py --out /tmp/vs_open_clip.json
 
 open_clip does not import beside the project's pinned torch, so this runs in a peer
 virtualenv that holds both (recipe in benchmarks/README.md); clip-ping's ``src/`` is put on
