@@ -102,12 +102,10 @@ def versus_open_clip(args, device: torch.device, batch: int) -> dict:
     theirs = OpenClipStep.create(ours)
     difference = check_same_towers(ours, theirs)
     steps = {"ours": ours.step, "open_clip": theirs.step}
-    for step in steps.values():
-        for _ in range(args.warmup_steps):
-            step()
     speeds = interleaved_rounds(
-        steps, batch, args.rounds, args.steps_per_round, lambda: synchronize(device)
-    )
+        steps, batch, args.rounds, args.steps_per_round, lambda: synchronize(device),
+        warmup_steps=args.warmup_steps,
+    )  # fmt: skip
     return {
         "batch_size": batch, "max_embedding_difference": difference,
         "samples_per_second_rounds": speeds,
@@ -155,12 +153,10 @@ def ping_overhead(args, device: torch.device, batch: int) -> dict:
     train_csv = prepare(work, corpus)
     steps = {name: ping_step(args, work, train_csv, batch, extra)
              for name, extra in PING_VARIANTS.items()}  # fmt: skip
-    for step in steps.values():
-        for _ in range(args.warmup_steps):
-            step()
     speeds = interleaved_rounds(
-        steps, batch, args.rounds, args.steps_per_round, lambda: synchronize(device)
-    )
+        steps, batch, args.rounds, args.steps_per_round, lambda: synchronize(device),
+        warmup_steps=args.warmup_steps,
+    )  # fmt: skip
     return {
         "batch_size": batch, "samples_per_second_rounds": speeds,
         "overhead_rounds": {n: ratios(speeds["clip"], speeds[n]) for n in PING_VARIANTS},

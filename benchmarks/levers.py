@@ -97,15 +97,30 @@ def parse_config(text: str) -> tuple[str, int]:
     return name, int(batch)
 
 
+def add_round_flags(
+    parser: argparse.ArgumentParser, warmup_steps: int = 3, steps_per_round: int = 1
+) -> None:
+    """The timing flags of the interleaved benchmarks: threads, warm-up, rounds."""
+    parser.add_argument("--threads", type=int, default=2, help="torch threads on the CPU")
+    parser.add_argument("--warmup-steps", type=int, default=warmup_steps)
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--steps-per-round", type=int, default=steps_per_round)
+
+
 def interleaved_rounds(
     steps: dict[str, Callable[[], None]],
     batch_size: int,
     rounds: int,
     steps_per_round: int,
     sync: Callable[[], None] = lambda: None,
+    warmup_steps: int = 0,
 ) -> dict[str, list[float]]:
-    """Samples/s of each step function per round, the order reversed every other round;
-    ``sync`` waits for queued device work (``torch.cuda.synchronize``)."""
+    """Samples/s of each step function per round, the order reversed every other round,
+    after ``warmup_steps`` untimed steps of each; ``sync`` waits for queued device work
+    (``torch.cuda.synchronize``)."""
+    for step in steps.values():
+        for _ in range(warmup_steps):
+            step()
     speeds: dict[str, list[float]] = {name: [] for name in steps}
     for r in range(rounds):
         for name in list(steps) if r % 2 == 0 else list(reversed(steps)):
@@ -148,10 +163,7 @@ def main(argv: list[str] | None = None) -> None:
         default=[v for v in VARIANTS if v != "plain" and v not in COMPILED],
         help="compared with plain (default: all but the compiled ones, slow to warm up)",
     )  # fmt: skip
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--warmup-steps", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--steps-per-round", type=int, default=1)
+    add_round_flags(parser)
     parser.add_argument("--out", type=Path, help="write the results as JSON")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -169,12 +181,10 @@ def main(argv: list[str] | None = None) -> None:
     for name, batch in args.configs:
         benches = {v: StepBench.create(name, batch, VARIANTS[v]) for v in variants}
         differences = {v: embedding_difference(benches["plain"], b) for v, b in benches.items()}
-        for bench in benches.values():
-            for _ in range(args.warmup_steps):
-                bench.step()
         speeds = interleaved_rounds(
-            {v: b.step for v, b in benches.items()}, batch, args.rounds, args.steps_per_round
-        )
+            {v: b.step for v, b in benches.items()}, batch, args.rounds, args.steps_per_round,
+            warmup_steps=args.warmup_steps,
+        )  # fmt: skip
         results.append({"model": name, "batch_size": batch, "samples_per_second_rounds": speeds,
                         "max_embedding_difference": differences})  # fmt: skip
         for v in variants:  # each configuration as soon as it is measured

@@ -51,6 +51,7 @@ from clip_ping.models import MAX_LOGIT_SCALE, MODEL_SPECS, ClipStudent, ModelSpe
 from clip_ping.schedule import autocast_context  # noqa: E402
 from levers import (  # noqa: E402
     VARIANTS,
+    add_round_flags,
     embedding_difference,
     interleaved_rounds,
     parse_config,
@@ -200,10 +201,7 @@ def main(argv: list[str] | None = None) -> None:
         "--variants", nargs="*", default=[], choices=[v for v in VARIANTS if v != "shipped"],
         help="further clip-ping variants timed in the same rounds",
     )  # fmt: skip
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--warmup-steps", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--steps-per-round", type=int, default=1)
+    add_round_flags(parser)
     parser.add_argument("--out", type=Path, help="write the results as JSON")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -218,10 +216,9 @@ def main(argv: list[str] | None = None) -> None:
         steps = {"ours": ours.step, "open_clip": theirs.step}
         steps |= {v: StepBench.create(name, batch, VARIANTS[v]).step for v in args.variants}
         difference = check_same_towers(ours, theirs)
-        for step in steps.values():
-            for _ in range(args.warmup_steps):
-                step()
-        speeds = interleaved_rounds(steps, batch, args.rounds, args.steps_per_round)
+        speeds = interleaved_rounds(
+            steps, batch, args.rounds, args.steps_per_round, warmup_steps=args.warmup_steps
+        )
         rows.append({
             "model": name, "batch_size": batch, "params": parameter_count(ours.model),
             "max_embedding_difference": difference, "samples_per_second_rounds": speeds,
