@@ -18,23 +18,13 @@ from clip_ping.config import build_config
 from clip_ping.models import load_checkpoint_file
 from clip_ping.run_folder import run_settings
 from clip_ping.train import train
+from short_runs import ENV, FLAGS, build_corpus
 from unprivileged import bound_by_permissions
-
-# 256 samples / 32 = 8 steps per epoch, a checkpoint every 3 steps and at each epoch's end.
-FLAGS = dict(
-    model="cpu-micro-32", batch_size=32, epochs=2, lr=2e-3, warmup=2, workers=0, seed=0,
-    save_every_steps=3, log_every_steps=1, val_frequency=0,
-)  # fmt: skip
-ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    from clip_ping.data.shapes import build_shapes
-
-    out = tmp_path_factory.mktemp("resume_shapes")
-    build_shapes(out, num_train=256, num_val=8, image_size=32, seed=6)
-    return out
+    return build_corpus(tmp_path_factory, "resume_shapes", seed=6)
 
 
 def config(corpus, logs, **overrides):

@@ -17,23 +17,13 @@ import pytest
 from clip_ping.config import build_config
 from clip_ping.run_folder import LOCK_FILE, RunFolderInUse, _new_folder, _process_start
 from clip_ping.train import train
+from short_runs import ENV, FLAGS, build_corpus
 from unprivileged import bound_by_permissions
-
-# 256 samples / 32 = 8 steps per epoch.
-FLAGS = dict(
-    model="cpu-micro-32", batch_size=32, epochs=2, lr=2e-3, warmup=2, workers=0, seed=0,
-    save_every_steps=3, log_every_steps=1, val_frequency=0,
-)  # fmt: skip
-ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    from clip_ping.data.shapes import build_shapes
-
-    out = tmp_path_factory.mktemp("lock_shapes")
-    build_shapes(out, num_train=256, num_val=8, image_size=32, seed=5)
-    return out
+    return build_corpus(tmp_path_factory, "lock_shapes", seed=5)
 
 
 def command(corpus, logs, *extra, name="same", **flags):
