@@ -37,6 +37,17 @@ def test_the_method_sweep_is_clip_ping_only_on_top_of_the_chosen_recipe():
     assert len(set(names.values())) == len(names)
 
 
+def test_sweep_points_restrict_the_plan_and_a_wrong_name_lists_the_points():
+    import pytest
+
+    leaders = ["warm-up 200, 8 epochs", "warm-up 200, 10 epochs"]
+    plan = sweep_plan("recipe", RECIPE_START, seeds=2, points=leaders)
+    assert sorted({p for p, _, _ in plan}) == sorted(leaders)
+    assert len(plan) == 2 * 2 * 2  # two points, two methods, two seeds
+    with pytest.raises(ValueError, match="'warm-up 200, 9 epochs' is not a point.*'no crop'"):
+        sweep_plan("recipe", RECIPE_START, seeds=2, points=["warm-up 200, 9 epochs"])
+
+
 def test_sweep_table_gives_mean_spread_and_marks_the_best_per_method():
     plan = sweep_plan("recipe", RECIPE_START, seeds=2)
     score = {"starting recipe": 0.10, "lr 5e-4": 0.20, "warm-up 100": 0.15}
@@ -80,7 +91,7 @@ def test_a_sweep_table_from_the_runs_finished_so_far(tmp_path):
     md = tmp_path / "method.md"
     md.write_text("# Method\n\n<!-- sweep:recipe -->\nold\n<!-- /sweep:recipe -->\n\nrest\n")
     table = run_sweep("recipe", tmp_path, seeds=1, markdown=md, finished_only=True)
-    assert f"(2 of {len(plan)} runs finished so far)" in table
+    assert f"(2 of {len(plan)} runs finished)" in table
     assert "| lr 5e-4 | 0.3000 (n=1) **best** | — |" in table
     assert "| batch 64 | — | — |" in table  # trained but not evaluated: not in the table
     text = md.read_text()

@@ -22,7 +22,7 @@ def _results(args: argparse.Namespace) -> None:
 
         markdown = "docs/method.md" if args.markdown == "docs/results.md" else args.markdown
         run_sweep(args.sweep, args.out, args.sweep_seeds, args.jobs, args.assets, markdown,
-                  finished_only=args.finished_only)  # fmt: skip
+                  finished_only=args.finished_only, points=args.sweep_points)  # fmt: skip
         return
     if args.architectures:
         from .architectures import run_architectures
@@ -104,6 +104,11 @@ def add_experiment_commands(commands: argparse._SubParsersAction) -> None:
     results.add_argument(
         "--finished-only", action="store_true",
         help="with --sweep: train nothing, write the table of the runs finished so far",
+    )  # fmt: skip
+    results.add_argument(
+        "--sweep-points", nargs="+", default=None, metavar="POINT",
+        help="with --sweep: train only these points (names as in the table), e.g. more seeds "
+        "for the leaders; the table shows every point's finished runs",
     )  # fmt: skip
     results.add_argument(
         "--sweep-seeds", type=COUNT, default=3, help="seeds per sweep point and ablation (3)"

@@ -92,13 +92,23 @@ def run_slug(variant: str, size: DemoSize, settings: dict, seed: int) -> str:
     return "_".join(parts) + f"_s{seed}"
 
 
-def sweep_plan(sweep: str, size: DemoSize, seeds: int) -> list[tuple[str, str, Planned]]:
-    """``(point, method, run)`` for every point, method and seed of ``sweep``, on val."""
+def sweep_plan(
+    sweep: str, size: DemoSize, seeds: int, points: Sequence[str] | None = None
+) -> list[tuple[str, str, Planned]]:
+    """``(point, method, run)`` for every point, method and seed of ``sweep``, on val.
+    ``points``: only these points (names as in the table), e.g. more seeds for the leaders."""
     if sweep not in SWEEPS:
         raise ValueError(f"--sweep {sweep}: choose one of {', '.join(SWEEPS)}")
+    unknown = [p for p in points or () if p not in SWEEPS[sweep]]
+    if unknown:
+        names = "; ".join(f"'{p}'" for p in SWEEPS[sweep])
+        raise ValueError(f"--sweep-points {unknown[0]!r} is not a point of the {sweep} sweep; "
+                         f"its points are: {names}")  # fmt: skip
     methods = ("clip", "clip-ping") if sweep == "recipe" else ("clip-ping",)
     plan = []
     for point, settings in SWEEPS[sweep].items():
+        if points and point not in points:
+            continue
         for seed in range(seeds):  # seeds outermost within a point: a point finishes early
             for method in methods:
                 variant = method if method in VARIANTS else "clip-ping"
@@ -143,12 +153,13 @@ def sweep_table(
 def run_sweep(
     sweep: str, out: str | Path = "runs/demo", seeds: int = 2, jobs: int | None = None,
     assets: str | None = None, markdown: str | Path | None = "docs/method.md",
-    finished_only: bool = False,
+    finished_only: bool = False, points: Sequence[str] | None = None,
 ) -> str:  # fmt: skip
     """Train and evaluate every run of the sweep on val; its table, also written into
     ``markdown`` between ``<!-- sweep:NAME -->`` and ``<!-- /sweep:NAME -->``.
     ``finished_only``: train nothing, tabulate the runs finished so far (a sweep that spans
-    days can be read while it runs)."""
+    days can be read while it runs). ``points``: train only these points; the table still
+    shows every point's finished runs."""
     from .demo import FULL, prepare_data
     from .markdown import write_section
     from .runs import run_variants
@@ -157,13 +168,12 @@ def run_sweep(
     size = RECIPE_START if sweep == "recipe" else FULL
     plan = sweep_plan(sweep, size, seeds)
     command = f"clip-ping results --sweep {sweep} --sweep-seeds {seeds}"
-    if finished_only:
-        metrics = finished_runs([run for _, _, run in plan], out / "sweep")
-        note = f" ({len(metrics)} of {len(plan)} runs finished so far)"
-    else:
+    if not finished_only:
         data = prepare_data(out, FULL, assets)
-        metrics = run_variants(data, size, [run for _, _, run in plan], out / "sweep", jobs)
-        note = ""
+        chosen = [run for _, _, run in sweep_plan(sweep, size, seeds, points)]
+        run_variants(data, size, chosen, out / "sweep", jobs)
+    metrics = finished_runs([run for _, _, run in plan], out / "sweep")
+    note = "" if len(metrics) == len(plan) else f" ({len(metrics)} of {len(plan)} runs finished)"
     table = f"Val mean recall, produced by `{command}`{note}:\n\n" + sweep_table(plan, metrics)
     if markdown is not None and Path(markdown).is_file():
         write_section(markdown, f"sweep:{sweep}", table)
