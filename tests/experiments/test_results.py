@@ -110,7 +110,7 @@ def test_a_finished_run_is_reused_only_with_its_own_settings(tmp_path):
     _check_same_settings(run, train_config(data, FULL, "clip", 0, run.parent, run.name))
     for settings, said in (
         ({"lr": 2e-3}, "--lr was 0.001, now 0.002"),
-        ({"epochs": 8}, "--epochs"),
+        ({"epochs": 5}, "--epochs"),
     ):
         wanted = train_config(data, FULL, "clip", 0, run.parent, run.name, settings)
         with pytest.raises(ValueError, match=f"trained with other settings \\({said}"):
