@@ -77,8 +77,24 @@ def test_results_page_has_headline_tables_and_figures(tmp_path):
     assert "retrieval/val_" not in text.split("## CLIP-PING's settings")[0]  # test only up top
     assert "| K = 1 | 3 | 0.2" in text and "| behind |" in text
     assert "![CLIP vs CLIP-PING](figures/results_clip_vs_ping.png)" in text
+    assert "Neighbour targets (the defaults) − self-targets = +0.0000" in text
+    assert "not shown to add anything over the teachers' own features" in text
     for png in ("results_clip_vs_ping.png", "results_ablations.png"):
         assert (tmp_path / "docs" / "figures" / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_control_answer_follows_the_interval():
+    val = "mean_recall/val"
+    clip = {s: {val: 0.10 + 0.01 * s} for s in range(3)}
+    self_only = {s: {val: 0.12 + 0.01 * s + 0.001 * (s % 2)} for s in range(3)}
+    better = {s: {val: 0.15 + 0.01 * s} for s in range(3)}  # +0.03 ± 0.001 over self
+    said = results.control_answer({"defaults": better, results.SELF: self_only}, clip)
+    assert "the neighbours add to what the teachers' own features give" in said
+    assert "Self-targets − CLIP = +0.0203" in said and "(ahead)" in said
+    worse = {s: {val: 0.11 + 0.01 * s} for s in range(3)}
+    said = results.control_answer({"defaults": worse, results.SELF: self_only}, clip)
+    assert "the teachers' own features do better than the neighbours" in said
+    assert "has not been run" in results.control_answer({"defaults": worse}, clip)
 
 
 def test_results_command_and_its_flags(capsys):

@@ -119,6 +119,45 @@ def ablation_table(points: dict[str, Runs], clip: Runs, default: str = "defaults
     return "\n".join(rows) + "\n"
 
 
+SELF = "self-targets (no neighbours)"
+SELF_AND_NEIGHBORS = "self + neighbours"
+
+
+def control_answer(points: dict[str, Runs], clip: Runs) -> str:
+    """The answer to the reviewer's first question, from the val mean recall paired over
+    seeds: do the *neighbours* add anything over the teachers' own features?"""
+    key = "mean_recall/val"
+    if SELF not in points or "defaults" not in points:
+        return "The self-target control has not been run yet."
+    ping = paired_diffs(points["defaults"], points[SELF], key)
+    teachers = paired_diffs(points[SELF], clip, key)
+    said = verdict(ping)
+    mean, low, high = t_interval(ping)
+    answer = {
+        "ahead": "the neighbours add to what the teachers' own features give",
+        "behind": "the teachers' own features do better than the neighbours: the gain over "
+        "CLIP is distillation, and the neighbours cost some of it",
+        "no clear difference": "the neighbours are not shown to add anything over the "
+        "teachers' own features: on this corpus the gain over CLIP cannot be credited to the "
+        "neighbours",
+    }.get(said, "one seed cannot tell")
+    t_mean, t_low, t_high = t_interval(teachers)
+    text = (
+        f"**Neighbours or teachers?** Neighbour targets (the defaults) − self-targets = "
+        f"{mean:+.4f} [95% CI {low:+.4f}, {high:+.4f}] val mean recall over {len(ping)} seeds: "
+        f"{answer}. Self-targets − CLIP = {t_mean:+.4f} [{t_low:+.4f}, {t_high:+.4f}] "
+        f"({verdict(teachers)})."
+    )
+    if SELF_AND_NEIGHBORS in points:
+        both = paired_diffs(points[SELF_AND_NEIGHBORS], points[SELF], key)
+        b_mean, b_low, b_high = t_interval(both)
+        text += (
+            f" Self plus neighbours − self-targets = {b_mean:+.4f} [{b_low:+.4f}, {b_high:+.4f}] "
+            f"({verdict(both)})."
+        )
+    return text
+
+
 def plot_intervals(rows: dict[str, Sequence[float]], out: Path, title: str, xlabel: str) -> Path:
     """A forest plot: each row's mean paired difference with its 95% interval."""
     from .figures import pyplot, save_figure
@@ -282,6 +321,8 @@ def render_results(
             "",
             ablation_table(points, clip),
             f"![ablations]({rel[-1]})",
+            "",
+            control_answer(points, clip),
             "",
         ]
     return "\n".join(lines)
