@@ -62,6 +62,21 @@ def test_sweep_table_gives_mean_spread_and_marks_the_best_per_method():
     assert "| batch 64 | — | — |" in table  # not run yet
 
 
+def test_the_best_point_is_judged_on_the_seeds_every_point_has():
+    plan = sweep_plan("recipe", RECIPE_START, seeds=2)
+    seed_scores = {"starting recipe": {0: 0.20}, "lr 5e-4": {0: 0.19, 1: 0.25}}
+    metrics = {
+        run.name: {k: seed_scores[point][run.seed] for k in retrieval_keys("val")}
+        for point, _, run in plan
+        if run.seed in seed_scores.get(point, {})
+    }
+    table = sweep_table(plan, metrics)
+    # lr 5e-4 has the higher mean (0.22) only through its extra seed: seed 0 decides.
+    assert "| starting recipe | 0.2000 (n=1) **best** |" in table
+    assert "| lr 5e-4 | 0.2200 ± 0.0424 (n=2) |" in table
+    assert "the highest mean over the seeds every point has (seeds 0)" in table
+
+
 def test_a_sweep_table_from_the_runs_finished_so_far(tmp_path):
     import json
 

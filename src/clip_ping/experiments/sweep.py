@@ -123,24 +123,26 @@ def sweep_table(
     plan: Sequence[tuple[str, str, Planned]], metrics: dict[str, dict[str, float]]
 ) -> str:
     """Markdown: one row per point, the val mean recall of each method (mean ± std over
-    seeds, n), best marked."""
-    scores: dict[tuple[str, str], list[float]] = {}
+    seeds, n). The best point of a method is marked by its mean over the seeds that every
+    point of that method has, so a point with an extra lucky seed does not win by it."""
+    scores: dict[tuple[str, str], dict[int, float]] = {}
     for point, method, run in plan:
         if run.name in metrics:
-            scores.setdefault((point, method), []).append(mean_recall(metrics[run.name], "val"))
+            scores.setdefault((point, method), {})[run.seed] = mean_recall(metrics[run.name], "val")
     methods = list(dict.fromkeys(method for _, method, _ in plan))
     points = list(dict.fromkeys(point for point, _, _ in plan))
-    best = {
-        m: max((p for p in points if (p, m) in scores),
-               key=lambda p: statistics.fmean(scores[(p, m)]), default=None)
-        for m in methods
-    }  # fmt: skip
+    best, common = {}, {}
+    for m in methods:
+        done = {p: scores[(p, m)] for p in points if (p, m) in scores}
+        common[m] = sorted(set.intersection(*map(set, done.values()))) if done else []
+        by_common = {p: statistics.fmean(s[seed] for seed in common[m]) for p, s in done.items()}
+        best[m] = max(by_common, key=by_common.get) if common[m] else None
     rows = ["| point | " + " | ".join(f"{m} (val mean recall)" for m in methods) + " |"]
     rows.append("|---|" + "---:|" * len(methods))
     for point in points:
         cells = []
         for method in methods:
-            values = scores.get((point, method))
+            values = list(scores.get((point, method), {}).values())
             if not values:
                 cells.append("—")
                 continue
@@ -149,6 +151,8 @@ def sweep_table(
             mark = " **best**" if best[method] == point else ""
             cells.append(f"{mean:.4f}{spread} (n={len(values)}){mark}")
         rows.append(f"| {point} | " + " | ".join(cells) + " |")
+    shared = " / ".join(sorted({", ".join(map(str, c)) or "none" for c in common.values()}))
+    rows.append(f"\n**best**: the highest mean over the seeds every point has (seeds {shared}).")
     return "\n".join(rows) + "\n"
 
 
