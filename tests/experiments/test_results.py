@@ -1,6 +1,7 @@
 """Seed statistics of the results page: paired 95% intervals and verdicts from them."""
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -81,6 +82,25 @@ def test_results_page_has_headline_tables_and_figures(tmp_path):
     assert "not shown to add anything over the teachers' own features" in text
     for png in ("results_clip_vs_ping.png", "results_ablations.png"):
         assert (tmp_path / "docs" / "figures" / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_readme_gets_the_headline_rows_in_its_results_section(tmp_path):
+    from clip_ping.experiments.markdown import has_section, write_section
+
+    final = {"clip": _grid(0.0), "clip-ping": _grid(0.03)}
+    summary = {"command": "clip-ping results --seeds 3 --sweep-seeds 3"}
+    rows = results.readme_rows(final, summary, Path("docs/results.md"))
+    assert "Test sets, 3 seeds, produced by `clip-ping results --seeds 3 --sweep-seeds 3`" in rows
+    assert "| **mean_recall/test** | 0.2107 ± 0.0105 | 0.2407 ± 0.0105 | +0.0300" in rows
+    assert "| retrieval/test_clipart/text_to_image_R@1 |" in rows
+    assert "| zeroshot/unseen/acc1 |" in rows and "R@5" not in rows  # the excerpt only
+    assert "zeroshot/seen/acc1" not in rows  # absent from the runs: no row, no error
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n<!-- results -->\nold\n<!-- /results -->\n\n## Usage\n")
+    assert has_section(readme, "results") and not has_section(readme, "curve")
+    write_section(readme, "results", rows)
+    text = readme.read_text()
+    assert "old" not in text and text.endswith("## Usage\n") and "+0.0300" in text
 
 
 def test_the_control_answer_follows_the_interval():

@@ -26,6 +26,11 @@ def section(text: str, name: str) -> str | None:
     return start + body + end
 
 
+def has_section(path: Path, name: str) -> bool:
+    """Whether the page at ``path`` exists and has the block of ``name``."""
+    return path.is_file() and section(path.read_text(encoding="utf-8"), name) is not None
+
+
 def replace_section(text: str, name: str, body: str) -> str:
     """``text`` with the block of ``name`` holding ``body``; appended when it has none."""
     start, end = markers(name)

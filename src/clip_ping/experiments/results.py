@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..io import atomic_write_text
+from .markdown import has_section, write_section
 
 CONFIDENCE = 0.95
 Runs = dict[int, dict[str, float]]  # seed → metrics
@@ -187,9 +188,11 @@ def run_results(
     figures: str | Path = "docs/figures",
     assets: str | None = None,
     jobs: int | None = None,
+    readme: str | Path | None = "README.md",
 ) -> dict:
     """Train and evaluate the final runs (``seeds`` each, test and val) and, with
-    ``ablations``, the method sweep on val (``sweep_seeds`` each); write ``markdown``."""
+    ``ablations``, the method sweep on val (``sweep_seeds`` each); write ``markdown``, and
+    the headline rows into ``readme``'s ``results`` section when it has one."""
     from .demo import FULL, QUICK, prepare_data
     from .runs import Planned, run_variants
     from .sweep import run_slug, sweep_plan
@@ -222,6 +225,8 @@ def run_results(
     atomic_write_text(out / "results.json", json.dumps(summary, indent=2) + "\n")
     text = render_results(by_variant, points, summary, data, Path(markdown), Path(figures))
     atomic_write_text(markdown, keep_sections(text, Path(markdown)))
+    if readme is not None and has_section(Path(readme), "results"):
+        write_section(readme, "results", readme_rows(by_variant, summary, Path(markdown)))
     print(f"\nresults: {markdown}")
     return summary
 
@@ -239,6 +244,24 @@ def keep_sections(text: str, markdown: Path) -> str:
 
     old = markdown.read_text(encoding="utf-8") if markdown.is_file() else ""
     return carry_sections(text, old, tuple(OTHER_SECTIONS), OTHER_SECTIONS)
+
+
+def readme_rows(final: dict[str, Runs], summary: dict, markdown: Path) -> str:
+    """README's excerpt of the page: the headline and the R@1 and zero-shot top-1 rows."""
+    from .demo import RETRIEVAL_SOURCES, ZEROSHOT_SETS
+
+    clip = with_mean_recall(final["clip"], "test")
+    ping = with_mean_recall(final["clip-ping"], "test")
+    keys = ["mean_recall/test"]
+    keys += [f"retrieval/test_{s}/{d}_R@1" for s in RETRIEVAL_SOURCES
+             for d in ("image_to_text", "text_to_image")]  # fmt: skip
+    keys += [f"zeroshot/{z}/acc1" for z in ZEROSHOT_SETS]
+    keys = [k for k in keys if all(k in m for m in (*clip.values(), *ping.values()))]
+    return (
+        f"Test sets, {len(clip)} seeds, produced by `{summary['command']}` (the whole table, "
+        f"the settings on val and the figures: [{markdown}]({markdown})):\n\n"
+        + headline_table(clip, ping, keys)
+    )
 
 
 def result_keys(metrics: dict[str, float]) -> list[str]:
