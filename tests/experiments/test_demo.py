@@ -47,6 +47,10 @@ def test_demo_writes_summary_report_and_figures_then_reuses_its_stages(tmp_path)
         assert "steps/epoch" in (out / run / "console.log").read_text()
     for png in ("metrics.png", "curves.png", "neighbours.png"):
         assert (out / "figures" / png).read_bytes()[:4] == b"\x89PNG"
+    # Only latest.pt is kept: a sweep of dozens of runs would fill the disk with per-epoch
+    # checkpoints (each holds the optimiser).
+    for run in ("clip", "clip-ping"):
+        assert [p.name for p in (out / run / "checkpoints").glob("*.pt")] == ["latest.pt"]
 
     # The ablation table without same-caption pairs holds none.
     captions = np.asarray(read_captions(DataSpec(str(out / "data" / "corpus" / "train.csv"))))
