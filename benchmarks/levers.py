@@ -133,6 +133,19 @@ def interleaved_rounds(
     return speeds
 
 
+def write_record(out: Path, args: argparse.Namespace, load_before, results, **versions) -> None:
+    """Write a benchmark's JSON record to ``out``: date, torch (and ``versions``), threads,
+    settings (``args``), load averages before and after, ``results``."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    settings = {**vars(args), "configs": [f"{n}:{b}" for n, b in args.configs], "out": str(out)}
+    record = {"date": date.today().isoformat(), "torch": torch.__version__, **versions,
+              "threads": torch.get_num_threads(), "settings": settings,
+              "load_average_before": load_before, "load_average_after": os.getloadavg(),
+              "results": results}  # fmt: skip
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"\nwrote {out}")
+
+
 def ratios(a: list[float], b: list[float]) -> list[float]:
     return [x / y for x, y in zip(a, b, strict=True)]
 
@@ -196,15 +209,7 @@ def main(argv: list[str] | None = None) -> None:
             )
     print(f"\nload {os.getloadavg()[0]:.2f} after {time.perf_counter() - started:.0f} s")
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        settings = {**vars(args), "configs": [f"{n}:{b}" for n, b in args.configs]}
-        args.out.write_text(json.dumps({
-            "date": date.today().isoformat(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "settings": {**settings, "out": str(args.out)},
-            "load_average_before": load_before, "load_average_after": os.getloadavg(),
-            "results": results,
-        }, indent=2) + "\n")  # fmt: skip
-        print(f"\nwrote {args.out}")
+        write_record(args.out, args, load_before, results)
 
 
 if __name__ == "__main__":

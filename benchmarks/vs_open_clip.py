@@ -37,7 +37,6 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,6 +56,7 @@ from levers import (  # noqa: E402
     parse_config,
     ratio_cell,
     ratios,
+    write_record,
 )
 from train_step import StepBench, parameter_count  # noqa: E402
 
@@ -249,16 +249,7 @@ def main(argv: list[str] | None = None) -> None:
         + ", ".join(f"{r['model']} {r['max_embedding_difference']:.1e}" for r in rows)
     )
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        settings = {**vars(args), "configs": [f"{n}:{b}" for n, b in args.configs]}
-        args.out.write_text(json.dumps({
-            "date": date.today().isoformat(), "torch": torch.__version__,
-            "open_clip": open_clip.__version__, "threads": torch.get_num_threads(),
-            "settings": {**settings, "out": str(args.out)},
-            "load_average_before": load_before, "load_average_after": os.getloadavg(),
-            "results": rows,
-        }, indent=2) + "\n")  # fmt: skip
-        print(f"\nwrote {args.out}")
+        write_record(args.out, args, load_before, rows, open_clip=open_clip.__version__)
 
 
 if __name__ == "__main__":
