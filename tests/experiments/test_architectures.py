@@ -3,7 +3,12 @@ student's rate chosen on val, then seeds at that rate on test, in a section of t
 
 import json
 
-from clip_ping.experiments.architectures import choose_lrs, lr_plan, run_architectures
+from clip_ping.experiments.architectures import (
+    choose_lrs,
+    edge_rates,
+    lr_plan,
+    run_architectures,
+)
 from clip_ping.experiments.demo import DemoSize, retrieval_keys
 from clip_ping.models import is_exported
 
@@ -28,6 +33,14 @@ def test_the_rate_is_chosen_per_student_and_method_on_val():
     assert chosen[("cpu-micro-32", "clip")] == 2e-3
     assert chosen[("cpu-micro-32", "clip-ping")] == 1e-3
     assert chosen[("cpu-convnext-micro-32", "clip")] == 1e-3
+
+
+def test_a_rate_at_the_edge_of_the_grid_is_named():
+    chosen = {("vit", "clip"): 1e-3, ("vit", "clip-ping"): 2e-3, ("cnn", "clip"): 5e-4}
+    assert edge_rates(chosen, lrs=(5e-4, 1e-3, 2e-3)) == {
+        "highest": ["vit clip-ping"], "lowest": ["cnn clip"],
+    }  # fmt: skip
+    assert edge_rates({("vit", "clip"): 1e-3}, lrs=(5e-4, 1e-3, 2e-3)) == {}
 
 
 def test_architectures_end_to_end_on_a_tiny_corpus(tmp_path):

@@ -65,6 +65,17 @@ def choose_lrs(plan, metrics) -> dict[tuple[str, str], float]:
     return {key: lr for key, (_, lr) in best.items()}
 
 
+def edge_rates(chosen: dict[tuple[str, str], float], lrs=LRS) -> dict[str, list[str]]:
+    """The (student, method) pairs whose chosen rate is the grid's lowest or highest, by
+    edge ("lowest", "highest"): their best rate may lie outside the grid."""
+    edges: dict[str, list[str]] = {}
+    for (student, method), lr in chosen.items():
+        for edge, bound in (("lowest", min(lrs)), ("highest", max(lrs))):
+            if lr == bound:
+                edges.setdefault(edge, []).append(f"{student} {method}")
+    return edges
+
+
 def run_architectures(
     out: str | Path = "runs/demo", seeds: int = 3, quick: bool = False, jobs: int | None = None,
     assets: str | None = None, markdown: str | Path = "docs/results.md",
@@ -146,6 +157,9 @@ def render_architectures(
     rel = os.path.relpath(figure, markdown.parent)
     where = f"The gain holds (interval above 0) for {', '.join(held) or 'no student'}"
     where += f"; not shown for {', '.join(not_held)}." if not_held else "."
+    for edge, pairs in edge_rates(chosen, lrs).items():
+        where += (f" The {edge} rate of the grid won for {', '.join(pairs)}: their best rate may "
+                  "lie outside it.")  # fmt: skip
     return "\n".join([
         "## Other students (test)",
         "",
