@@ -82,6 +82,25 @@ def test_resumed_run_ends_with_the_same_weights(shapes_corpus, tmp_path, student
     assert steps == sorted(set(steps))
 
 
+def test_evaluating_during_training_leaves_the_training_unchanged(shapes_corpus, tmp_path):
+    # The data-efficiency curve evaluates its runs on val once, at the end, instead of after
+    # every epoch: the trained weights must not depend on it. A MobileViT, whose BatchNorm
+    # statistics would move if evaluation ran in training mode.
+    common = dict(epochs=2, model="cpu-mobilevit-micro-32")
+    every = train(config(shapes_corpus, tmp_path, name="every", val_frequency=1, **common))
+    last = train(config(shapes_corpus, tmp_path, name="last", val_frequency=2, **common))
+    evals = {
+        name: [r["epoch"] for r in read_metrics(run) if "retrieval/val/image_to_text_R@1" in r]
+        for name, run in (("every", every), ("last", last))
+    }
+    assert evals == {"every": [1, 2], "last": [2]}
+    a = load_checkpoint_file(every / "checkpoints" / "latest.pt")["task"]
+    b = load_checkpoint_file(last / "checkpoints" / "latest.pt")["task"]
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
 def test_resume_refuses_another_model(shapes_corpus, tmp_path):
     train(config(shapes_corpus, tmp_path, name="m", stop_after_steps=2, val_data=None))
     try:

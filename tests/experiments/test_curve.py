@@ -83,6 +83,8 @@ def test_curve_end_to_end_on_a_tiny_corpus(tmp_path):
         for line in open(out / "curve" / "p050" / "runs" / "clip_s0" / "metrics.jsonl")
     ]
     steps = max(r["step"] for r in last)
+    evals = [r["epoch"] for r in last if "retrieval/val_google/image_to_text_R@1" in r]
+    assert evals == [summary["epochs"]["0.5"]]  # val once, after the last epoch
     assert steps == summary["epochs"]["0.5"] * (pairs["0.5"] // TINY.batch_size)
     assert abs(steps - full_steps) <= pairs["0.5"] // TINY.batch_size / 2
     for fraction in ("0.5", "1.0"):

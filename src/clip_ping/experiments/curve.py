@@ -16,6 +16,9 @@ small model needs).
   epochs instead, the 10% point would take ~35 steps, fewer than the warm-up, and the curve
   would measure a shorter schedule as much as less data. Same steps asks the question the
   claim is about: with compute to spare, how many pairs does each method need?
+- **Val once per run**, after its last epoch (``val_frequency`` = its epochs): the curve is
+  read on test and nothing in it is chosen on val, while a subset's short epochs would
+  otherwise evaluate 77 times at 10%. Evaluating does not change the training (tested).
 - **Seeds.** The same seeds at every point and for both methods (a seed fixes the initial
   weights and the batch order); the subsets do not change with the seed. The 100% runs are
   :mod:`.results`' final runs, shared through their folders.
@@ -139,7 +142,9 @@ def curve_plan(subsets: dict[float, set[str]], size, seeds: int, train_rows: int
                 if fraction == 1.0:  # the final runs of the results page
                     plan.append((fraction, Planned(method, seed, run_slug(method, size, {}, seed))))
                 else:
-                    name, settings = f"{method}_s{seed}", {"epochs": epochs}
+                    # val once, at the end: nothing is chosen on val here
+                    settings = {"epochs": epochs, "val_frequency": epochs}
+                    name = f"{method}_s{seed}"
                     plan.append((fraction, Planned(method, seed, name, settings)))
     return plan
 
