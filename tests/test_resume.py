@@ -85,6 +85,20 @@ def test_workers_may_change_on_resume_with_a_csv_but_not_with_shards():
         assert changes == ({} if refused else {"workers": {"was": 2, "now": 4}})
 
 
+def test_a_path_spelled_another_way_is_the_same_setting(tmp_path, monkeypatch):
+    (tmp_path / "data").mkdir()
+    for name in ("train.csv", "copy.csv"):
+        (tmp_path / "data" / name).write_text("filepath,title\n")
+    monkeypatch.chdir(tmp_path)
+    cfg = build_config(overrides=dict(train_data=str(tmp_path / "data" / "train.csv")))
+    for spelling in ("data/train.csv", "./data/../data/train.csv"):
+        assert settings_changes({**cfg.to_dict(), "train_data": spelling}, cfg) == ({}, [])
+    _, refused = settings_changes({**cfg.to_dict(), "train_data": "data/copy.csv"}, cfg)
+    assert refused == [f"--train-data was data/copy.csv, now {tmp_path}/data/train.csv"]
+    _, refused = settings_changes({**cfg.to_dict(), "train_data": "gone/train.csv"}, cfg)
+    assert len(refused) == 1  # a path that no longer exists is compared as written
+
+
 def test_resume_refuses_a_changed_neighbour_target_of_a_clip_ping_run(
     small_corpus, shapes_banks, tmp_path
 ):

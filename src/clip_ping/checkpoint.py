@@ -310,7 +310,8 @@ def check_resumable(
 
 def settings_changes(saved: dict, cfg: TrainConfig) -> tuple[dict, list[str]]:
     """(safe changes ``{name: {"was", "now"}}``, refused changes as messages) of ``cfg``
-    against the ``saved`` config of a checkpoint (a setting it lacks had its default)."""
+    against the ``saved`` config of a checkpoint (a setting it lacks had its default; a path
+    spelled another way that names the same file is the same setting)."""
     may_change = set(RESUME_MAY_CHANGE)
     shards = cfg.data_spec().resolved_type() == "webdataset"
     if shards:  # the worker count decides which samples share a shuffle buffer
@@ -319,7 +320,7 @@ def settings_changes(saved: dict, cfg: TrainConfig) -> tuple[dict, list[str]]:
     for field in dataclasses.fields(cfg):
         name = field.name
         was, now = saved.get(name, field.default), getattr(cfg, name)
-        if name in RUN_LOCATION or was == now:
+        if name in RUN_LOCATION or was == now or _same_path(was, now):
             continue
         if name in may_change or (name in RESUME_MAY_GROW and _grows(was, now)):
             changes[name] = {"was": was, "now": now}
@@ -331,6 +332,12 @@ def settings_changes(saved: dict, cfg: TrainConfig) -> tuple[dict, list[str]]:
             message += " (with WebDataset shards it decides the order of the samples)"
         refused.append(message)
     return changes, refused
+
+
+def _same_path(was: Any, now: Any) -> bool:
+    """Two spellings of one existing file or folder (relative and absolute, ``./x`` and
+    ``x``): the same setting. A relative path is read from the working directory."""
+    return isinstance(was, str) and isinstance(now, str) and _same_file(Path(was), Path(now))
 
 
 def _grows(was: Any, now: Any) -> bool:

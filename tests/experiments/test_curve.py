@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 
 from clip_ping.bank import Bank
-from clip_ping.experiments.curve import nested_subsets, pairs_to_match, ratio_text, run_curve
+from clip_ping.experiments.curve import (
+    nested_subsets,
+    pairs_to_match,
+    ratio_interval,
+    ratio_read,
+    ratio_text,
+    run_curve,
+    seed_ratios,
+)
 from clip_ping.experiments.demo import DemoSize
 from clip_ping.experiments.markdown import carry_sections, replace_section, section
 
@@ -37,8 +45,37 @@ def test_pairs_to_match_interpolates_in_log_pairs():
     assert pairs_to_match(pairs, clip, 0.2) == pytest.approx(1000)
     assert pairs_to_match(pairs, clip, 0.05) == 100  # already reached at the first point
     assert math.isinf(pairs_to_match(pairs, clip, 0.3))
-    assert ratio_text(math.sqrt(10), 4.0) == "3.2×"
-    assert ratio_text(math.inf, 4.0) == "more than 4.0×"
+    assert ratio_text(math.sqrt(10), 0.1, 4.0) == "3.2×"
+    assert ratio_text(math.inf, 0.1, 4.0) == "more than 4.0×"
+    assert ratio_text(0.1, 0.1, 4.0) == "at most 0.1×"
+
+
+def test_ratios_seed_by_seed_with_an_interval_over_log_ratios():
+    pairs = {0.25: 100, 0.5: 200, 1.0: 400}
+    # Seed s: CLIP scores 0.1, 0.2, 0.3 (+ s/100); CLIP-PING at 25% reaches CLIP's 50% score
+    # of seed 0, between CLIP's 50% and 100% of seed 1.
+    scores = {
+        f: {
+            "clip": {s: base + s / 100 for s in (0, 1)},
+            "clip-ping": {0: 0.2, 1: 0.26} if f == 0.25 else {0: 0.5, 1: 0.5},
+        }
+        for f, base in ((0.25, 0.1), (0.5, 0.2), (1.0, 0.3))
+    }
+    ratios = seed_ratios(scores, pairs, 0.25)
+    assert ratios[0] == pytest.approx(2.0)  # seed 0 reaches 0.2 at 200 pairs
+    assert ratios[1] == pytest.approx(2**1.5)  # seed 1: halfway from 200 to 400, in log
+    mean, low, high = ratio_interval(ratios, smallest=1.0)
+    assert mean == pytest.approx(2**1.25) and low < mean < high
+    # by hand: t(0.975, 1 df) = 12.706, std of the log ratios = 0.25·ln 2·√2
+    half = 12.706 * (0.25 * math.log(2) * math.sqrt(2)) / math.sqrt(2)
+    assert math.log(high) == pytest.approx(1.25 * math.log(2) + half, rel=1e-4)
+    assert ratio_interval([2.0, math.inf], smallest=1.0) is None  # past the data
+    assert ratio_interval([2.0, 1.0], smallest=1.0) is None  # censored at the first point
+    line = ratio_read(scores, pairs, 0.25)
+    assert "CLIP-PING at 25% (100 pairs) scores 0.2300" in line
+    assert "Seed by seed: 2.0×, 2.8×" in line and "not shown to differ from 1×" in line
+    assert "needs **more than 2.0× the pairs**" in ratio_read(scores, pairs, 0.5)  # never reached
+    assert "no interval" in ratio_read(scores, pairs, 0.5)
 
 
 def test_generated_sections_replace_their_block_and_survive_a_rewrite():
