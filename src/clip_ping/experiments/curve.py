@@ -280,8 +280,9 @@ def plot_curve(scores, pairs: dict[float, int], out: Path) -> Path:
     ax.set_xscale("log")
     ax.set_xticks(x, [f"{n:,}\n({f:.0%})" for n, f in zip(x, fractions, strict=True)])
     ax.minorticks_off()
+    seeds = len(scores[fractions[0]]["clip"])
     ax.set(xlabel="training pairs", ylabel="test mean recall",
-           title="data efficiency: mean of 3 seeds, 95% intervals")  # fmt: skip
+           title=f"data efficiency: mean of {seeds} seeds, 95% intervals")  # fmt: skip
     ax.grid(alpha=0.3)
     ax.legend()
     return save_figure(fig, out)
@@ -318,8 +319,9 @@ def render_curve(scores, pairs, epochs, size, command, figure: Path, markdown: P
         f"groups, {seeds} seeds each (the same seeds at every point), test mean recall. Every "
         f"point takes the same number of optimisation steps as {size.epochs} epochs on all the "
         "data, so a subset trains for more epochs; the banks and neighbour tables of a subset "
-        "are built from that subset alone. The ratio reads CLIP's mean curve, interpolated "
-        "in log(pairs), at CLIP-PING's mean score.",
+        "are built from that subset alone. The 100% point is the results page's final runs, "
+        f"their first {seeds} seeds (the page's headline reads all of its seeds). The ratio "
+        "reads CLIP's mean curve, interpolated in log(pairs), at CLIP-PING's mean score.",
         "",
         *rows,
         "",
