@@ -30,7 +30,7 @@ STUDENTS = {
     "cpu-convnext-mini-32": ("ConvNeXt", 1.18),
     "cpu-mobilevit-mini-64": ("MobileViT", 0.99),
 }
-LRS = (5e-4, 1e-3, 2e-3)
+LRS = (5e-4, 1e-3, 2e-3, 4e-3)
 METHODS = ("clip", "clip-ping")
 
 
