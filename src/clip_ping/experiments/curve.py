@@ -13,7 +13,7 @@ small model needs).
   pairs only, so the teachers never offer a pair the student cannot see.
 - **The same number of optimisation steps** at every point, those of the recipe on all the
   data (:data:`.demo.FULL`): a subset trains for proportionally more epochs. With the same
-  epochs instead, the 10% point would take ~35 steps, fewer than the warm-up, and the curve
+  epochs instead, the 10% point would take 40 steps, fewer than the warm-up, and the curve
   would measure a shorter schedule as much as less data. Same steps asks the question the
   claim is about: with compute to spare, how many pairs does each method need?
 - **Val once per run**, after its last epoch (``val_frequency`` = its epochs): the curve is
