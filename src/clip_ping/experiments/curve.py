@@ -18,7 +18,7 @@ small model needs).
   claim is about: with compute to spare, how many pairs does each method need?
 - **Val once per run**, after its last epoch (``val_frequency`` = its epochs): the curve is
   read on test and nothing in it is chosen on val, while a subset's short epochs would
-  otherwise evaluate 77 times at 10%. Evaluating does not change the training (tested).
+  otherwise evaluate 91 times at 10%. Evaluating does not change the training (tested).
 - **Seeds.** The same seeds at every point and for both methods (a seed fixes the initial
   weights and the batch order); the subsets do not change with the seed. The 100% runs are
   :mod:`.results`' final runs, shared through their folders.
