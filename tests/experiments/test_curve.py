@@ -3,6 +3,8 @@ off CLIP's curve, and the command end to end on a tiny slice of the demo corpus.
 
 import json
 import math
+from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ from clip_ping.experiments.curve import (
     ratio_interval,
     ratio_read,
     ratio_text,
+    render_curve,
     run_curve,
     seed_ratios,
 )
@@ -76,6 +79,14 @@ def test_ratios_seed_by_seed_with_an_interval_over_log_ratios():
     assert "Seed by seed: 2.0×, 2.8×" in line and "not shown to differ from 1×" in line
     assert "needs **more than 2.0× the pairs**" in ratio_read(scores, pairs, 0.5)  # never reached
     assert "no interval" in ratio_read(scores, pairs, 0.5)
+    # The page says plainly when no point is ahead (here 50% and 100% are).
+    page = partial(render_curve, pairs=pairs, epochs=dict.fromkeys(pairs, 1), size=TINY,
+                   command="c", figure=Path("f.png"), markdown=Path("r.md"))  # fmt: skip
+    plain = "No point's difference is shown"
+    assert plain not in page(scores)
+    level = {f: {"clip": s["clip"], "clip-ping": {0: s["clip"][0] + 0.01, 1: s["clip"][1] - 0.01}}
+             for f, s in scores.items()}  # fmt: skip
+    assert plain in page(level)
 
 
 def test_generated_sections_replace_their_block_and_survive_a_rewrite():

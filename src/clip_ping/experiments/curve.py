@@ -297,16 +297,18 @@ def render_curve(scores, pairs, epochs, size, command, figure: Path, markdown: P
         "| training pairs | share | epochs | CLIP | CLIP-PING | CLIP-PING − CLIP [95% CI] | verdict |",
         "|---:|---:|---:|---:|---:|---:|---|",
     ]
+    verdicts = []
     for f in fractions:
         clip, ping = scores[f]["clip"], scores[f]["clip-ping"]
         diffs = [ping[s] - clip[s] for s in sorted(set(clip) & set(ping))]
         c, p = mean_std(clip.values()), mean_std(ping.values())
+        verdicts.append(verdict(diffs))
         rows.append(
             f"| {pairs[f]:,} | {f:.0%} | {epochs[f]} | {c[0]:.4f} ± {c[1]:.4f} | "
-            f"{p[0]:.4f} ± {p[1]:.4f} | {_interval_cell(diffs)} | {verdict(diffs)} |"
+            f"{p[0]:.4f} ± {p[1]:.4f} | {_interval_cell(diffs)} | {verdicts[-1]} |"
         )
     reads = [ratio_read(scores, pairs, f) for f in (0.25, 0.5) if f in scores]
-    if reads and not any(row.endswith("| ahead |") for row in rows):
+    if reads and "ahead" not in verdicts:
         reads.append(
             "- No point's difference is shown (no interval lies above 0): the ratios read "
             "the mean curves and are not a demonstrated saving of data."
