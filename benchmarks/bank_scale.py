@@ -204,7 +204,7 @@ def measure(
     from clip_ping.guidance import NeighborGuidance
     from clip_ping.losses import TOTAL_TERMS, ClipLoss, NeighborLoss
     from clip_ping.models import create_model
-    from clip_ping.task import ContrastiveStep
+    from clip_ping.training.task import ContrastiveStep
 
     before_import = status_mib()
     torch.manual_seed(0)

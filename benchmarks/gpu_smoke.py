@@ -6,7 +6,7 @@
 
 Two measurements, each for CLIP, CLIP-PING with ``bank`` targets and with ``memory`` targets:
 
-1. **The training loop** (``clip_ping.train.train``, as ``clip-ping train`` runs it) for
+1. **The training loop** (``clip_ping.training.train.train``, as ``clip-ping train`` runs it) for
    ``--steps`` steps on a synthetic shapes corpus at ``--image-size`` px: samples/s (median of
    the logged windows after the first, which holds start-up), peak GPU memory allocated and
    reserved. Data loading is included: with few CPU workers it can be the limit.
@@ -62,7 +62,7 @@ def prepare(work: Path, args) -> Path:
 
 
 def config(work: Path, train_csv: Path, args, name: str, extra: dict):
-    from clip_ping.config import build_config
+    from clip_ping.training.config import build_config
 
     overrides = dict(
         train_data=str(train_csv), model=args.model, batch_size=args.batch_size,
@@ -94,7 +94,7 @@ def reset_peak(device: torch.device) -> None:
 
 def loop_run(work: Path, train_csv: Path, args, name: str, extra: dict) -> dict:
     """Phase 1: the real loop; samples/s and memory."""
-    from clip_ping.train import train
+    from clip_ping.training.train import train
 
     device = torch.device(args.device if args.device != "cuda" else "cuda:0")
     reset_peak(device)
@@ -115,9 +115,9 @@ def step_run(work: Path, train_csv: Path, args, name: str, extra: dict) -> dict:
     """Phase 2: the step alone on device-resident random inputs."""
     from clip_ping.data.loader import DataSpec
     from clip_ping.models import create_model
-    from clip_ping.schedule import autocast_context, create_optimizer
-    from clip_ping.task import create_task
     from clip_ping.tokenizer import get_tokenizer
+    from clip_ping.training.schedule import autocast_context, create_optimizer
+    from clip_ping.training.task import create_task
 
     cfg = config(work, train_csv, args, f"step-{name}", extra)
     device = torch.device(args.device if args.device != "cuda" else "cuda:0")

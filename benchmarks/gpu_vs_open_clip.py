@@ -40,12 +40,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch  # noqa: E402
 
-from clip_ping.config import build_config  # noqa: E402
 from clip_ping.data.loader import DataSpec  # noqa: E402
 from clip_ping.data.transforms import TrainTransform  # noqa: E402
 from clip_ping.models import create_model  # noqa: E402
-from clip_ping.schedule import autocast_context, create_optimizer  # noqa: E402
-from clip_ping.task import create_task  # noqa: E402
+from clip_ping.training.config import build_config  # noqa: E402
+from clip_ping.training.schedule import autocast_context, create_optimizer  # noqa: E402
+from clip_ping.training.task import create_task  # noqa: E402
 from decode_rate import jpeg_bytes, rate  # noqa: E402
 from gpu_smoke import prepare  # noqa: E402
 from levers import interleaved_rounds, ratio_cell, ratios  # noqa: E402

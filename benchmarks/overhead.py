@@ -22,13 +22,13 @@ from pathlib import Path
 import torch
 
 from clip_ping.bank import build_bank, has_neighbor_table, mine_bank
-from clip_ping.config import build_config
 from clip_ping.data.loader import DataSpec, build_train_data
 from clip_ping.data.shapes import build_shapes
 from clip_ping.data.transforms import TrainTransform
 from clip_ping.models import create_model
-from clip_ping.schedule import create_optimizer
-from clip_ping.task import create_task
+from clip_ping.training.config import build_config
+from clip_ping.training.schedule import create_optimizer
+from clip_ping.training.task import create_task
 
 TEACHER_SIZE = 128  # the image bank's input size
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/train_step.py --out /tmp/train_step.json
 
-One step is what ``clip_ping.train`` does per batch in fp32: forward both towers, ``ClipLoss``,
+One step is what ``clip_ping.training.train`` does per batch in fp32: forward both towers, ``ClipLoss``,
 backward, AdamW step (``create_optimizer`` with the default ``TrainConfig``), ``zero_grad``,
 ``model.clamp_logit_scale()``. Inputs are random pixels and real token ids from the model's own
 tokenizer (the default MiniLM WordPiece); no data loading is timed. After warm-up steps, each
@@ -51,10 +51,10 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from clip_ping.config import TrainConfig
 from clip_ping.losses import ClipLoss
 from clip_ping.models import MODEL_SPECS, ClipStudent, ModelSpec, create_model
-from clip_ping.schedule import autocast_context, create_optimizer
+from clip_ping.training.config import TrainConfig
+from clip_ping.training.schedule import autocast_context, create_optimizer
 
 # The ViT students (the FLOP formula below is theirs); models/towers.py's are in model_sizes.py.
 CPU_MODELS = [n for n, s in MODEL_SPECS.items() if n.startswith("cpu-") and s.tower == "vit"]

@@ -45,9 +45,9 @@ sys.path.insert(0, str(ROOT / "src"))
 import open_clip  # noqa: E402
 import torch  # noqa: E402
 
-from clip_ping.config import TrainConfig  # noqa: E402
 from clip_ping.models import MAX_LOGIT_SCALE, MODEL_SPECS, ClipStudent, ModelSpec  # noqa: E402
-from clip_ping.schedule import autocast_context  # noqa: E402
+from clip_ping.training.config import TrainConfig  # noqa: E402
+from clip_ping.training.schedule import autocast_context  # noqa: E402
 from levers import (  # noqa: E402
     VARIANTS,
     add_round_flags,

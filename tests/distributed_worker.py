@@ -18,7 +18,7 @@ from clip_ping.guidance import bank_targets, memory_targets
 from clip_ping.losses import TOTAL_TERMS, ClipLoss, NeighborLoss
 from clip_ping.memory import StudentMemory
 from clip_ping.models import create_model
-from clip_ping.task import ContrastiveStep, accumulate_gradients
+from clip_ping.training.task import ContrastiveStep, accumulate_gradients
 
 GLOBAL_BATCH, IMAGE_DIM, TEXT_DIM, NUM_SAMPLES = 8, 12, 10, 20
 CASES = [  # (name, neighbour target mode or None, local_loss, micro-batches per rank)

@@ -12,12 +12,12 @@ import json
 import sys
 from pathlib import Path
 
-from clip_ping.config import build_config
 from clip_ping.data.loader import DataSpec, build_train_data
 from clip_ping.data.transforms import TrainTransform
 from clip_ping.distributed import init_distributed
 from clip_ping.tokenizer import get_tokenizer
-from clip_ping.train import train
+from clip_ping.training.config import build_config
+from clip_ping.training.train import train
 
 BATCH, WORKERS, EPOCHS = 32, 2, 2
 

@@ -14,14 +14,14 @@ import torch
 from PIL import Image
 
 from clip_ping.bank import Bank, build_bank, mine_bank
-from clip_ping.config import build_config
 from clip_ping.data.bad_samples import MAX_IMAGE_PIXELS, BadSample
 from clip_ping.data.datasets import CsvDataset
 from clip_ping.data.loader import DataSpec
 from clip_ping.data.shapes import build_shapes
 from clip_ping.data.shards import ShardDataset, write_shards
 from clip_ping.data.tars import build_key_index
-from clip_ping.train import train
+from clip_ping.training.config import build_config
+from clip_ping.training.train import train
 
 NUM_GOOD = 58  # + 6 bad = 64 rows: two batches of 32, none dropped
 

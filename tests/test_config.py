@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from clip_ping.cli import build_parser
-from clip_ping.config import TrainConfig, build_config
+from clip_ping.training.config import TrainConfig, build_config
 
 
 def parse_train(argv):
@@ -87,7 +87,7 @@ def test_settings_that_would_do_nothing_are_refused_or_warned():
 
 
 def test_a_neighbour_warmup_longer_than_the_run_is_warned():
-    from clip_ping.schedule import neighbor_ramp, ramp_warning
+    from clip_ping.training.schedule import neighbor_ramp, ramp_warning
 
     assert ramp_warning(10, 10) is None
     message = ramp_warning(40, 10)

@@ -2,8 +2,8 @@
 
 import pytest
 
-from clip_ping.config import build_config
-from clip_ping.config_file import MAX_CONFIG_BYTES, read_config_file
+from clip_ping.training.config import build_config
+from clip_ping.training.config_file import MAX_CONFIG_BYTES, read_config_file
 
 
 def _refusal(tmp_path, text: str | bytes) -> str:

@@ -12,9 +12,9 @@ import time
 import pytest
 import torch
 
-from clip_ping.config import build_config
 from clip_ping.models import load_checkpoint_file
-from clip_ping.train import train
+from clip_ping.training.config import build_config
+from clip_ping.training.train import train
 
 # 256 samples / 32 = 8 steps per epoch, 2 epochs, a checkpoint every 3 steps.
 FLAGS = dict(

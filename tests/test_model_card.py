@@ -10,8 +10,8 @@ import yaml
 from PIL import Image
 
 import clip_ping
-from clip_ping.config import build_config
-from clip_ping.train import train
+from clip_ping.training.config import build_config
+from clip_ping.training.train import train
 
 
 # One student of each image-tower family: each trains, exports, evaluates and loads.

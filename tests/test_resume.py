@@ -13,11 +13,11 @@ import torch
 import yaml
 
 import clip_ping
-from clip_ping.checkpoint import settings_changes
-from clip_ping.config import build_config
 from clip_ping.models import load_checkpoint_file
-from clip_ping.run_folder import run_settings
-from clip_ping.train import train
+from clip_ping.training.checkpoint import settings_changes
+from clip_ping.training.config import build_config
+from clip_ping.training.run_folder import run_settings
+from clip_ping.training.train import train
 from short_runs import ENV, FLAGS, build_corpus
 from unprivileged import bound_by_permissions
 

@@ -14,9 +14,9 @@ from datetime import datetime
 
 import pytest
 
-from clip_ping.config import build_config
-from clip_ping.run_folder import LOCK_FILE, RunFolderInUse, _new_folder, _process_start
-from clip_ping.train import train
+from clip_ping.training.config import build_config
+from clip_ping.training.run_folder import LOCK_FILE, RunFolderInUse, _new_folder, _process_start
+from clip_ping.training.train import train
 from short_runs import ENV, FLAGS, build_corpus
 from unprivileged import bound_by_permissions
 

@@ -6,12 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from clip_ping.config import build_config
 from clip_ping.data.loader import build_train_data
 from clip_ping.data.transforms import TrainTransform
 from clip_ping.losses import TOTAL_TERMS
 from clip_ping.models import create_model
-from clip_ping.task import create_task
+from clip_ping.training.config import build_config
+from clip_ping.training.task import create_task
 
 
 class Passthrough(nn.Module):

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import clip_ping
-from clip_ping.config import build_config
 from clip_ping.models import load_checkpoint_file
-from clip_ping.train import train
+from clip_ping.training.config import build_config
+from clip_ping.training.train import train
 
 
 def config(corpus, logs, **overrides):

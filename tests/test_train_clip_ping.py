@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from clip_ping.config import build_config
 from clip_ping.models import load_checkpoint_file
-from clip_ping.train import train
+from clip_ping.training.config import build_config
+from clip_ping.training.train import train
 
 TERMS = ("clip_loss", "nn_loss", "xnn_loss", "nn_image_loss", "nn_text_loss",
          "xnn_image_loss", "xnn_text_loss")  # fmt: skip
@@ -178,7 +178,7 @@ def test_resume_with_loader_workers_equals_an_uninterrupted_run_drawing_in_the_l
     mid-epoch and resumed: the weights, heads and memory of an uninterrupted run that
     draws them in the training loop, bit for bit."""
     from clip_ping.guidance import NeighborGuidance
-    from clip_ping.task import TrainingTask
+    from clip_ping.training.task import TrainingTask
 
     common = dict(neighbor_target=target, epochs=2, accum_freq=2, neighbor_self="include")
     with monkeypatch.context() as patch:  # the reference: no reader, every draw in the loop

@@ -51,9 +51,9 @@ def _data_demo(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from .config import TrainConfig, build_config
     from .flags import namespace_values
-    from .train import train
+    from .training.config import TrainConfig, build_config
+    from .training.train import train
 
     run_dir = train(build_config(args.config, namespace_values(args, TrainConfig)))
     if os.environ.get("RANK", "0") == "0":
@@ -212,8 +212,8 @@ def _add_bank_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import TrainConfig
     from .flags import add_arguments
+    from .training.config import TrainConfig
 
     parser = argparse.ArgumentParser(
         prog="clip-ping", description="Train lightweight CLIP models with neighbour guidance."

@@ -1,7 +1,7 @@
 """Typed command-line flags from dataclass fields: ``batch_size: int`` becomes
 ``--batch-size INT``, with the field's help (``metadata["help"]``), group and default.
 
-The one mechanism behind ``clip-ping train`` (:class:`~clip_ping.config.TrainConfig`) and the
+The one mechanism behind ``clip-ping train`` (:class:`~clip_ping.training.config.TrainConfig`) and the
 data flags every command shares (:class:`~clip_ping.data.loader.DataSpec`). A numeric field
 declares its allowed values once, as ``metadata["range"]`` (a :class:`Range`), and
 :func:`check_ranges` checks them all, whether they came from flags, YAML or Python. A flag

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 
 from clip_ping.cli import main
-from clip_ping.config import build_config
 from clip_ping.evaluation.run import result_path, run_eval
-from clip_ping.train import train
+from clip_ping.training.config import build_config
+from clip_ping.training.train import train
 
 EPOCHS = 4
 NUM_SHAPE_CLASSES = 30

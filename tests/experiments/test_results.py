@@ -135,9 +135,9 @@ def test_results_command_and_its_flags(capsys):
 
 
 def test_a_finished_run_is_reused_only_with_its_own_settings(tmp_path):
-    from clip_ping.config import save_yaml
     from clip_ping.experiments.demo import FULL, DemoData
     from clip_ping.experiments.runs import _check_same_settings, train_config
+    from clip_ping.training.config import save_yaml
 
     data = DemoData(tmp_path / "corpus", tmp_path / "banks")
     run = tmp_path / "sweep" / "clip-run"

@@ -60,7 +60,7 @@ class DataSpec:
 
     The one source of these flags: ``clip-ping train`` (``TrainConfig``), ``bank build``,
     ``bank show`` and ``tokenizer train`` take them from these fields, defaults and help
-    (:func:`clip_ping.config.add_arguments`).
+    (:func:`clip_ping.training.config.add_arguments`).
     """
 
     train_data: str = _flag(None, "training CSV/TSV or WebDataset shards")

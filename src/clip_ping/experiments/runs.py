@@ -56,7 +56,7 @@ def train_config(
 ):  # fmt: skip
     """The resolved training config of ``variant``: the recipe of ``size``, the variant's
     overrides, then ``extra``. Training evaluates on ``val_google`` only (never a test set)."""
-    from ..config import build_config
+    from ..training.config import build_config
 
     overrides = {**VARIANTS[variant], **(extra or {})}
     banks = overrides.pop("banks", "default")
@@ -86,7 +86,7 @@ def evaluate_run(
     ``step``): those are evaluated again, on the finished run, and replaced."""
     from ..evaluation.datasets import csv_dataset_name
     from ..evaluation.run import after_training, result_path, run_eval
-    from ..model_card import write_model_card
+    from ..training.model_card import write_model_card
     from .report import final_metrics
 
     evaluated = False
@@ -106,7 +106,7 @@ def evaluate_run(
 
 def run_variant(data: DemoData, size: DemoSize, run: Planned, logs: Path) -> dict[str, float]:
     """Train (or finish training) one planned run and evaluate it; its final metrics."""
-    from ..train import train
+    from ..training.train import train
 
     run_dir = logs / run.name
     cfg = train_config(data, size, run.variant, run.seed, logs, run.name, run.settings)
@@ -120,9 +120,9 @@ def run_variant(data: DemoData, size: DemoSize, run: Planned, logs: Path) -> dic
 def _check_same_settings(run_dir: Path, cfg) -> None:
     """A finished run is reused only when it was trained with ``cfg``'s settings (those a
     resume may not change, and the same epochs)."""
-    from ..checkpoint import settings_changes
-    from ..config import RESUME_MAY_GROW
-    from ..run_folder import run_settings
+    from ..training.checkpoint import settings_changes
+    from ..training.config import RESUME_MAY_GROW
+    from ..training.run_folder import run_settings
 
     changes, refused = settings_changes(run_settings(run_dir), cfg)
     refused += [

@@ -27,16 +27,17 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ..data.bad_samples import BadSampleLog
+from ..data.loader import TrainData, build_train_data
+from ..data.transforms import EvalTransform, TrainTransform
+from ..distributed import DistInfo, barrier, cleanup, init_distributed, is_distributed
+from ..models import create_model, export_hf, get_model_spec
+from ..tokenizer import Tokenizer, get_tokenizer
 from .checkpoint import Checkpointer, Progress, open_resume_checkpoint, restore, seed_everything
 from .config import TrainConfig
-from .data.bad_samples import BadSampleLog
-from .data.loader import TrainData, build_train_data
-from .data.transforms import EvalTransform, TrainTransform
-from .distributed import DistInfo, barrier, cleanup, init_distributed, is_distributed
-from .evaluation.during_training import EvalJob, evaluate_during_training, load_eval_sets
 from .logger import MetricsLog, log, setup_logging
 from .model_card import write_model_card
-from .models import create_model, export_hf, get_model_spec
+from .periodic_eval import EvalJob, evaluate_during_training, load_eval_sets
 from .run_folder import RunFolder, claim_run_folder, record_start
 from .schedule import (
     autocast_context,
@@ -47,7 +48,6 @@ from .schedule import (
     set_lr,
 )
 from .task import TrainingTask, create_task, teacher_view_size
-from .tokenizer import Tokenizer, get_tokenizer
 
 
 @dataclass

@@ -13,12 +13,12 @@ import json
 import logging
 from typing import TYPE_CHECKING
 
-from ..config import TrainConfig
 from ..io import atomic_write_text
-from ..logger import MetricsLog
+from .config import TrainConfig
+from .logger import MetricsLog
 
 if TYPE_CHECKING:
-    from .datasets import EvalDataset
+    from ..evaluation.datasets import EvalDataset
 
 log = logging.getLogger("clip_ping")
 
@@ -31,8 +31,8 @@ def load_eval_sets(cfg: TrainConfig, preprocess) -> list[EvalJob]:
     """Open and check every evaluation set of the run before its first step (see
     :mod:`.checks`): a typo in ``--val-data``, a missing class-name file or a broken image
     fails now, not after the first epoch. Bad images follow ``--on-bad-sample``."""
-    from .checks import check_images, check_task, meaningless_score
-    from .datasets import load_eval_dataset
+    from ..evaluation.checks import check_images, check_task, meaningless_score
+    from ..evaluation.datasets import load_eval_dataset
 
     options = dict(
         classnames=cfg.zeroshot_classnames, templates=cfg.zeroshot_templates,
@@ -69,7 +69,7 @@ def evaluate_during_training(
 ) -> dict[str, float]:  # fmt: skip
     """Evaluate ``model`` on the run's held-out data (from :func:`load_eval_sets`); return
     the logged values."""
-    from .run import evaluate_dataset, result_path, result_record
+    from ..evaluation.run import evaluate_dataset, result_path, result_record
 
     values: dict[str, float] = {}
     for data, tasks in eval_sets:

@@ -34,9 +34,9 @@ from typing import Any
 
 import yaml
 
+from ..distributed import share_from_main
+from ..io import TEMPORARY_SUFFIX, how_to_fix_write, os_error
 from .config import TrainConfig, save_yaml
-from .distributed import share_from_main
-from .io import TEMPORARY_SUFFIX, how_to_fix_write, os_error
 
 LOCK_FILE = "run.lock"
 CONFIG_FILE = "config.yaml"

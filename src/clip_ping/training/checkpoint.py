@@ -38,16 +38,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import RESUME_MAY_CHANGE, RESUME_MAY_GROW, RUN_LOCATION, TrainConfig
-from .distributed import share_from_main
-from .io import atomic_torch_save, atomic_write, how_to_fix_write, os_error
-from .models import (
+from ..distributed import share_from_main
+from ..io import atomic_torch_save, atomic_write, how_to_fix_write, os_error
+from ..models import (
     DamagedCheckpointError,
     first_line,
     load_checkpoint_file,
     load_weights,
     student_record,
 )
+from .config import RESUME_MAY_CHANGE, RESUME_MAY_GROW, RUN_LOCATION, TrainConfig
 
 log = logging.getLogger("clip_ping")
 

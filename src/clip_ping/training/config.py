@@ -16,11 +16,11 @@ from typing import Any
 
 import yaml
 
+from ..data.loader import DataSpec
+from ..errors import UserError, short_repr
+from ..flags import SEED_RANGE, Range, check_ranges, field_type, flag_name
+from ..workers import check_workers
 from .config_file import read_config_file
-from .data.loader import DataSpec
-from .errors import UserError, short_repr
-from .flags import SEED_RANGE, Range, check_ranges, field_type, flag_name
-from .workers import check_workers
 
 PRECISIONS = ("fp32", "amp", "amp_bf16")
 DATASET_TYPES = ("auto", "csv", "webdataset")
@@ -192,7 +192,7 @@ class TrainConfig:
         check_workers(self.workers)
         if not self.train_data:
             bad("train_data", "required; pass a CSV/TSV file or WebDataset shards")
-        from .data.bad_samples import BAD_SAMPLE_POLICIES
+        from ..data.bad_samples import BAD_SAMPLE_POLICIES
 
         for name, allowed in (
             ("precision", PRECISIONS),
@@ -217,11 +217,11 @@ class TrainConfig:
                 )
         if self.local_loss and not self.gather_with_grad:
             bad("local_loss", "needs --gather-with-grad (local logits need gathered gradients)")
-        from .models import list_models
+        from ..models import list_models
 
         if self.model not in list_models():
             bad("model", f"choose one of {', '.join(list_models())}")
-        from .evaluation.datasets import builtin_datasets
+        from ..evaluation.datasets import builtin_datasets
 
         builtins = builtin_datasets()
         if self.zeroshot_data and self.zeroshot_data not in builtins:
@@ -312,7 +312,7 @@ def _fields(cls: type) -> dict[str, dataclasses.Field]:
 
 def load_yaml(path: str | Path, cls: type = TrainConfig) -> dict[str, Any]:
     """Read a YAML mapping of config keys (``batch_size`` or ``batch-size``), strictly
-    (:mod:`clip_ping.config_file`), each value as its field's type."""
+    (:mod:`clip_ping.training.config_file`), each value as its field's type."""
     fields = _fields(cls)
     values = {}
     for raw_key, (value, line) in read_config_file(path).items():
@@ -357,6 +357,6 @@ def build_config(
 
 
 def save_yaml(config: Any, path: str | Path) -> None:
-    from .io import atomic_write_text
+    from ..io import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import yaml
 
-from .io import atomic_write_text
-from .models import load_export
+from ..io import atomic_write_text
+from ..models import load_export
 from .run_folder import run_settings
 
 SETTINGS = (  # (config key, what the card calls it)
@@ -89,7 +89,7 @@ def write_model_card(run_dir: str | Path) -> Path:
     """Write ``run_dir/hf/README.md`` from the run's settings (``config.yaml`` with the
     changes of its resumes), its export (the student it holds) and its result records;
     return its path."""
-    from .evaluation.run import run_results
+    from ..evaluation.run import run_results
 
     run_dir = Path(run_dir)
     cfg = run_settings(run_dir)

@@ -39,11 +39,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..data.loader import DataSpec
+from ..guidance import NeighborGuidance, NeighborReader
+from ..losses import TOTAL_TERMS, ClipLoss, NeighborLoss, NeighborTargets
+from ..memory import StudentMemory
 from .config import TrainConfig
-from .data.loader import DataSpec
-from .guidance import NeighborGuidance, NeighborReader
-from .losses import TOTAL_TERMS, ClipLoss, NeighborLoss, NeighborTargets
-from .memory import StudentMemory
 from .schedule import neighbor_ramp
 
 
@@ -259,8 +259,8 @@ def teacher_view_size(cfg: TrainConfig) -> int | None:
     crop (the training transform's ``teacher_size``); None for other runs."""
     if cfg.loss != "clip-ping" or cfg.neighbor_source != "active":
         return None
-    from .bank import Bank
-    from .guidance import active_image_size
+    from ..bank import Bank
+    from ..guidance import active_image_size
 
     return active_image_size(Bank(cfg.image_bank))
 
@@ -272,7 +272,7 @@ def create_task(cfg: TrainConfig, model, spec: DataSpec, device: torch.device) -
     clip_loss = ClipLoss(cfg.local_loss, cfg.gather_with_grad)
     if cfg.loss != "clip-ping":
         return TrainingTask(model, clip_loss)
-    from .bank import Bank
+    from ..bank import Bank
 
     image_bank, text_bank = Bank(cfg.image_bank), Bank(cfg.text_bank)
     for bank, modality in ((image_bank, "image"), (text_bank, "text")):
@@ -300,7 +300,7 @@ def create_task(cfg: TrainConfig, model, spec: DataSpec, device: torch.device) -
     ).to(device)
     active = None
     if cfg.neighbor_source == "active":
-        from .guidance import ActiveTeachers
+        from ..guidance import ActiveTeachers
 
         active = ActiveTeachers(image_bank, text_bank, device)
     guidance = NeighborGuidance(

@@ -12,7 +12,7 @@ in one line of text:
 - a file over :data:`MAX_CONFIG_BYTES`, and YAML syntax errors.
 
 Dates stay strings (``name: 2024-06-01`` names a run). The values' types are checked
-against the settings by :func:`clip_ping.config.load_yaml`.
+against the settings by :func:`clip_ping.training.config.load_yaml`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from .errors import UserError
+from ..errors import UserError
 
 # A config of every setting with long paths is a few KB.
 MAX_CONFIG_BYTES = 1 << 20

@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .io import atomic_write_text
+from ..io import atomic_write_text
 
 log = logging.getLogger("clip_ping")
 

@@ -1,0 +1,1 @@
+"""The training stage: configuration, the task, the loop, checkpoints, the run folder."""
