@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from clip_ping.guidance import bank_targets
-from clip_ping.losses import ClipLoss, NeighborLoss, NeighborTargets
+from clip_ping.losses import ClipLoss, NeighborLoss, NeighborTargets, total
 from clip_ping.models import create_model
-from clip_ping.training.task import ContrastiveStep, accumulate_gradients, total
+from clip_ping.training.task import ContrastiveStep, accumulate_gradients
 
 BANK_DIMS = (1280, 384)  # EfficientNet-Lite0 and MiniLM features
 NUM_SAMPLES = 4096
@@ -53,11 +53,13 @@ def plain(step, parts, targets: NeighborTargets | None) -> None:
                 for k, v in vars(targets).items()
             })  # fmt: skip
         terms, _ = step(images, texts, part)
-        (total(terms) / len(parts)).backward()
+        (total(terms, step.summed) / len(parts)).backward()
 
 
 def whole_batch(step, parts, targets: NeighborTargets | None) -> None:
-    accumulate_gradients(step, step.model, parts, targets, 1.0, lambda loss: loss.backward())
+    accumulate_gradients(
+        step, step.model, parts, targets, 1.0, step.summed, lambda loss: loss.backward()
+    )
 
 
 def main() -> None:
@@ -77,12 +79,12 @@ def main() -> None:
     print("| objective | plain accumulation (ms) | whole-batch negatives (ms) | ratio |")
     print("|---|---:|---:|---:|")
     for objective in ("clip", "clip-ping"):
-        neighbor_loss = None
+        terms = {"clip": ClipLoss()}
         if objective == "clip-ping":
-            neighbor_loss = NeighborLoss(
+            terms["neighbor"] = NeighborLoss(
                 model.embed_dim, image_bank_dim=BANK_DIMS[0], text_bank_dim=BANK_DIMS[1]
             )
-        step = ContrastiveStep(model, ClipLoss(), neighbor_loss)
+        step = ContrastiveStep(model, terms)
         batch_targets = targets if objective == "clip-ping" else None
         seconds: dict[str, list[float]] = {"plain": [], "whole": []}
         for _ in range(args.rounds):

@@ -22,8 +22,8 @@ batch does. ``--paths`` says where the draw and the row reads run:
   (``clip-ping train`` before they moved to the loader's workers; still the path of the
   ``active`` source);
 - ``workers``: in the loader's workers, on each collated batch, through
-  :class:`clip_ping.guidance.NeighborReader` (what ``clip-ping train`` does); the loop then
-  only checks and assembles what the batch brings.
+  :class:`clip_ping.guidance.NeighborTransform` (what ``clip-ping train`` does); the loop
+  then only assembles what the batch brings.
 
 Each row reports the loop's host time per step spent on neighbours (``ms_neighbors_in_loop``:
 median and mean), the time it waited for the next batch (where the ``workers`` path pays for
@@ -156,23 +156,23 @@ def major_faults() -> int:
     )
 
 
-class TimedReader:
-    """A :class:`~clip_ping.guidance.NeighborReader` that also says how long it took."""
+class TimedTransform:
+    """A :class:`~clip_ping.guidance.NeighborTransform` that also says how long it took."""
 
-    def __init__(self, reader):
-        self.reader = reader
+    def __init__(self, transform):
+        self.transform = transform
 
     def __call__(self, batch: dict) -> dict:
         import torch
 
         started = time.perf_counter()
-        batch = self.reader(batch)
+        batch = self.transform(batch, 0)
         return {**batch, "reader_seconds": torch.tensor(time.perf_counter() - started)}
 
 
 def anchor_batches(anchors, path: str, guidance, workers: int):
     """``(batch, wait_seconds)`` per step: the anchors ``(steps, B)`` as the loop gets them,
-    from a DataLoader with ``workers`` workers (``epoch_batch`` = the step). ``workers``
+    from a DataLoader with ``workers`` workers (one epoch). ``workers``
     path: the workers also draw the neighbours and read the rows; ``loop`` path: they
     deliver the bare indices."""
     import torch
@@ -180,9 +180,8 @@ def anchor_batches(anchors, path: str, guidance, workers: int):
     from clip_ping.data.bad_samples import collate_good
 
     steps, batch_size = anchors.shape
-    samples = [{"index": int(i), "epoch_batch": n // batch_size}
-               for n, i in enumerate(anchors.reshape(-1))]  # fmt: skip
-    reader = TimedReader(guidance.reader(first_step=0)) if path == "workers" else None
+    samples = [{"index": int(i)} for i in anchors.reshape(-1)]
+    reader = TimedTransform(guidance.transform()) if path == "workers" else None
     loader = torch.utils.data.DataLoader(
         samples, batch_size=batch_size, num_workers=workers,
         collate_fn=lambda samples: reader(collate_good(samples)) if reader else collate_good(samples),
@@ -202,7 +201,7 @@ def measure(
 
     from clip_ping.bank import FEATURES, NEIGHBORS, Bank
     from clip_ping.guidance import NeighborGuidance
-    from clip_ping.losses import TOTAL_TERMS, ClipLoss, NeighborLoss
+    from clip_ping.losses import ClipLoss, NeighborLoss, total
     from clip_ping.models import create_model
     from clip_ping.training.task import ContrastiveStep
 
@@ -219,7 +218,7 @@ def measure(
         for array in (guidance.image_neighbors, guidance.text_neighbors):
             array.base.madvise(mmap.MADV_NORMAL)
     loss = NeighborLoss(model.embed_dim, image_bank_dim=DIM, text_bank_dim=DIM, target="bank")
-    step_module = ContrastiveStep(model, ClipLoss(), loss)
+    step_module = ContrastiveStep(model, {"clip": ClipLoss(), "neighbor": loss})
     optimizer = torch.optim.AdamW(step_module.parameters(), lr=1e-4)
     num_rows = len(image_bank)
     anchors = torch.randint(
@@ -240,10 +239,10 @@ def measure(
         t0 = time.perf_counter()
         batch, waited = next(batches)
         t1 = time.perf_counter()
-        targets = guidance.targets(batch["index"], step, torch.device("cpu"), batch)
+        targets = guidance.targets(batch, 0, torch.device("cpu"))
         t2 = time.perf_counter()
         terms, _ = step_module(images, texts, targets)
-        sum(v for k, v in terms.items() if k in TOTAL_TERMS).backward()
+        total(terms, step_module.summed).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         times["step"].append(time.perf_counter() - t0)

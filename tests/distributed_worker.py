@@ -15,7 +15,7 @@ from torch import nn
 
 from clip_ping.distributed import cleanup, init_distributed
 from clip_ping.guidance import bank_targets, memory_targets
-from clip_ping.losses import TOTAL_TERMS, ClipLoss, NeighborLoss
+from clip_ping.losses import ClipLoss, NeighborLoss, total
 from clip_ping.memory import StudentMemory
 from clip_ping.models import create_model
 from clip_ping.training.task import ContrastiveStep, accumulate_gradients
@@ -67,13 +67,20 @@ def main(out_path, model_name):
     for name, mode, local_loss, accum in CASES:
         model, tokenizer = create_model(model_name, seed=0)
         torch.manual_seed(1)  # the same head initialisation in every process
-        neighbor_loss = None
+        terms = {"clip": ClipLoss(local_loss, gather_with_grad=True)}
         if mode is not None:
-            neighbor_loss = NeighborLoss(
-                model.embed_dim, image_bank_dim=IMAGE_DIM, text_bank_dim=TEXT_DIM, target=mode,
-                nn_weight=0.8, xnn_weight=0.6, local_loss=local_loss, gather_with_grad=True,
-            )  # fmt: skip
-        step = ContrastiveStep(model, ClipLoss(local_loss, gather_with_grad=True), neighbor_loss)
+            terms["neighbor"] = NeighborLoss(
+                model.embed_dim,
+                image_bank_dim=IMAGE_DIM,
+                text_bank_dim=TEXT_DIM,
+                target=mode,
+                nn_weight=0.8,
+                xnn_weight=0.6,
+                local_loss=local_loss,
+                gather_with_grad=True,
+            )
+        step = ContrastiveStep(model, terms)
+        summed = step.summed
         if info.world_size > 1:
             step = nn.parallel.DistributedDataParallel(step)
         images, texts, indices, img_nbr, txt_nbr, image_bank, text_bank, memory = global_inputs(
@@ -87,7 +94,7 @@ def main(out_path, model_name):
         module = step.module if info.world_size > 1 else step
         if accum == 1:
             terms, out = step(images[part], texts[part], targets)
-            sum(v for k, v in terms.items() if k in TOTAL_TERMS).backward()
+            total(terms, summed).backward()
         else:  # what --accum-freq runs: the rank's slice as micro-batches
             size = per_rank // accum
             inputs = [
@@ -95,7 +102,7 @@ def main(out_path, model_name):
                 for i in range(accum)
             ]
             _, terms, out = accumulate_gradients(
-                step, module.model, inputs, targets, 1.0, backward=lambda loss: loss.backward()
+                step, module.model, inputs, targets, 1.0, summed, lambda loss: loss.backward()
             )
         memory.update(indices[part], out["image_features"], out["text_features"])
         values = {k: v.detach().clone() for k, v in terms.items()}

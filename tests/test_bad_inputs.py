@@ -215,7 +215,7 @@ def test_a_sample_bad_in_either_bank_is_never_a_neighbour(dirty, tmp_path):
     guidance = NeighborGuidance(image, text, k=10, target="bank")
     anchors = torch.tensor([i for i in range(64) if i not in union])
     for step in range(30):
-        targets = guidance.targets(anchors, step, torch.device("cpu"))
+        targets = guidance.targets({"index": anchors}, step, torch.device("cpu"))
         for drawn in (targets.image_neighbors, targets.text_neighbors):
             assert not np.isin(drawn.numpy(), union).any(), step
         norms = targets.xnn_text.float().norm(dim=1)  # image side of the caption neighbour
@@ -224,7 +224,7 @@ def test_a_sample_bad_in_either_bank_is_never_a_neighbour(dirty, tmp_path):
     # An anchor whose every drawable neighbour is bad gets masked targets: the bad rows'
     # own nearest caption neighbour is another "a red square" row, bad too.
     nearest = NeighborGuidance(image, text, k=1, target="bank")
-    targets = nearest.targets(torch.tensor(image_only), 0, torch.device("cpu"))
+    targets = nearest.targets({"index": torch.tensor(image_only)}, 0, torch.device("cpu"))
     assert not targets.nn_text_valid.any() and not targets.xnn_text_valid.any()
 
     # Mined with the paired bank, the table itself holds none of them.
@@ -237,9 +237,9 @@ def test_a_sample_bad_in_either_bank_is_never_a_neighbour(dirty, tmp_path):
     dataset = CsvDataset(path, transform=TrainTransform(32, teacher_size=64), on_bad_sample="skip")
     rows = anchors[:16].tolist()
     batch = torch.utils.data.default_collate([dataset[(0, i)] for i in rows])
-    image_nbr, text_nbr, image_ok, text_ok = active.draw(torch.tensor(rows), 0, batch)
-    assert image_ok.all() and text_ok.all()
-    assert not np.isin(torch.cat([image_nbr, text_nbr]).numpy(), union).any()
+    drawn = active.draw(torch.tensor(rows), 0, batch)
+    assert drawn.image_ok.all() and drawn.text_ok.all()
+    assert not np.isin(torch.cat([drawn.image, drawn.text]).numpy(), union).any()
 
 
 def _train_overrides(path, tmp_path, **extra):

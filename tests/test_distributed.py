@@ -58,7 +58,7 @@ def assert_same_step(single, ddp, case):
     for name, value in single["terms"].items():
         torch.testing.assert_close(ddp["terms"][name], value, atol=1e-5, rtol=1e-4, msg=name)
     assert single["grads"].keys() == ddp["grads"].keys()
-    assert any(k.startswith("neighbor_loss.heads") for k in single["grads"]) == case.startswith(
+    assert any(k.startswith("terms.neighbor.heads") for k in single["grads"]) == case.startswith(
         "bank"
     )
     for name, grad in single["grads"].items():

@@ -1,5 +1,6 @@
-"""The neighbour draw in the data loader's workers (NeighborReader) against the draw in the
-training loop, on the real shapes banks: the same neighbours and targets, bit for bit."""
+"""The neighbour draw in the data loader's workers (NeighborTransform) against the draw in
+the training loop, on the real shapes banks: the same neighbours and targets, bit for bit;
+and the draw is a function of (seed, epoch, sample index) alone."""
 
 import dataclasses
 import json
@@ -14,7 +15,7 @@ from clip_ping.bank import Bank, build_bank, mine_bank
 from clip_ping.data.loader import DataSpec, build_train_data
 from clip_ping.data.shards import write_shards
 from clip_ping.data.transforms import TrainTransform
-from clip_ping.guidance import NEIGHBOR_COLUMNS, NeighborGuidance
+from clip_ping.guidance import DrawnNeighbors, NeighborGuidance
 from clip_ping.memory import StudentMemory
 
 CPU = torch.device("cpu")
@@ -50,8 +51,9 @@ def guidance_of(banks, target, self_targets="exclude", seed=3):
         memory.image.copy_(torch.randn(memory.image.shape, generator=generator).half())
         memory.text.copy_(torch.randn(memory.text.shape, generator=generator).half())
         memory.written[::2] = True
-    return NeighborGuidance(*banks, k=5, target=target, memory=memory, seed=seed,
-                            self_targets=self_targets)  # fmt: skip
+    return NeighborGuidance(
+        *banks, k=5, target=target, memory=memory, seed=seed, self_targets=self_targets
+    )
 
 
 def assert_same_targets(worker, loop):
@@ -62,24 +64,20 @@ def assert_same_targets(worker, loop):
             assert a.dtype == b.dtype and torch.equal(a, b), field.name
 
 
-def check_loader(data, guidance, start_batch, workers, first_step, accum_freq):
+def check_loader(data, guidance, start_batch, workers, epoch):
     """Every batch of the loader brings the neighbours and targets the loop would draw and
-    read at its step; returns the batches' positions in the epoch."""
-    reader = guidance.reader(first_step, accum_freq)
-    positions = []
-    for batch in data.loader(1, start_batch, BATCH, workers, reader):
-        position = int(batch["epoch_batch"][0])
-        assert torch.equal(batch["epoch_batch"], torch.full_like(batch["index"], position))
-        step = first_step + position // accum_freq
-        image, text, image_ok, text_ok = guidance.draw(batch["index"], step)
-        columns = [torch.full_like(image, step), image, text, image_ok.long(), text_ok.long()]
-        assert torch.equal(batch["neighbors"], torch.stack(columns, 1))
-        for name in ("image_bank_rows", "text_bank_rows"):
-            assert (name in batch) == (guidance.target == "bank"), name
-        from_workers = guidance.targets(batch["index"], step, CPU, batch)
-        assert_same_targets(from_workers, guidance.targets(batch["index"], step, CPU))
-        positions.append(position)
-    return positions
+    read for its anchors in ``epoch``; returns the number of batches."""
+    batches = 0
+    for batch in data.loader(epoch, start_batch, BATCH, workers, guidance.transform()):
+        drawn = batch["neighbors"]
+        assert isinstance(drawn, DrawnNeighbors) and len(drawn) == len(batch["index"])
+        assert torch.equal(drawn.ids, guidance.draw(batch["index"], epoch).ids)
+        assert (drawn.image_bank_rows is not None) == (guidance.target == "bank")
+        from_workers = guidance.targets(batch, epoch, CPU)
+        in_loop = guidance.targets({"index": batch["index"]}, epoch, CPU)
+        assert_same_targets(from_workers, in_loop)
+        batches += 1
+    return batches
 
 
 @pytest.mark.parametrize(
@@ -89,12 +87,10 @@ def check_loader(data, guidance, start_batch, workers, first_step, accum_freq):
 def test_csv_workers_deliver_the_loops_neighbours_and_targets(
     small_corpus, banks, tokenizer, target, self_targets
 ):
-    data = build_train_data(DataSpec(str(small_corpus / "train.csv")), TrainTransform(32),
-                            tokenizer, seed=0)  # fmt: skip
+    spec = DataSpec(str(small_corpus / "train.csv"))
+    data = build_train_data(spec, TrainTransform(32), tokenizer, seed=0)
     guidance = guidance_of(banks, target, self_targets)
-    # resumed at batch 6 of 16: accumulated pairs of batches from step 40 + 3 on
-    positions = check_loader(data, guidance, 6, 2, first_step=40, accum_freq=2)
-    assert positions == list(range(6, 16))
+    assert check_loader(data, guidance, 6, 2, epoch=3) == 10  # resumed at batch 6 of 16
 
 
 @pytest.mark.parametrize(("workers", "start_batch"), [(2, 0), (2, 5), (0, 3)])
@@ -104,48 +100,62 @@ def test_shard_workers_deliver_the_loops_neighbours_and_targets(
     spec, root = shards
     data = build_train_data(spec, TrainTransform(32), tokenizer, seed=0)
     guidance = guidance_of((Bank(root / "image"), Bank(root / "text")), "bank")
-    positions = check_loader(data, guidance, start_batch, workers, first_step=7, accum_freq=1)
-    assert positions == list(range(start_batch, 16))  # in order, whichever worker read them
+    assert check_loader(data, guidance, start_batch, workers, epoch=7) == 16 - start_batch
 
 
 def test_memory_targets_are_read_in_the_loop_and_active_draws_there(banks):
-    memory_reader = guidance_of(banks, "memory").reader(0)
-    batch = memory_reader({"index": torch.arange(8), "epoch_batch": torch.zeros(8, dtype=int)})
-    assert batch["neighbors"].shape == (8, len(NEIGHBOR_COLUMNS))
-    assert "image_bank_rows" not in batch and "text_bank_rows" not in batch
+    batch = guidance_of(banks, "memory").transform()({"index": torch.arange(8)}, 0)
+    assert batch["neighbors"].ids.shape == (8, 4)
+    assert batch["neighbors"].image_bank_rows is None  # the memory lives in the loop
 
-    class Active:  # stands in for the online teachers: the reader must not need them
+    class Active:  # stands in for the online teachers: the transform must not need them
         pass
 
     active = NeighborGuidance(*banks, k=5, target="bank", active=Active())
-    assert active.reader(0) is None
+    assert active.transform() is None
 
 
-def test_a_batch_drawn_for_another_step_is_refused(banks):
+def test_the_draw_depends_on_the_sample_epoch_and_seed_only(banks):
     guidance = guidance_of(banks, "bank")
-    batch = guidance.reader(first_step=10, accum_freq=2)(
-        {"index": torch.arange(4), "epoch_batch": torch.full((4,), 3)}
-    )
-    assert batch["neighbors"][:, NEIGHBOR_COLUMNS.index("step")].tolist() == [11] * 4
-    guidance.targets(batch["index"], 11, CPU, batch)
-    with pytest.raises(RuntimeError, match="drew neighbours for step 11 but the batch is trained"):
-        guidance.targets(batch["index"], 12, CPU, batch)
+    anchors = torch.arange(200)
+    drawn = guidance.draw(anchors, epoch=2).ids
+    order = torch.randperm(200, generator=torch.Generator().manual_seed(0))
+    # Another batch composition, order or split gives each sample the same neighbours.
+    assert torch.equal(guidance.draw(anchors[order], epoch=2).ids, drawn[order])
+    assert torch.equal(guidance.draw(anchors[50:90], epoch=2).ids, drawn[50:90])
+    # Another epoch or seed draws again among the top 5: most anchors get another one.
+    for other in (
+        guidance.draw(anchors, epoch=3).ids,
+        guidance_of(banks, "bank", seed=4).draw(anchors, 2).ids,
+    ):
+        changed = (other[:, :2] != drawn[:, :2]).any(1).float().mean().item()
+        assert 0.6 < changed < 1.0  # one offset for both: 4 in 5 expected to change
+    top = torch.from_numpy(guidance.image_neighbors[anchors.numpy(), :5].astype("int64"))
+    assert (top == drawn[:, :1]).any(1).all()  # always one of the anchor's top 5
 
 
 def test_a_batch_of_bad_samples_only_gets_empty_neighbours(banks):
     empty = torch.empty(0, dtype=torch.long)
-    batch = guidance_of(banks, "bank").reader(0)({"index": empty, "bad_samples": []})
-    assert batch["neighbors"].shape == (0, len(NEIGHBOR_COLUMNS))
-    assert batch["image_bank_rows"].shape == (0, 2, banks[0].dim)
+    batch = guidance_of(banks, "bank").transform()({"index": empty, "bad_samples": []}, 0)
+    assert batch["neighbors"].ids.shape == (0, 4)
+    assert batch["neighbors"].image_bank_rows.shape == (0, 2, banks[0].dim)
 
 
-def test_the_reader_opens_banks_in_each_process_and_pickles_without_them(banks):
-    reader = guidance_of(banks, "bank").reader(0)
-    reader({"index": torch.arange(4), "epoch_batch": torch.zeros(4, dtype=int)})
-    assert reader._guidance is not None  # opened on the first batch
-    copy = pickle.loads(pickle.dumps(reader))
-    assert copy._guidance is None and copy == reader
-    assert len(pickle.dumps(reader)) < 1000  # paths and settings, no arrays
+def test_the_transform_opens_banks_in_each_process_and_pickles_without_them(banks):
+    transform = guidance_of(banks, "bank").transform()
+    transform({"index": torch.arange(4)}, 0)
+    assert transform._guidance is not None  # opened on the first batch
+    copy = pickle.loads(pickle.dumps(transform))
+    assert copy._guidance is None and copy == transform
+    assert len(pickle.dumps(transform)) < 1000  # paths and settings, no arrays
+
+
+def test_drawn_neighbours_slice_and_pin_as_one_object():
+    drawn = DrawnNeighbors(torch.arange(12).view(3, 4), torch.zeros(3, 2, 5), None)
+    cut = drawn[:2]
+    assert torch.equal(cut.ids, drawn.ids[:2]) and cut.image_bank_rows.shape == (2, 2, 5)
+    assert cut.text_bank_rows is None
+    assert cut.image.tolist() == [0, 4] and cut.text_ok.tolist() == [True, True]
 
 
 def test_rows_skipped_in_a_bank_are_passed_over_and_masked_alike(shapes_banks, tmp_path):
@@ -159,11 +169,11 @@ def test_rows_skipped_in_a_bank_are_passed_over_and_masked_alike(shapes_banks, t
     anchors = torch.arange(64)
     for k in (1, 5):
         guidance = NeighborGuidance(*banks, k=k, target="bank")
-        batch = guidance.reader(0)({"index": anchors, "epoch_batch": torch.zeros(64, dtype=int)})
-        loop = guidance.targets(anchors, 0, CPU)
-        assert_same_targets(guidance.targets(anchors, 0, CPU, batch), loop)
-        columns = dict(zip(NEIGHBOR_COLUMNS, batch["neighbors"].T, strict=True))
-        usable = columns["image"][columns["image_ok"] == 1]
+        batch = guidance.transform()({"index": anchors}, 0)
+        loop = guidance.targets({"index": anchors}, 0, CPU)
+        assert_same_targets(guidance.targets(batch, 0, CPU), loop)
+        drawn = batch["neighbors"]
+        usable = drawn.image[drawn.image_ok]
         assert len(usable) and not np.isin(usable, skipped).any()
         if k == 1:  # nothing else to draw: masked
-            assert not loop.nn_image_valid[:8].any() and not columns["image_ok"][:8].any()
+            assert not loop.nn_image_valid[:8].any() and not drawn.image_ok[:8].any()

@@ -8,7 +8,6 @@ from torch import nn
 
 from clip_ping.data.loader import build_train_data
 from clip_ping.data.transforms import TrainTransform
-from clip_ping.losses import TOTAL_TERMS
 from clip_ping.models import create_model
 from clip_ping.training.config import build_config
 from clip_ping.training.task import create_task
@@ -45,7 +44,7 @@ def test_one_state_dict_holds_student_heads_and_memory_and_wrapping_keeps_it(
 ):
     bank_task, _ = make_task(small_corpus, shapes_banks)
     parts = {key.split(".")[0] for key in bank_task.state_dict()}
-    assert parts == {"model", "neighbor_loss"}  # no memory in bank mode
+    assert parts == {"model", "terms"}  # no memory in bank mode
 
     task, batch = make_task(small_corpus, shapes_banks, neighbor_target="memory")
     keys = set(task.state_dict())
@@ -54,7 +53,8 @@ def test_one_state_dict_holds_student_heads_and_memory_and_wrapping_keeps_it(
     assert set(task.state_dict()) == keys  # no wrapper prefix in checkpoints
     loss, terms, out = task(batch, step=0)
     assert task.step_module.calls == 1
-    assert torch.equal(loss, sum(v for k, v in terms.items() if k in TOTAL_TERMS))
+    assert task.summed == ("clip_loss", "nn_loss", "xnn_loss")
+    assert torch.equal(loss, terms["clip_loss"] + terms["nn_loss"] + terms["xnn_loss"])
     # The memory stays in host memory and remembers the batch's embeddings.
     task.remember(batch["index"], out)
     assert task.memory.image.device.type == "cpu"
@@ -111,14 +111,14 @@ def test_four_accumulated_micro_batches_give_the_loss_and_gradients_of_one_batch
         micro_batches(batch, 4), 3, "cpu", backward=lambda x: x.backward(),
         autocast=contextlib.nullcontext,
     )  # fmt: skip
-    for name in TOTAL_TERMS:
+    for name in task.summed:
         if name in terms:
             torch.testing.assert_close(terms_acc[name], terms[name], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(loss_acc, loss, atol=1e-5, rtol=1e-5)
     accumulated = {name: p.grad for name, p in parameters.items() if p.grad is not None}
     assert accumulated.keys() == whole.keys()
     if overrides.get("neighbor_target") == "bank":
-        assert any(name.startswith("neighbor_loss.heads") for name in whole)
+        assert any(name.startswith("terms.neighbor.heads") for name in whole)
     for name, grad in whole.items():
         torch.testing.assert_close(accumulated[name], grad, atol=2e-5, rtol=1e-4, msg=name)
     assert out["image_features"].shape == (len(batch["index"]), task.model.embed_dim)

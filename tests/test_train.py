@@ -194,4 +194,4 @@ def test_unused_settings_are_warned_in_the_run_log(shapes_corpus, tmp_path):
         )  # fmt: skip
     )
     log = (run_dir / "out.log").read_text()
-    assert "WARNING | --nn-weight, --neighbor-warmup set, but --loss clip uses no neighbours" in log
+    assert "WARNING | --nn-weight, --neighbor-warmup set, but --loss clip does not use them" in log

@@ -42,8 +42,8 @@ def test_metrics_carry_every_named_term(small_corpus, shapes_banks, tmp_path, ta
     assert last["train/nn_loss"] > 0 and last["train/xnn_loss"] > 0
     checkpoint = load_checkpoint_file(run_dir / "checkpoints" / "latest.pt")
     if target == "bank":
-        heads = {k for k in checkpoint["task"] if k.startswith("neighbor_loss.")}
-        assert heads == {f"neighbor_loss.heads.{n}.weight" for n in
+        heads = {k for k in checkpoint["task"] if k.startswith("terms.neighbor.")}
+        assert heads == {f"terms.neighbor.heads.{n}.weight" for n in
                          ("nn_image", "nn_text", "xnn_image", "xnn_text")}  # fmt: skip
     else:  # every sample was written once in the epoch (drop_last leaves 512 % 32 = 0)
         assert bool(checkpoint["task"]["memory.written"].all())
@@ -98,7 +98,8 @@ def test_active_search_finds_the_offline_neighbours_of_unchanged_captions(
     features = torch.from_numpy(text_bank.features[:].astype("float32"))
     _, offline_similarities = text_bank.neighbors()
     for k in range(5):
-        image_nbr, text_nbr, *_ = guidance.draw(torch.tensor(rows), step=k, batch=batch)
+        drawn = guidance.draw(torch.tensor(rows), epoch=k, batch=batch)
+        image_nbr, text_nbr = drawn.image, drawn.text
         for b, row in enumerate(rows):
             assert text_nbr[b] != row and image_nbr[b] != row
             similarity = float(text_query[b] @ features[text_nbr[b]])
@@ -129,17 +130,17 @@ def test_self_targets_draw_the_anchor_itself_or_beside_its_neighbours(shapes_ban
     image_bank, text_bank = Bank(shapes_banks / "image"), Bank(shapes_banks / "text")
     anchors = torch.arange(0, 64)
     only = NeighborGuidance(image_bank, text_bank, 5, "bank", self_targets="only")
-    image, text, image_ok, text_ok = only.draw(anchors, step=3)
-    assert torch.equal(image, anchors) and torch.equal(text, anchors)
-    assert bool(image_ok.all() and text_ok.all())
-    targets = only.targets(anchors, 3, torch.device("cpu"))  # the anchors' own bank rows
+    drawn = only.draw(anchors, epoch=3)
+    assert torch.equal(drawn.image, anchors) and torch.equal(drawn.text, anchors)
+    assert bool(drawn.image_ok.all() and drawn.text_ok.all())
+    targets = only.targets({"index": anchors}, 3, torch.device("cpu"))  # the anchors' own bank rows
     assert torch.equal(targets.nn_image, torch.from_numpy(image_bank.features[:64].copy()))
 
     both = NeighborGuidance(image_bank, text_bank, 5, "bank", self_targets="include")
     plain = NeighborGuidance(image_bank, text_bank, 5, "bank")
     table, _ = image_bank.neighbors()
-    drawn = torch.stack([both.draw(anchors, step)[0] for step in range(60)])  # (steps, B)
-    offsets = torch.stack([draw_offsets(anchors, step, 0, 6) for step in range(60)])
+    drawn = torch.stack([both.draw(anchors, epoch).image for epoch in range(60)])  # (epochs, B)
+    offsets = torch.stack([draw_offsets(anchors, epoch, 0, 6) for epoch in range(60)])
     expected = torch.where(  # offset 0: the anchor; offset i: its i-th table entry
         offsets == 0,
         anchors,
@@ -149,7 +150,7 @@ def test_self_targets_draw_the_anchor_itself_or_beside_its_neighbours(shapes_ban
     )
     assert torch.equal(drawn, expected)
     assert (drawn == anchors).any() and (drawn != anchors).any()
-    assert not (plain.draw(anchors, 0)[0] == anchors).any()  # the default never draws self
+    assert not (plain.draw(anchors, 0).image == anchors).any()  # the default never draws self
     with pytest.raises(ValueError, match="self_targets='all'"):
         NeighborGuidance(image_bank, text_bank, 5, "bank", self_targets="all")
 
@@ -181,8 +182,8 @@ def test_resume_with_loader_workers_equals_an_uninterrupted_run_drawing_in_the_l
     from clip_ping.training.task import TrainingTask
 
     common = dict(neighbor_target=target, epochs=2, accum_freq=2, neighbor_self="include")
-    with monkeypatch.context() as patch:  # the reference: no reader, every draw in the loop
-        patch.setattr(TrainingTask, "neighbor_reader", lambda self, *args: None)
+    with monkeypatch.context() as patch:  # the reference: every draw in the loop
+        patch.setattr(TrainingTask, "data_transform", lambda self: None)
         full = train(config(small_corpus, shapes_banks, tmp_path, name="loop", **common))
     draws_here = []
     draw = NeighborGuidance.draw  # counts the draws of this process (not those of workers)

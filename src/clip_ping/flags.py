@@ -2,10 +2,11 @@
 ``--batch-size INT``, with the field's help (``metadata["help"]``), group and default.
 
 The one mechanism behind ``clip-ping train`` (:class:`~clip_ping.training.config.TrainConfig`) and the
-data flags every command shares (:class:`~clip_ping.data.loader.DataSpec`). A numeric field
-declares its allowed values once, as ``metadata["range"]`` (a :class:`Range`), and
-:func:`check_ranges` checks them all, whether they came from flags, YAML or Python. A flag
-that is no field checks its range as it is parsed: ``type=typed(int, Range(1))``.
+data flags every command shares (:class:`~clip_ping.data.loader.DataSpec`). A field declares
+its allowed values once: a numeric one as ``metadata["range"]`` (a :class:`Range`), one of a
+few names as ``metadata["choices"]`` (a tuple); :func:`check_ranges` checks them all,
+whether they came from flags, YAML or Python, and the flags' help lists them. A flag that is
+no field checks its range as it is parsed: ``type=typed(int, Range(1))``.
 """
 
 from __future__ import annotations
@@ -128,7 +129,10 @@ def add_arguments(
         flags = [flag_name(f.name), *f.metadata.get("aliases", ())]
         kind, optional = field_type(f.type)
         allowed = f.metadata.get("range")
-        help_text = f"{f.metadata.get('help', '')} (default: {f.default}{f'; {allowed}' if allowed else ''})"
+        if choices := f.metadata.get("choices"):
+            allowed = "one of " + ", ".join(choices)
+        limits = f"; {allowed}" if allowed else ""
+        help_text = f"{f.metadata.get('help', '')} (default: {f.default}{limits})"
         options: dict[str, Any] = dict(
             dest=f.name,
             help=help_text,
@@ -146,10 +150,17 @@ def add_arguments(
 
 
 def check_ranges(config: Any) -> None:
-    """Check every field of the dataclass ``config`` that declares a ``range``."""
+    """Check every field of the dataclass ``config`` that declares a ``range`` or
+    ``choices``; the error names the flag, the value and what is allowed."""
     for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
         if (allowed := f.metadata.get("range")) is not None:
-            allowed.check(flag_name(f.name), getattr(config, f.name))
+            allowed.check(flag_name(f.name), value)
+        choices = f.metadata.get("choices")
+        if choices is not None and value not in choices:
+            raise UserError(
+                f"{flag_name(f.name)}={short_repr(value)}: choose one of {', '.join(choices)}"
+            )
 
 
 def namespace_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:

@@ -4,24 +4,23 @@ For a batch of anchors with stable sample indices ``(B,)`` this module
 
 1. draws one image neighbour n_I(k) and one caption neighbour n_T(k) uniformly from the
    top-K rows of the precomputed tables (K = 1: the nearest);
-2. reads the four targets (DESIGN.md §2): in ``bank`` mode the neighbours' frozen teacher
-   features (only the rows the batch needs, from the memory-mapped banks); in ``memory``
-   mode their latest student embeddings from :class:`~clip_ping.memory.StudentMemory`.
+2. reads the four targets (docs/method.md): in ``bank`` mode the neighbours' frozen
+   teacher features (only the rows the batch needs, from the memory-mapped banks); in
+   ``memory`` mode their latest student embeddings from
+   :class:`~clip_ping.memory.StudentMemory`.
 
-The draw is a hash of (seed, step, sample index): a resumed run draws what the
-uninterrupted one drew, however the batch is split across ranks.
-
-**Where it runs.** With the ``offline`` source, steps 1 and (``bank`` mode) 2 run in the
-data loader's worker processes, off the training loop's critical path: the loop hands the
-loader a :class:`NeighborReader` (:meth:`NeighborGuidance.reader`), which each worker applies
-to every collated batch. The reader knows the step at which a batch will be trained from the
-batch's position in the epoch (``epoch_batch``, set by the loader), the step of the epoch's
-first batch and ``--accum-freq``; it opens the banks and tables itself in each process (memory
-maps, nothing large crosses a process boundary). The loop then only assembles the delivered
-ids and rows (:meth:`NeighborGuidance.targets`), after checking that they were drawn for the
-step it trains. ``memory`` targets are read in the loop (the memory lives there) from the ids
-the workers drew; the ``active`` source runs wholly in the loop (it needs the teachers and
-the batch's pixels). Both paths give the same neighbours and targets bit for bit.
+**A per-sample transform.** Each anchor's draw is a hash of (seed, epoch, sample index)
+alone: it does not depend on the batch, the step, the rank or the worker, so a resumed run
+draws what the uninterrupted one drew, however the batches are split across ranks and
+micro-batches. With the ``offline`` source the data loader runs it: the loop hands the
+loader a :class:`NeighborTransform` (:meth:`NeighborGuidance.transform`), which each
+worker applies to every collated batch of the epoch (one read of the batch's bank rows
+rather than one per sample), adding ``batch["neighbors"]``, a :class:`DrawnNeighbors`.
+The loop turns that into the :class:`~clip_ping.losses.NeighborTargets` the loss terms
+read (:meth:`NeighborGuidance.targets`). ``memory`` targets are read in the loop (the
+memory lives there) for the neighbours the workers drew; the ``active`` source draws in
+the loop (it needs the teachers and the batch's pixels). Both paths give the same
+neighbours and targets bit for bit.
 
 ``active`` source (our reading of A-CLIP-PING): instead of the precomputed tables, the
 teachers embed the *current* augmented image and the caption, and the top-K neighbours are
@@ -30,30 +29,86 @@ searched in the banks at that moment (exact blocked search, the anchor itself ex
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from .bank import Bank, search_vectors
-from .losses import NeighborTargets
+from .losses.neighbor import NeighborTargets
 from .memory import StudentMemory
+
+#: ``--neighbor-source``: the precomputed tables, or a search with the teachers online.
+SOURCES = ("offline", "active")
+#: ``--neighbor-self``: neighbours only; the anchor alone (its own teacher features:
+#: distillation without neighbours); the anchor drawn beside its top-K.
+SELF_TARGETS = ("exclude", "only", "include")
 
 _MIX = (0x9E3779B1, 0x85EBCA77, 0xC2B2AE3D)  # odd constants of a multiplicative hash
 
-# The columns of the (B, 5) int64 "neighbors" a NeighborReader adds to a batch: the step it
-# drew for, the image and the caption neighbour, and whether each is usable (1) or masked (0).
-NEIGHBOR_COLUMNS = ("step", "image", "text", "image_ok", "text_ok")
 
-
-def draw_offsets(indices: torch.Tensor, step: int, seed: int, k: int) -> torch.Tensor:
+def draw_offsets(indices: torch.Tensor, epoch: int, seed: int, k: int) -> torch.Tensor:
     """``(B,)`` offsets in ``[0, k)``, a deterministic, well-mixed function of each
-    sample index, the step and the seed."""
-    x = indices.long() * _MIX[0] + step * _MIX[1] + seed * _MIX[2]
+    sample index, the epoch and the seed."""
+    x = indices.long() * _MIX[0] + epoch * _MIX[1] + seed * _MIX[2]
     x = x & 0x7FFFFFFF
     for shift in (16, 13, 16):  # xorshift-multiply rounds spread every input bit
         x = ((x ^ (x >> shift)) * _MIX[0]) & 0x7FFFFFFF
     return x % k
+
+
+@dataclass
+class DrawnNeighbors:
+    """The neighbours drawn for ``B`` anchors: what ``batch["neighbors"]`` holds.
+
+    ``ids``: ``(B, 4)`` int64, the columns ``image``, ``text`` (the drawn image and caption
+    neighbours' sample indices), ``image_ok``, ``text_ok`` (1 where usable, 0 where every
+    candidate was skipped in a bank). ``image_bank_rows`` ``(B, 2, D_I)`` and
+    ``text_bank_rows`` ``(B, 2, D_T)``: the :func:`neighbor_rows` of both neighbours in each
+    bank, read by the loader in ``bank`` mode (None otherwise). Three tensors rather than
+    one per field: each costs a transfer from the loader's worker.
+    """
+
+    ids: torch.Tensor
+    image_bank_rows: torch.Tensor | None = None
+    text_bank_rows: torch.Tensor | None = None
+
+    @property
+    def image(self) -> torch.Tensor:
+        return self.ids[:, 0]
+
+    @property
+    def text(self) -> torch.Tensor:
+        return self.ids[:, 1]
+
+    @property
+    def image_ok(self) -> torch.Tensor:
+        return self.ids[:, 2].bool()
+
+    @property
+    def text_ok(self) -> torch.Tensor:
+        return self.ids[:, 3].bool()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, rows) -> DrawnNeighbors:
+        """The anchors ``rows`` (a slice or an index tensor) only."""
+        cut = lambda x: None if x is None else x[rows]  # noqa: E731
+        return DrawnNeighbors(cut(self.ids), cut(self.image_bank_rows), cut(self.text_bank_rows))
+
+    def pin_memory(self) -> DrawnNeighbors:
+        """Page-locked copies (the DataLoader calls this when it pins batches)."""
+        pin = lambda x: None if x is None else x.pin_memory()  # noqa: E731
+        return DrawnNeighbors(pin(self.ids), pin(self.image_bank_rows), pin(self.text_bank_rows))
+
+    def with_rows(self, image_bank: np.ndarray, text_bank: np.ndarray) -> DrawnNeighbors:
+        """A copy with both neighbours' rows read from the ``(N, D)`` banks."""
+        return replace(
+            self,
+            image_bank_rows=neighbor_rows(image_bank, self.image, self.text),
+            text_bank_rows=neighbor_rows(text_bank, self.image, self.text),
+        )
 
 
 def _rows(table: np.ndarray, indices: torch.Tensor) -> torch.Tensor:
@@ -78,10 +133,13 @@ def targets_from_rows(
     """``bank`` targets from the :func:`neighbor_rows` of the image and the text bank: NN
     image and XNN text in the image bank, XNN image and NN text in the text bank."""
     return NeighborTargets(
-        image_nbr, text_nbr,
-        nn_image=image_rows[:, 0].contiguous(), nn_text=text_rows[:, 1].contiguous(),
-        xnn_image=text_rows[:, 0].contiguous(), xnn_text=image_rows[:, 1].contiguous(),
-    )  # fmt: skip
+        image_nbr,
+        text_nbr,
+        nn_image=image_rows[:, 0].contiguous(),
+        nn_text=text_rows[:, 1].contiguous(),
+        xnn_image=text_rows[:, 0].contiguous(),
+        xnn_text=image_rows[:, 1].contiguous(),
+    )
 
 
 def bank_targets(
@@ -89,10 +147,11 @@ def bank_targets(
 ) -> NeighborTargets:
     """Targets in ``bank`` mode: the neighbours' teacher features (``(N, D)`` bank rows)."""
     return targets_from_rows(
-        image_nbr, text_nbr,
+        image_nbr,
+        text_nbr,
         neighbor_rows(image_bank, image_nbr, text_nbr),
         neighbor_rows(text_bank, image_nbr, text_nbr),
-    )  # fmt: skip
+    )
 
 
 def memory_targets(
@@ -105,9 +164,17 @@ def memory_targets(
     xnn_image, xnn_image_valid = memory.lookup("text", image_nbr)
     xnn_text, xnn_text_valid = memory.lookup("image", text_nbr)
     return NeighborTargets(
-        image_nbr, text_nbr, nn_image, nn_text, xnn_image, xnn_text,
-        nn_image_valid, nn_text_valid, xnn_image_valid, xnn_text_valid,
-    )  # fmt: skip
+        image_nbr,
+        text_nbr,
+        nn_image,
+        nn_text,
+        xnn_image,
+        xnn_text,
+        nn_image_valid,
+        nn_text_valid,
+        xnn_image_valid,
+        xnn_text_valid,
+    )
 
 
 def active_image_size(image_bank: Bank) -> int:
@@ -184,8 +251,8 @@ class NeighborGuidance:
         self_targets: str = "exclude",
         check_tables: bool = True,
     ):
-        if self_targets not in ("exclude", "only", "include"):
-            raise ValueError(f"self_targets={self_targets!r}: choose exclude, only or include")
+        if self_targets not in SELF_TARGETS:
+            raise ValueError(f"self_targets={self_targets!r}: choose one of {SELF_TARGETS}")
         self.self_targets = self_targets
         self.image_bank, self.text_bank, self.k, self.target = image_bank, text_bank, k, target
         self.memory, self.seed, self.active = memory, seed, active
@@ -214,16 +281,14 @@ class NeighborGuidance:
                     f"{table.shape[1]} or rerun clip-ping bank neighbors {bank.path} --k {k}"
                 )
 
-    def draw(
-        self, indices: torch.Tensor, step: int, batch: dict | None = None
-    ) -> tuple[torch.Tensor, ...]:
-        """Image and caption neighbours ``(B,)`` of the anchors ``indices`` and whether each
-        is usable ``(B,)``: drawn from the top-K of the tables, or (active) of an online
-        search with the teachers' features of ``batch``. A neighbour skipped in either bank
-        is passed over for the next usable one of the anchor's top-K; an anchor with none
-        gets an unusable (masked) neighbour."""
+    def draw(self, indices: torch.Tensor, epoch: int, batch: dict | None = None) -> DrawnNeighbors:
+        """The image and caption neighbours of the anchors ``indices`` ``(B,)`` in ``epoch``
+        and whether each is usable: drawn from the top-K of the tables, or (active) of an
+        online search with the teachers' features of ``batch``. A neighbour skipped in
+        either bank is passed over for the next usable one of the anchor's top-K; an anchor
+        with none gets an unusable (masked) neighbour."""
         choices = {"exclude": self.k, "only": 1, "include": self.k + 1}[self.self_targets]
-        offsets = draw_offsets(indices.cpu(), step, self.seed, choices)
+        offsets = draw_offsets(indices.cpu(), epoch, self.seed, choices)
         if self.self_targets == "only":
             own = indices.cpu().long()[:, None]
             image_top = text_top = own
@@ -243,7 +308,7 @@ class NeighborGuidance:
             image_top, text_top = torch.cat([own, image_top], 1), torch.cat([own, text_top], 1)
         image, image_ok = self._pick(image_top, offsets)
         text, text_ok = self._pick(text_top, offsets)
-        return image, text, image_ok, text_ok
+        return DrawnNeighbors(torch.stack([image, text, image_ok.long(), text_ok.long()], 1))
 
     def _pick(self, top: torch.Tensor, offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``offsets``-th usable entry (cyclically) of each ``(B, k)`` row of ``top``."""
@@ -255,74 +320,51 @@ class NeighborGuidance:
         position = ((usable.cumsum(1) > wanted[:, None]) & usable).int().argmax(1)
         return top.gather(1, position[:, None])[:, 0], count > 0
 
-    def reader(self, first_step: int, accum_freq: int = 1) -> NeighborReader | None:
-        """The loader-side half of this guidance for an epoch whose first batch is trained
-        at optimiser step ``first_step`` (None for the ``active`` source: its search needs
-        the teachers and the batch's pixels, so it stays in the loop)."""
+    def transform(self) -> NeighborTransform | None:
+        """The loader-side half of this guidance (None for the ``active`` source: its search
+        needs the teachers and the batch's pixels, so it stays in the loop)."""
         if self.active is not None:
             return None
-        return NeighborReader(
-            str(self.image_bank.path), str(self.text_bank.path), self.k, self.seed,
-            self.self_targets, self.target == "bank", first_step, accum_freq,
-        )  # fmt: skip
+        return NeighborTransform(
+            image_bank=str(self.image_bank.path),
+            text_bank=str(self.text_bank.path),
+            k=self.k,
+            seed=self.seed,
+            self_targets=self.self_targets,
+            read_targets=self.target == "bank",
+        )
 
-    def targets(
-        self, indices: torch.Tensor, step: int, device: torch.device, batch: dict | None = None
-    ) -> NeighborTargets:
-        """The anchors' :class:`NeighborTargets`, on ``device``. ``batch``: the current
-        images and captions (the active source needs them); where a :class:`NeighborReader`
-        has already drawn the neighbours (and read the bank rows) in the loader, they are
-        taken from ``batch`` instead of drawn here."""
-        if batch is not None and "neighbors" in batch:
-            image_nbr, text_nbr, image_ok, text_ok = self._delivered(batch, step)
+    def targets(self, batch: dict, epoch: int, device: torch.device | str) -> NeighborTargets:
+        """The :class:`NeighborTargets` of ``batch``'s anchors in ``epoch``, on ``device``:
+        from the neighbours (and bank rows) the loader's :class:`NeighborTransform` put in
+        ``batch["neighbors"]``, else drawn here (``batch``'s images and captions feed the
+        active source)."""
+        drawn = batch.get("neighbors")
+        if drawn is None:
+            drawn = self.draw(batch["index"], epoch, batch)
+        if self.target == "memory":
+            targets = memory_targets(self.memory, drawn.image, drawn.text)
         else:
-            image_nbr, text_nbr, image_ok, text_ok = self.draw(indices, step, batch)
-        if self.target == "bank" and batch is not None and "image_bank_rows" in batch:
-            rows = batch["image_bank_rows"], batch["text_bank_rows"]
-            targets = targets_from_rows(image_nbr, text_nbr, *rows)
-        elif self.target == "bank":
-            targets = bank_targets(self.image_features, self.text_features, image_nbr, text_nbr)
-        else:
-            targets = memory_targets(self.memory, image_nbr, text_nbr)
-        if not (image_ok.all() and text_ok.all()):  # anchors whose top-K are all skipped
-            targets.mask_unusable(image_ok, text_ok)
-        return targets.to(device)
-
-    @staticmethod
-    def _delivered(batch: dict, step: int) -> tuple[torch.Tensor, ...]:
-        """The neighbours a :class:`NeighborReader` drew for ``batch``, checked to be those
-        of ``step`` (a mismatch would silently change the draw, so it stops the run)."""
-        drawn_at, image, text, image_ok, text_ok = batch["neighbors"].T.contiguous()
-        if bool((drawn_at != step).any()):
-            raise RuntimeError(
-                f"the data loader drew neighbours for step {int(drawn_at[0])} but the batch "
-                f"is trained at step {step}: the loader was given the wrong first step or "
-                "--accum-freq (a bug; --neighbor-source active draws in the loop instead)"
+            if drawn.image_bank_rows is None:
+                drawn = drawn.with_rows(self.image_features, self.text_features)
+            targets = targets_from_rows(
+                drawn.image, drawn.text, drawn.image_bank_rows, drawn.text_bank_rows
             )
-        return image, text, image_ok.bool(), text_ok.bool()
+        if not (drawn.image_ok.all() and drawn.text_ok.all()):  # every candidate skipped
+            targets.mask_unusable(drawn.image_ok, drawn.text_ok)
+        return targets.to(device)
 
 
 @dataclass
-class NeighborReader:
+class NeighborTransform:
     """The neighbour draw and the ``bank`` target reads of :class:`NeighborGuidance`, run by
-    the data loader on each collated batch, in its workers (``prepare`` of
-    :meth:`clip_ping.data.loader.TrainData.loader`).
+    the data loader on each collated batch of an epoch, in its workers (``prepare`` of
+    :meth:`clip_ping.data.loader.TrainData.loader`). Adds ``batch["neighbors"]``, a
+    :class:`DrawnNeighbors` (with the bank rows when ``read_targets``).
 
-    A batch is trained at step ``first_step + epoch_batch // accum_freq``, ``epoch_batch``
-    being its position in the rank's epoch (set by the loader) and ``first_step`` the step of
-    the epoch's first batch: the draw is the same pure function of (seed, step, sample
-    index) as in the loop, so resumes stay exact. The reader adds to the batch
-
-    - ``neighbors``: ``(B, 5)`` int64, columns :data:`NEIGHBOR_COLUMNS` (the step, the drawn
-      image and caption neighbours, whether each is usable);
-    - with ``read_targets`` (``bank`` mode): ``image_bank_rows`` ``(B, 2, D_I)`` and
-      ``text_bank_rows`` ``(B, 2, D_T)``, the :func:`neighbor_rows` of both neighbours in
-      each bank, which hold the four targets (:func:`targets_from_rows`).
-
-    Three tensors, not one per field: each tensor costs the loop a transfer from the worker.
-
-    It holds paths and settings only: each process opens the banks and tables on its first
-    batch (memory maps, after the fork), and a pickled reader leaves them behind.
+    Per sample, a pure function of (seed, epoch, sample index), as in the loop. It holds
+    paths and settings only: each process opens the banks and tables on its first batch
+    (memory maps, after the fork), and a pickled transform leaves them behind.
     """
 
     image_bank: str
@@ -331,8 +373,6 @@ class NeighborReader:
     seed: int
     self_targets: str
     read_targets: bool
-    first_step: int
-    accum_freq: int = 1
 
     def __post_init__(self):
         self._guidance: NeighborGuidance | None = None
@@ -343,26 +383,19 @@ class NeighborReader:
     def _open(self) -> NeighborGuidance:
         if self._guidance is None:
             self._guidance = NeighborGuidance(
-                Bank(self.image_bank), Bank(self.text_bank), self.k, "bank", seed=self.seed,
-                self_targets=self.self_targets, check_tables=False,
-            )  # fmt: skip
+                Bank(self.image_bank),
+                Bank(self.text_bank),
+                self.k,
+                "bank",
+                seed=self.seed,
+                self_targets=self.self_targets,
+                check_tables=False,
+            )
         return self._guidance
 
-    def step_of(self, epoch_batch: int) -> int:
-        """The optimiser step at which the epoch's batch ``epoch_batch`` is trained."""
-        return self.first_step + epoch_batch // self.accum_freq
-
-    def __call__(self, batch: dict) -> dict:
-        guidance, indices = self._open(), batch["index"]
-        # A batch of bad samples only has no epoch_batch (and nothing to draw).
-        position = batch.get("epoch_batch", torch.zeros(1, dtype=torch.long))
-        if bool((position != position[0]).any()):
-            raise ValueError("a collated batch mixes samples of several batches of the epoch")
-        step = self.step_of(int(position[0]))
-        image, text, image_ok, text_ok = guidance.draw(indices, step)
-        columns = (torch.full_like(image, step), image, text, image_ok.long(), text_ok.long())
-        out = {"neighbors": torch.stack(columns, 1)}
+    def __call__(self, batch: dict, epoch: int) -> dict:
+        guidance = self._open()
+        drawn = guidance.draw(batch["index"], epoch)
         if self.read_targets:
-            out["image_bank_rows"] = neighbor_rows(guidance.image_features, image, text)
-            out["text_bank_rows"] = neighbor_rows(guidance.text_features, image, text)
-        return {**batch, **out}
+            drawn = drawn.with_rows(guidance.image_features, guidance.text_features)
+        return {**batch, "neighbors": drawn}

@@ -5,26 +5,20 @@ The training loop asks for ``batches_per_epoch(batch_size)`` and for
 batches::
 
     {"image": (B, 3, H, W) float, "text": (B, L) long, "index": (B,) long,
-     "epoch_batch": (B,) long, "bad_samples": [(index, key, reason), ...]}
+     "bad_samples": [(index, key, reason), ...]}
 
-``epoch_batch`` is the batch's position in this rank's epoch (the same for all its samples;
-``start_batch`` is the first a resumed loader yields). ``prepare(batch) -> batch``, if given,
-runs on each collated batch in the loader's worker processes (in this process with
-``workers=0``): the training loop has its neighbours drawn and their bank rows read there,
-from ``epoch_batch`` (:class:`clip_ping.guidance.NeighborReader`). It must be picklable
-where workers are spawned rather than forked.
+``start_batch`` is the first batch a resumed loader yields. ``prepare(batch, epoch) ->
+batch``, if given, runs on each collated batch in the loader's worker processes (in this
+process with ``workers=0``): the training loop has its neighbours drawn and their bank rows
+read there, a function of each sample's index and the epoch
+(:class:`clip_ping.guidance.NeighborTransform`). It must be picklable where workers are
+spawned rather than forked.
 
 With ``on_bad_sample="skip"`` a batch may hold fewer than ``batch_size`` samples: the bad
-ones are listed in ``bad_samples`` instead (see :mod:`.bad_samples`); a batch of bad samples
-only has no ``epoch_batch``.
+ones are listed in ``bad_samples`` instead (see :mod:`.bad_samples`).
 
 Batches are a function of (seed, epoch, rank, world_size, batch_size) and, for shards only,
 the worker count; resuming at ``start_batch`` yields exactly the rest of the epoch.
-
-Examples:
-    >>> data = build_train_data(DataSpec("shapes/train.csv"), TrainTransform(32), tokenizer, seed=0)
-    >>> for batch in data.loader(epoch=0, start_batch=0, batch_size=64, workers=2):
-    ...     batch["image"].shape  # torch.Size([64, 3, 32, 32])
 """
 
 from __future__ import annotations
@@ -37,17 +31,17 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from ..flags import Range, check_ranges
 from ..workers import loader_workers
-from .bad_samples import DEFAULT_MAX_BAD_SHARE, check_policy, collate_good
+from .bad_samples import BAD_SAMPLE_POLICIES, DEFAULT_MAX_BAD_SHARE, check_policy, collate_good
 from .datasets import CsvDataset, Tokenizer, Transform
 from .shards import ShardDataset
 from .tars import build_key_index, expand_urls, iter_shard
 
 DATASET_TYPES = ("csv", "webdataset", "auto")
-Prepare = Callable[[dict], dict]
+Prepare = Callable[[dict, int], dict]
 
 
 def _flag(default, help: str, **kw):
@@ -64,7 +58,9 @@ class DataSpec:
     """
 
     train_data: str = _flag(None, "training CSV/TSV or WebDataset shards")
-    dataset_type: str = _flag("auto", "csv | webdataset | auto (by extension)")
+    dataset_type: str = _flag(
+        "auto", "csv | webdataset | auto (by extension)", choices=DATASET_TYPES
+    )
     csv_img_key: str = _flag("filepath", "CSV column with image paths")
     csv_caption_key: str = _flag("title", "CSV column with captions")
     csv_separator: str | None = _flag(None, "CSV separator (default: tab for .tsv, else comma)")
@@ -72,12 +68,15 @@ class DataSpec:
         None, "webdataset: samples per epoch (default: all the shards hold)", range=Range(1)
     )
     on_bad_sample: str = _flag(
-        "skip", "skip (log with the key, count) | error: unreadable images, empty captions"
+        "skip",
+        "skip (log with the key, count) | error: unreadable images, empty captions",
+        choices=BAD_SAMPLE_POLICIES,
     )
     max_bad_share: float = _flag(
-        DEFAULT_MAX_BAD_SHARE, "skip: stop when more of the samples are bad",
+        DEFAULT_MAX_BAD_SHARE,
+        "skip: stop when more of the samples are bad",
         range=Range(0, 1, max_open=True, hint="a fraction such as 0.01"),
-    )  # fmt: skip
+    )
     dataset_resampled: bool = _flag(
         False, "webdataset: draw shards with replacement; epochs of --train-num-samples"
     )
@@ -88,10 +87,6 @@ class DataSpec:
         check_ranges(self)
 
     def resolved_type(self) -> str:
-        if self.dataset_type not in DATASET_TYPES:
-            raise ValueError(
-                f"--dataset-type {self.dataset_type!r}: choose one of {', '.join(DATASET_TYPES)}"
-            )
         if self.dataset_type != "auto":
             return self.dataset_type
         data = self.train_data
@@ -116,16 +111,16 @@ class TrainData(Protocol):
     ) -> Iterable[dict]: ...
 
 
-def _collate(samples: list[dict], prepare: Prepare | None) -> dict:
+def _collate(samples: list[dict], prepare: Prepare | None, epoch: int) -> dict:
     batch = collate_good(samples)
-    return prepare(batch) if prepare is not None else batch
+    return prepare(batch, epoch) if prepare is not None else batch
 
 
-def _loader_options(workers: int, prepare: Prepare | None) -> dict:
+def _loader_options(workers: int, prepare: Prepare | None, epoch: int) -> dict:
     """What the training loaders share: workers, collation (then ``prepare``), pinning."""
     return dict(
         **loader_workers(workers),
-        collate_fn=functools.partial(_collate, prepare=prepare),
+        collate_fn=functools.partial(_collate, prepare=prepare, epoch=epoch),
         pin_memory=torch.cuda.is_available(),
     )
 
@@ -149,21 +144,6 @@ def _check_start(start_batch: int, num_batches: int) -> None:
             f"start_batch {start_batch} is outside the epoch's {num_batches} batches; was the "
             "checkpoint written with another --batch-size or number of ranks?"
         )
-
-
-class _EpochRows(Dataset):
-    """A CSV dataset read at ``(epoch, row, epoch_batch)`` items: each sample also says
-    which batch of the epoch it belongs to."""
-
-    def __init__(self, dataset: CsvDataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, item: tuple[int, int, int]) -> dict:
-        epoch, row, epoch_batch = item
-        return {**self.dataset[(epoch, row)], "epoch_batch": epoch_batch}
 
 
 class CsvTrainData:
@@ -197,14 +177,14 @@ class CsvTrainData:
     ) -> DataLoader:
         _check_start(start_batch, self.batches_per_epoch(batch_size))
         rows = self.rank_indices(epoch, batch_size)[start_batch * batch_size :]
-        # (epoch, row): the dataset seeds the augmentation from both; then the row's batch.
-        items = [(epoch, row, start_batch + i // batch_size) for i, row in enumerate(rows)]
+        # (epoch, row) items: the dataset seeds each row's augmentation from both.
+        items = [(epoch, row) for row in rows]
         return DataLoader(
-            _EpochRows(self.dataset),
+            self.dataset,
             batch_size=batch_size,
             sampler=items,
             drop_last=True,
-            **_loader_options(workers, prepare),
+            **_loader_options(workers, prepare, epoch),
         )
 
 
@@ -237,7 +217,9 @@ class ShardTrainData:
         dataset = copy.copy(self.dataset)
         dataset.batch_size = batch_size
         dataset.set_epoch(epoch, start_batch)
-        return DataLoader(dataset, batch_size=batch_size, **_loader_options(workers, prepare))
+        return DataLoader(
+            dataset, batch_size=batch_size, **_loader_options(workers, prepare, epoch)
+        )
 
 
 def build_train_data(

@@ -56,9 +56,7 @@ def _shuffle_buffer(items: Iterator, size: int, rng: np.random.Generator) -> Ite
 
 
 class ShardDataset(IterableDataset):
-    """WebDataset shards as an ``IterableDataset`` of ``{"image", "text", "index",
-    "epoch_batch"}`` dicts (``epoch_batch``: the position in the rank's epoch of the batch
-    of ``batch_size`` the sample belongs to).
+    """WebDataset shards as an ``IterableDataset`` of ``{"image", "text", "index"}`` dicts.
 
     Each epoch the shard order is shuffled with ``(seed, epoch)``; the resulting stream of
     samples is cut into one contiguous range per rank (``num_samples // world_size`` samples)
@@ -200,10 +198,8 @@ class ShardDataset(IterableDataset):
         # before start_batch were consumed already.
         consumed = len(range(worker, self.start_batch, num_workers))
         samples = itertools.islice(stream, self.batch_size * consumed, None)
-        for position, (index, files) in enumerate(samples, self.batch_size * consumed):
-            sample = self._decode(index, files)
-            sample["epoch_batch"] = worker + num_workers * (position // self.batch_size)
-            yield sample
+        for index, files in samples:
+            yield self._decode(index, files)
 
 
 # --------------------------------------------------------------------------- writing shards

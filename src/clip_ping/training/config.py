@@ -19,20 +19,13 @@ import yaml
 from ..data.loader import DataSpec
 from ..errors import UserError, short_repr
 from ..flags import SEED_RANGE, Range, check_ranges, field_type, flag_name
+from ..guidance import SELF_TARGETS, SOURCES
+from ..losses import TERMS, method_terms, methods
+from ..losses.neighbor import TARGET_MODES
 from ..workers import check_workers
 from .config_file import read_config_file
 
 PRECISIONS = ("fp32", "amp", "amp_bf16")
-DATASET_TYPES = ("auto", "csv", "webdataset")
-LOSSES = ("clip", "clip-ping")
-NEIGHBOR_TARGETS = ("bank", "memory")
-NEIGHBOR_SOURCES = ("offline", "active")
-NEIGHBOR_SELF = ("exclude", "only", "include")
-# Settings only --loss clip-ping reads.
-NEIGHBOR_FIELDS = (
-    "image_bank", "text_bank", "nn_weight", "xnn_weight", "neighbor_k", "neighbor_target",
-    "neighbor_source", "aux_temperature", "neighbor_warmup",
-)  # fmt: skip
 
 # --resume: the settings a resumed run may change (each change is recorded in the run's
 # resumes.jsonl). They decide how the run is fed, watched, stored or stopped, not what it
@@ -41,10 +34,19 @@ NEIGHBOR_FIELDS = (
 # from the resumed step. Every other setting must keep its value (checkpoint.check_resumable);
 # name, logs and resume say where the run is, not what it is.
 RESUME_MAY_CHANGE = (
-    "workers", "device", "torch_compile", "progress", "log_every_steps", "val_frequency",
-    "save_every_steps", "save_frequency", "stop_after_steps", "skip_nonfinite",
-    "on_bad_sample", "max_bad_share",
-)  # fmt: skip
+    "workers",
+    "device",
+    "torch_compile",
+    "progress",
+    "log_every_steps",
+    "val_frequency",
+    "save_every_steps",
+    "save_frequency",
+    "stop_after_steps",
+    "skip_nonfinite",
+    "on_bad_sample",
+    "max_bad_share",
+)
 RESUME_MAY_GROW = ("epochs",)
 RUN_LOCATION = ("name", "logs", "resume")
 
@@ -83,9 +85,11 @@ class TrainConfig:
     )
     zeroshot_templates: str | None = _f(None, "prompt templates file (default: beside it)", "data")
     workers: int = _f(
-        2, "data loader workers per process (at most what the machine can run)", "data",
+        2,
+        "data loader workers per process (at most what the machine can run)",
+        "data",
         range=Range(0),
-    )  # fmt: skip
+    )
     on_bad_sample: str = _data("on_bad_sample")
     max_bad_share: float = _data("max_bad_share")
     # model
@@ -93,17 +97,21 @@ class TrainConfig:
     tokenizer: str | None = _f(None, "tokenizer folder or 'minilm' (default)", "model")
     torch_compile: bool = _f(False, "torch.compile the model (opt-in)", "model")
     aug_scale_min: float = _f(
-        0.9, "random resized crop: smallest share of the image's area kept", "model",
+        0.9,
+        "random resized crop: smallest share of the image's area kept",
+        "model",
         range=Range(0, 1, min_open=True, hint="1.0 turns the crop off"),
-    )  # fmt: skip
+    )
     # optimiser and schedule
     batch_size: int = _f(64, "batch size per process", "optimiser", range=Range(1))
     epochs: int = _f(1, "passes over the training data", "optimiser", range=Range(1))
     lr: float = _f(5e-4, "peak learning rate", "optimiser", range=Range(0, min_open=True))
     wd: float = _f(
-        0.1, "AdamW weight decay (not applied to gains, biases, logit scale)", "optimiser",
+        0.1,
+        "AdamW weight decay (not applied to gains, biases, logit scale)",
+        "optimiser",
         range=Range(0),
-    )  # fmt: skip
+    )
     beta1: float = _f(0.9, "AdamW beta1", "optimiser", range=Range(0, 1, max_open=True))
     beta2: float = _f(0.98, "AdamW beta2", "optimiser", range=Range(0, 1, max_open=True))
     eps: float = _f(1e-6, "AdamW epsilon", "optimiser", range=Range(0, min_open=True))
@@ -114,17 +122,26 @@ class TrainConfig:
         1, "micro-batches accumulated per optimiser step", "optimiser", range=Range(1)
     )
     grad_clip_norm: float | None = _f(
-        None, "clip gradient norm at this value", "optimiser",
+        None,
+        "clip gradient norm at this value",
+        "optimiser",
         range=Range(0, min_open=True, hint="leave it unset (or none) for no clipping"),
-    )  # fmt: skip
+    )
     skip_nonfinite: bool = _f(
         False, "skip (and count) steps with a NaN/inf loss instead of stopping", "optimiser"
     )
     precision: str = _f(
-        "fp32", "fp32 | amp (fp16 autocast, CUDA) | amp_bf16 (bf16 autocast)", "optimiser"
+        "fp32",
+        "fp32 | amp (fp16 autocast, CUDA) | amp_bf16 (bf16 autocast)",
+        "optimiser",
+        choices=PRECISIONS,
     )
     # loss
-    loss: str = _f("clip", "clip | clip-ping (neighbour guidance, needs the banks)", "loss")
+    # The choices are the methods the loss terms belong to (clip_ping.losses); each term
+    # declares the settings below that it reads.
+    loss: str = _f(
+        "clip", "clip | clip-ping (neighbour guidance, needs the banks)", "loss", choices=methods()
+    )
     image_bank: str | None = _f(None, "image feature bank folder with neighbours", "loss")
     text_bank: str | None = _f(None, "text feature bank folder with neighbours", "loss")
     nn_weight: float = _f(
@@ -134,15 +151,21 @@ class TrainConfig:
         1.0, "lambda_XNN: weight of the cross-modal neighbour terms", "loss", range=Range(0)
     )
     neighbor_k: int = _f(5, "draw each step's neighbour among the top K", "loss", range=Range(1))
-    neighbor_target: str = _f("bank", "bank (teacher features) | memory (student)", "loss")
+    neighbor_target: str = _f(
+        "bank", "bank (teacher features) | memory (student)", "loss", choices=TARGET_MODES
+    )
     neighbor_source: str = _f(
-        "offline", "offline (precomputed tables) | active (teachers on the batch)", "loss"
+        "offline",
+        "offline (precomputed tables) | active (teachers on the batch)",
+        "loss",
+        choices=SOURCES,
     )
     neighbor_self: str = _f(
         "exclude",
         "exclude (neighbours only) | only (each anchor's own teacher features: distillation "
         "without neighbours, a control) | include (the anchor drawn beside its top K)",
         "loss",
+        choices=SELF_TARGETS,
     )
     # Logits are cosines / tau: at 0.001 they reach ±1000, past any useful sharpness and on
     # the way to half-precision overflow; above 10 the softmax is nearly flat.
@@ -173,13 +196,17 @@ class TrainConfig:
     )
     log_every_steps: int = _f(10, "log train/* metrics every N steps", "run", range=Range(1))
     val_frequency: int = _f(
-        1, "evaluate on --val-data / --zeroshot-data every N epochs (0: never)", "run",
+        1,
+        "evaluate on --val-data / --zeroshot-data every N epochs (0: never)",
+        "run",
         range=Range(0),
-    )  # fmt: skip
+    )
     stop_after_steps: int | None = _f(
-        None, "stop after this many optimiser steps as if interrupted (for tests)", "run",
+        None,
+        "stop after this many optimiser steps as if interrupted (for tests)",
+        "run",
         range=Range(1),
-    )  # fmt: skip
+    )
     progress: bool = _f(True, "show a progress bar", "run")
 
     def validate(self) -> TrainConfig:
@@ -188,33 +215,12 @@ class TrainConfig:
         def bad(name: str, why: str) -> None:
             raise UserError(f"{flag_name(name)}={short_repr(getattr(self, name))}: {why}")
 
-        check_ranges(self)  # every numeric field's declared range
+        check_ranges(self)  # every field's declared range or choices
         check_workers(self.workers)
         if not self.train_data:
             bad("train_data", "required; pass a CSV/TSV file or WebDataset shards")
-        from ..data.bad_samples import BAD_SAMPLE_POLICIES
-
-        for name, allowed in (
-            ("precision", PRECISIONS),
-            ("dataset_type", DATASET_TYPES),
-            ("loss", LOSSES),
-            ("neighbor_target", NEIGHBOR_TARGETS),
-            ("neighbor_source", NEIGHBOR_SOURCES),
-            ("neighbor_self", NEIGHBOR_SELF),
-            ("on_bad_sample", BAD_SAMPLE_POLICIES),
-        ):
-            if getattr(self, name) not in allowed:
-                bad(name, f"choose one of {', '.join(allowed)}")
-        if self.loss == "clip-ping":
-            for name in ("image_bank", "text_bank"):
-                if not getattr(self, name):
-                    bad(name, "--loss clip-ping needs it; build one with clip-ping bank build")
-            if self.nn_weight == 0 and self.xnn_weight == 0:
-                bad(
-                    "nn_weight",
-                    "with --xnn-weight 0 too no neighbour term is left: the run would be plain "
-                    "CLIP that still loads the banks; use --loss clip, or give a weight above 0",
-                )
+        for term in method_terms(self.loss):
+            term.check_config(self)
         if self.local_loss and not self.gather_with_grad:
             bad("local_loss", "needs --gather-with-grad (local logits need gathered gradients)")
         from ..models import list_models
@@ -239,16 +245,14 @@ class TrainConfig:
         ]
         flags = lambda names: ", ".join("--" + n.replace("_", "-") for n in names)  # noqa: E731
         warnings = []
-        if self.loss == "clip" and (unused := [n for n in changed if n in NEIGHBOR_FIELDS]):
-            warnings.append(f"{flags(unused)} set, but --loss clip uses no neighbours: ignored")
-        if (
-            self.loss == "clip-ping"
-            and self.neighbor_target == "memory"
-            and "aux_temperature" in changed
-        ):
+        read = {key for term in method_terms(self.loss) for key, _ in term.settings}
+        others = {key for term in TERMS.values() for key, _ in term.settings} - read
+        if unused := [name for name in changed if name in others]:
             warnings.append(
-                "--aux-temperature set, but memory targets use the CLIP logit scale: ignored"
+                f"{flags(unused)} set, but --loss {self.loss} does not use them: ignored"
             )
+        for term in method_terms(self.loss):
+            warnings += term.warnings(self, set(changed))
         if not (self.val_data or self.zeroshot_data):
             unused = [n for n in changed if n in ("zeroshot_classnames", "zeroshot_templates")]
             if unused:

@@ -12,20 +12,23 @@ from pathlib import Path
 import yaml
 
 from ..io import atomic_write_text
+from ..losses import method_terms
 from ..models import load_export
 from .run_folder import run_settings
 
 SETTINGS = (  # (config key, what the card calls it)
-    ("model", "student"), ("train_data", "training data"), ("epochs", "epochs"),
-    ("batch_size", "batch size per process"), ("accum_freq", "accumulated micro-batches"),
-    ("lr", "peak learning rate"), ("wd", "weight decay"), ("warmup", "warm-up steps"),
-    ("precision", "precision"), ("seed", "seed"), ("loss", "objective"),
-)  # fmt: skip
-NEIGHBOR_SETTINGS = (
-    ("image_bank", "image bank"), ("text_bank", "text bank"), ("nn_weight", "λ_NN"),
-    ("xnn_weight", "λ_XNN"), ("neighbor_k", "neighbours drawn among top-K"),
-    ("neighbor_target", "neighbour targets"), ("neighbor_source", "neighbour source"),
-)  # fmt: skip
+    ("model", "student"),
+    ("train_data", "training data"),
+    ("epochs", "epochs"),
+    ("batch_size", "batch size per process"),
+    ("accum_freq", "accumulated micro-batches"),
+    ("lr", "peak learning rate"),
+    ("wd", "weight decay"),
+    ("warmup", "warm-up steps"),
+    ("precision", "precision"),
+    ("seed", "seed"),
+    ("loss", "objective"),
+)
 
 
 def _front_matter(model) -> str:
@@ -38,12 +41,7 @@ def _front_matter(model) -> str:
 
 
 def _description(cfg: dict, model) -> list[str]:
-    objective = (
-        "CLIP-PING: the CLIP loss plus neighbour guidance from frozen teachers' feature banks "
-        "(arXiv 2412.03871; clip-ping's formulation)"
-        if cfg["loss"] == "clip-ping"
-        else "the CLIP contrastive loss"
-    )
+    objective = " plus ".join(term.description for term in method_terms(cfg["loss"]))
     parameters = sum(p.numel() for p in model.parameters())
     return [
         f"A lightweight CLIP model (`{cfg['model']}`: {parameters / 1e6:.2f} M parameters, "
@@ -52,7 +50,7 @@ def _description(cfg: dict, model) -> list[str]:
 
 
 def _settings_table(cfg: dict) -> list[str]:
-    rows = SETTINGS + (NEIGHBOR_SETTINGS if cfg["loss"] == "clip-ping" else ())
+    rows = SETTINGS + tuple(row for term in method_terms(cfg["loss"]) for row in term.settings)
     lines = ["| setting | value |", "|---|---|"]
     lines += [f"| {label} | `{cfg[key]}` |" for key, label in rows if cfg.get(key) is not None]
     return lines

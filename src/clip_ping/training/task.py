@@ -1,15 +1,16 @@
 """The training task: everything one optimiser step needs, in one ``nn.Module``.
 
-:class:`TrainingTask` owns the student, the CLIP loss, the neighbour loss (with its heads),
-the neighbour guidance and the student memory (``memory`` targets; buffers). Its one
-``state_dict`` is what a checkpoint saves. The loop asks it for the loss terms of a batch
-(or, with ``--accum-freq``, for the gradients of several micro-batches scored as one batch:
-:meth:`TrainingTask.accumulate`) and then tells it to remember the batch's embeddings.
+:class:`TrainingTask` owns the student, the loss terms of the run's ``--loss`` (each an
+``nn.Module`` of :mod:`clip_ping.losses`, with its heads), the neighbour guidance and the
+student memory (``memory`` targets; buffers). Its one ``state_dict`` is what a checkpoint
+saves. The loop asks it for the loss terms of a batch (or, with ``--accum-freq``, for the
+gradients of several micro-batches scored as one batch: :meth:`TrainingTask.accumulate`)
+and then tells it to remember the batch's embeddings.
 
 The neighbours themselves are drawn (and, with ``bank`` targets, their rows read) in the
-data loader's workers: :meth:`TrainingTask.neighbor_reader` gives the loader that half of
-the guidance, and :meth:`TrainingTask.targets` assembles what the batch brings (see
-:mod:`.guidance`).
+data loader's workers: :meth:`TrainingTask.data_transform` gives the loader that half of
+the guidance, and the task turns what the batch brings into the typed targets the terms
+read (see :mod:`clip_ping.guidance`).
 
 Two parts stay out of the data-parallel wrapper on purpose:
 
@@ -21,8 +22,12 @@ Two parts stay out of the data-parallel wrapper on purpose:
 So DDP (and ``torch.compile``) wrap :class:`ContrastiveStep`, the trained parameters only.
 
 Examples:
+    >>> import torch
+    >>> from clip_ping.losses import ClipLoss
+    >>> from clip_ping.models import create_model
+    >>> from clip_ping.training.task import TrainingTask
     >>> model, tokenizer = create_model("cpu-micro-32")
-    >>> task = TrainingTask(model, ClipLoss())
+    >>> task = TrainingTask(model, {"clip": ClipLoss()})
     >>> batch = {"image": torch.randn(4, 3, 32, 32), "text": tokenizer(["a"] * 4),
     ...          "index": torch.arange(4)}
     >>> loss, terms, out = task(batch, step=0)
@@ -40,8 +45,8 @@ import torch
 from torch import nn
 
 from ..data.loader import DataSpec
-from ..guidance import NeighborGuidance, NeighborReader
-from ..losses import TOTAL_TERMS, ClipLoss, NeighborLoss, NeighborTargets
+from ..guidance import NeighborGuidance, NeighborTransform
+from ..losses import LossTerm, NeighborTargets, TermContext, TermInputs, method_terms, total
 from ..memory import StudentMemory
 from .config import TrainConfig
 from .schedule import neighbor_ramp
@@ -67,29 +72,29 @@ class Accumulated:
 
     def grad_rows(self, device: torch.device) -> torch.Tensor:
         sizes = [len(part) for part in self.image_features]
-        return torch.cat([
+        parts = [
             torch.full((size,), i == self.index, dtype=torch.bool, device=device)
             for i, size in enumerate(sizes)
-        ])  # fmt: skip
-
-
-def total(terms: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The loss the optimiser minimises: the sum of :data:`~clip_ping.losses.TOTAL_TERMS`."""
-    return sum(v for k, v in terms.items() if k in TOTAL_TERMS)
+        ]
+        return torch.cat(parts)
 
 
 class ContrastiveStep(nn.Module):
-    """Student and losses: every trained parameter (the neighbour heads too), so DDP,
+    """Student and loss terms: every trained parameter (the terms' heads too), so DDP,
     ``torch.compile`` and the optimiser see them all.
 
+    ``terms``: name → :class:`~clip_ping.losses.LossTerm`, in the order they add up.
     ``forward(images (B, 3, H, W), texts (B, L), targets, ramp, accumulated) -> (terms,
-    outputs)``. With ``accumulated`` (gradient accumulation), the losses span the whole
-    accumulated batch: this micro-batch's fresh embeddings among the others' cached ones.
+    outputs)``: every term's named values. With ``accumulated`` (gradient accumulation), the
+    terms span the whole accumulated batch: this micro-batch's fresh embeddings among the
+    others' cached ones.
     """
 
-    def __init__(self, model, clip_loss: ClipLoss, neighbor_loss: NeighborLoss | None = None):
+    def __init__(self, model, terms: dict[str, LossTerm]):
         super().__init__()
-        self.model, self.clip_loss, self.neighbor_loss = model, clip_loss, neighbor_loss
+        self.model, self.terms = model, nn.ModuleDict(terms)
+        #: the returned names that add up to the loss (:func:`~clip_ping.losses.total`)
+        self.summed = tuple(name for term in self.terms.values() for name in term.summed)
 
     def forward(
         self,
@@ -108,14 +113,11 @@ class ContrastiveStep(nn.Module):
             if accumulated.index > 0:  # the scale's gradient counts once per batch (a zero
                 scale = scale.detach() + 0.0 * scale  # here keeps it in DDP's graph)
             grad_rows, targets = accumulated.grad_rows(image.device), accumulated.targets
-        terms = self.clip_loss(image, text, scale)
-        if self.neighbor_loss is not None:
-            terms.update(
-                self.neighbor_loss(
-                    image, text, scale, targets=targets, ramp=ramp, grad_rows=grad_rows
-                )
-            )
-        return terms, out
+        inputs = TermInputs(image, text, scale, targets, ramp, grad_rows)
+        values: dict[str, torch.Tensor] = {}
+        for term in self.terms.values():
+            values.update(term(**term.inputs(inputs)))
+        return values, out
 
 
 def accumulate_gradients(
@@ -124,6 +126,7 @@ def accumulate_gradients(
     inputs: list[tuple[torch.Tensor, torch.Tensor]],
     targets: NeighborTargets | None,
     ramp: float,
+    summed: tuple[str, ...],
     backward: Callable,
     autocast: Callable = contextlib.nullcontext,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -132,10 +135,11 @@ def accumulate_gradients(
     first; then each is embedded again with gradient by ``step_module``
     (:class:`ContrastiveStep`, or its DDP wrapper) and scored against the cached embeddings
     of all the others, so every loss term has the whole batch as negatives. ``targets``: the
-    whole batch's neighbour targets. ``backward(loss)`` runs after each pass; the passes'
-    gradients sum to those of one pass over the whole batch. ``autocast()``: the student's
-    precision. Returns the last pass's ``(loss, terms)`` (every pass has the whole batch's
-    values) and the cached outputs of the whole batch."""
+    whole batch's neighbour targets; ``summed``: the names that add up to the loss.
+    ``backward(loss)`` runs after each pass; the passes' gradients sum to those of one pass
+    over the whole batch. ``autocast()``: the student's precision. Returns the last pass's
+    ``(loss, terms)`` (every pass has the whole batch's values) and the cached outputs of
+    the whole batch."""
     with torch.no_grad(), autocast():
         cached = [model(images, texts) for images, texts in inputs]
     images_cached = [c["image_features"] for c in cached]
@@ -144,12 +148,13 @@ def accumulate_gradients(
         accumulated = Accumulated(images_cached, texts_cached, index, targets)
         with autocast():
             terms, _ = step_module(images, texts, None, ramp, accumulated)
-            loss = total(terms)
+            loss = total(terms, summed)
         backward(loss)
     out = {
-        "image_features": torch.cat(images_cached), "text_features": torch.cat(texts_cached),
+        "image_features": torch.cat(images_cached),
+        "text_features": torch.cat(texts_cached),
         "logit_scale": cached[-1]["logit_scale"],
-    }  # fmt: skip
+    }
     return loss, terms, out
 
 
@@ -158,12 +163,13 @@ class TrainingTask(nn.Module):
 
     Args:
         model: the student (a ``clip_ping.models.Student``: any image tower).
-        clip_loss: the CLIP term.
-        neighbor_loss: the NN/XNN terms (``--loss clip-ping``), else None.
-        guidance: draws neighbours and reads their targets (``--loss clip-ping``).
-        neighbor_warmup: steps over which the neighbour weights ramp up to 1 (0: none).
+        terms: name → loss term (:func:`create_task` builds them from ``--loss``), in the
+            order they add up.
+        guidance: draws neighbours and reads their targets; needed when a term reads
+            ``targets``.
+        neighbor_warmup: steps over which the guidance weights ramp up to 1 (0: none).
 
-    ``state_dict`` keys: ``model.*`` (the student), ``neighbor_loss.*`` (heads),
+    ``state_dict`` keys: ``model.*`` (the student), ``terms.<name>.*`` (the terms' heads),
     ``memory.*`` (student memory). The task is built on its devices: the student and heads
     on the training device, the memory in host memory; do not ``.to()`` it whole.
     """
@@ -171,18 +177,22 @@ class TrainingTask(nn.Module):
     def __init__(
         self,
         model,
-        clip_loss: ClipLoss,
-        neighbor_loss: NeighborLoss | None = None,
+        terms: dict[str, LossTerm],
         guidance: NeighborGuidance | None = None,
         neighbor_warmup: int = 0,
     ):
         super().__init__()
-        if (neighbor_loss is None) != (guidance is None):
-            raise ValueError("neighbour guidance needs both a NeighborLoss and its guidance")
-        self.model, self.clip_loss, self.neighbor_loss = model, clip_loss, neighbor_loss
+        readers = [name for name, term in terms.items() if "targets" in term.reads]
+        if bool(readers) != (guidance is not None):
+            raise ValueError(
+                f"terms reading neighbour targets ({readers or 'none'}) need a guidance, and "
+                "a guidance needs such a term"
+            )
+        step = ContrastiveStep(model, terms)
+        self.model, self.terms, self.summed = model, step.terms, step.summed
         self.memory: StudentMemory | None = guidance.memory if guidance else None
         self.guidance, self.neighbor_warmup = guidance, neighbor_warmup
-        self._set_step_module(ContrastiveStep(model, clip_loss, neighbor_loss))
+        self._set_step_module(step)
 
     @property
     def step_module(self) -> nn.Module:
@@ -198,53 +208,70 @@ class TrainingTask(nn.Module):
         """Replace the step module by ``wrapper(step_module)`` (DDP, ``torch.compile``)."""
         self._set_step_module(wrapper(self.step_module))
 
-    def neighbor_reader(self, first_step: int, accum_freq: int = 1) -> NeighborReader | None:
-        """What the data loader runs on each batch of an epoch whose first batch is trained
-        at ``first_step`` (``prepare`` of :meth:`~clip_ping.data.loader.TrainData.loader`):
-        the neighbour draw and bank reads; None when there is nothing to draw there."""
-        return self.guidance.reader(first_step, accum_freq) if self.guidance else None
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """As ``nn.Module``'s; checkpoints written before the terms became a dict keep the
+        neighbour heads under ``neighbor_loss.*`` and load too."""
+        legacy = "neighbor_loss."
+        state_dict = {
+            f"terms.neighbor.{key[len(legacy) :]}" if key.startswith(legacy) else key: value
+            for key, value in state_dict.items()
+        }
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
-    def targets(self, batch: dict, step: int, device) -> NeighborTargets | None:
-        """The neighbour targets of ``batch``'s anchors at ``step`` (None without guidance):
-        those the loader's :meth:`neighbor_reader` put in ``batch``, or drawn here."""
+    def data_transform(self) -> NeighborTransform | None:
+        """What the data loader runs on each collated batch (``prepare`` of
+        :meth:`~clip_ping.data.loader.TrainData.loader`): the neighbour draw and bank reads;
+        None when there is nothing to draw there."""
+        return self.guidance.transform() if self.guidance else None
+
+    def targets(self, batch: dict, epoch: int, device) -> NeighborTargets | None:
+        """The neighbour targets of ``batch``'s anchors (None without guidance): those the
+        loader's :meth:`data_transform` put in ``batch``, or drawn here for ``epoch``."""
         if self.guidance is None:
             return None
         # Bank rows are read as stored and the active teachers run in float32, whatever the
         # student's autocast.
         with torch.autocast(torch.device(device).type, enabled=False):
-            return self.guidance.targets(batch["index"], step, device, batch)
+            return self.guidance.targets(batch, epoch, device)
 
     def forward(
-        self, batch: dict, step: int, device: torch.device | str = "cpu"
+        self, batch: dict, step: int, device: torch.device | str = "cpu", epoch: int = 0
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """``(loss, named terms, student outputs)`` of ``batch`` at optimiser ``step``.
+        """``(loss, named terms, student outputs)`` of ``batch`` at optimiser ``step`` of
+        ``epoch``.
 
         ``batch``: ``image (B, 3, H, W)``, ``text (B, L)``, ``index (B,)`` stable sample
-        indices (and ``caption`` for the active source). The loss is the sum of
-        :data:`~clip_ping.losses.TOTAL_TERMS`.
+        indices (and ``caption`` for the active source, ``neighbors`` where the loader drew
+        them). The loss is the sum of the terms' ``summed`` values.
         """
         images = batch["image"].to(device, non_blocking=True)
         texts = batch["text"].to(device, non_blocking=True)
-        targets = self.targets(batch, step, device)
+        targets = self.targets(batch, epoch, device)
         ramp = neighbor_ramp(step, self.neighbor_warmup)
         terms, out = self.step_module(images, texts, targets, ramp)
-        return total(terms), terms, out
+        return total(terms, self.summed), terms, out
 
     def accumulate(
-        self, batches: list[dict], step: int, device, backward: Callable, autocast: Callable
+        self,
+        batches: list[dict],
+        step: int,
+        device,
+        backward: Callable,
+        autocast: Callable,
+        epoch: int = 0,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """One optimiser step's gradients over several micro-batches
-        (:func:`accumulate_gradients`), their neighbours drawn at ``step``."""
+        (:func:`accumulate_gradients`)."""
         inputs = [
             (b["image"].to(device, non_blocking=True), b["text"].to(device, non_blocking=True))
             for b in batches
         ]
         targets = None
         if self.guidance is not None:
-            targets = NeighborTargets.cat([self.targets(b, step, device) for b in batches])
+            targets = NeighborTargets.cat([self.targets(b, epoch, device) for b in batches])
         ramp = neighbor_ramp(step, self.neighbor_warmup)
         return accumulate_gradients(
-            self.step_module, self.model, inputs, targets, ramp, backward, autocast
+            self.step_module, self.model, inputs, targets, ramp, self.summed, backward, autocast
         )
 
     def remember(self, indices: torch.Tensor, out: dict[str, torch.Tensor]) -> None:
@@ -254,10 +281,16 @@ class TrainingTask(nn.Module):
             self.memory.update(indices, out["image_features"], out["text_features"])
 
 
+def reads_targets(cfg: TrainConfig) -> bool:
+    """Whether a term of ``cfg``'s ``--loss`` reads neighbour targets (so the run needs the
+    banks and a guidance)."""
+    return any("targets" in term.reads for term in method_terms(cfg.loss))
+
+
 def teacher_view_size(cfg: TrainConfig) -> int | None:
     """The input size of the image teacher that ``--neighbor-source active`` runs on each
     crop (the training transform's ``teacher_size``); None for other runs."""
-    if cfg.loss != "clip-ping" or cfg.neighbor_source != "active":
+    if not reads_targets(cfg) or cfg.neighbor_source != "active":
         return None
     from ..bank import Bank
     from ..guidance import active_image_size
@@ -265,46 +298,56 @@ def teacher_view_size(cfg: TrainConfig) -> int | None:
     return active_image_size(Bank(cfg.image_bank))
 
 
-def create_task(cfg: TrainConfig, model, spec: DataSpec, device: torch.device) -> TrainingTask:
-    """The :class:`TrainingTask` of ``cfg`` around ``model`` (already on ``device``). For
-    ``--loss clip-ping`` the banks are validated against the training data ``spec``
-    before any step."""
-    clip_loss = ClipLoss(cfg.local_loss, cfg.gather_with_grad)
-    if cfg.loss != "clip-ping":
-        return TrainingTask(model, clip_loss)
+def open_banks(cfg: TrainConfig, spec: DataSpec):
+    """``--image-bank`` and ``--text-bank``, checked to hold their modality's features of
+    the training data ``spec``."""
     from ..bank import Bank
 
-    image_bank, text_bank = Bank(cfg.image_bank), Bank(cfg.text_bank)
-    for bank, modality in ((image_bank, "image"), (text_bank, "text")):
+    banks = Bank(cfg.image_bank), Bank(cfg.text_bank)
+    for bank, modality in zip(banks, ("image", "text"), strict=True):
         if bank.modality != modality:
             raise ValueError(
                 f"--{modality}-bank {bank.path} holds {bank.modality} features; pass the "
                 f"{modality} bank"
             )
         bank.check_dataset(spec)
+    return banks
+
+
+def create_guidance(cfg: TrainConfig, image_bank, text_bank, embed_dim: int, device):
+    """The :class:`~clip_ping.guidance.NeighborGuidance` of ``cfg`` over the opened banks."""
     memory = None
     if cfg.neighbor_target == "memory":
         # One row per bank row (= stable index), not per sample of an epoch, which
         # --train-num-samples may make smaller or larger. Kept in host memory: see memory.py.
-        memory = StudentMemory(len(image_bank), model.embed_dim)
-    neighbor_loss = NeighborLoss(
-        model.embed_dim,
-        image_bank_dim=image_bank.dim,
-        text_bank_dim=text_bank.dim,
-        target=cfg.neighbor_target,
-        nn_weight=cfg.nn_weight,
-        xnn_weight=cfg.xnn_weight,
-        aux_temperature=cfg.aux_temperature,
-        local_loss=cfg.local_loss,
-        gather_with_grad=cfg.gather_with_grad,
-    ).to(device)
+        memory = StudentMemory(len(image_bank), embed_dim)
     active = None
     if cfg.neighbor_source == "active":
         from ..guidance import ActiveTeachers
 
         active = ActiveTeachers(image_bank, text_bank, device)
-    guidance = NeighborGuidance(
-        image_bank, text_bank, k=cfg.neighbor_k, target=cfg.neighbor_target, memory=memory,
-        seed=cfg.seed, active=active, self_targets=cfg.neighbor_self,
-    )  # fmt: skip
-    return TrainingTask(model, clip_loss, neighbor_loss, guidance, cfg.neighbor_warmup)
+    return NeighborGuidance(
+        image_bank,
+        text_bank,
+        k=cfg.neighbor_k,
+        target=cfg.neighbor_target,
+        memory=memory,
+        seed=cfg.seed,
+        active=active,
+        self_targets=cfg.neighbor_self,
+    )
+
+
+def create_task(cfg: TrainConfig, model, spec: DataSpec, device: torch.device) -> TrainingTask:
+    """The :class:`TrainingTask` of ``cfg`` around ``model`` (already on ``device``): the
+    terms of ``--loss``, and, when a term reads neighbour targets, the banks (validated
+    against the training data ``spec`` before any step) and the guidance."""
+    context, guidance = TermContext(model.embed_dim), None
+    if reads_targets(cfg):
+        image_bank, text_bank = open_banks(cfg, spec)
+        context = TermContext(model.embed_dim, image_bank.dim, text_bank.dim)
+        guidance = create_guidance(cfg, image_bank, text_bank, model.embed_dim, device)
+    terms = {
+        term.name: term.from_config(cfg, context).to(device) for term in method_terms(cfg.loss)
+    }
+    return TrainingTask(model, terms, guidance, cfg.neighbor_warmup)

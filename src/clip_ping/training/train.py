@@ -47,7 +47,7 @@ from .schedule import (
     ramp_warning,
     set_lr,
 )
-from .task import TrainingTask, create_task, teacher_view_size
+from .task import TrainingTask, create_task, reads_targets, teacher_view_size
 
 
 @dataclass
@@ -80,9 +80,14 @@ class Run:
 
     def save(self) -> None:
         self.checkpointer.save(
-            cfg=self.cfg, task=self.task, tokenizer=self.tokenizer, optimizer=self.optimizer,
-            scaler=self.scaler, progress=self.progress, bad_samples=self.bad_samples,
-        )  # fmt: skip
+            cfg=self.cfg,
+            task=self.task,
+            tokenizer=self.tokenizer,
+            optimizer=self.optimizer,
+            scaler=self.scaler,
+            progress=self.progress,
+            bad_samples=self.bad_samples,
+        )
 
     def should_stop(self) -> bool:
         """``--stop-after-steps`` reached (a deliberate interruption, for tests)."""
@@ -149,7 +154,7 @@ def setup(cfg: TrainConfig, info: DistInfo, folder: RunFolder) -> Run:
         )
     for warning in cfg.unused_settings():
         log.warning(warning)
-    if cfg.loss == "clip-ping" and (
+    if reads_targets(cfg) and (
         late := ramp_warning(cfg.neighbor_warmup, steps_per_epoch * cfg.epochs)
     ):
         log.warning(late)
@@ -158,55 +163,95 @@ def setup(cfg: TrainConfig, info: DistInfo, folder: RunFolder) -> Run:
     progress, resumed = Progress(), None
     if checkpoint is not None:
         progress = restore(checkpoint, resume_from, task=task, optimizer=optimizer, scaler=scaler)
-        log.info("resumed from %s at step %d (epoch %d, batch %d)", resume_from,
-                 progress.step, progress.epoch, progress.batch)  # fmt: skip
+        log.info(
+            "resumed from %s at step %d (epoch %d, batch %d)",
+            resume_from,
+            progress.step,
+            progress.epoch,
+            progress.batch,
+        )
         for name, change in changes.items():
-            log.info("--%s was %s, now %s on this resume", name.replace("_", "-"),
-                     change["was"], change["now"])  # fmt: skip
-        resumed = {"from": str(resume_from), "step": progress.step, "epoch": progress.epoch,
-                   "batch": progress.batch, "changed": changes}  # fmt: skip
+            log.info(
+                "--%s was %s, now %s on this resume",
+                name.replace("_", "-"),
+                change["was"],
+                change["now"],
+            )
+        resumed = {
+            "from": str(resume_from),
+            "step": progress.step,
+            "epoch": progress.epoch,
+            "batch": progress.batch,
+            "changed": changes,
+        }
     elif cfg.resume == "latest":
         log.info("no checkpoint in %s yet: starting a new run", folder.checkpoints)
     # Each rank checks its share of the samples (a rank sees num_samples / world of them).
     bad_samples = BadSampleLog(
-        data.num_samples // info.world_size, cfg.max_bad_share, cfg.train_data,
+        data.num_samples // info.world_size,
+        cfg.max_bad_share,
+        cfg.train_data,
         checkpoint["bad_samples"] if checkpoint else None,
-    )  # fmt: skip
+    )
     saved_step = progress.step if checkpoint else None
     if info.is_main:
         record_start(folder, cfg, resumed)
     log.info(
         "model %s (%.2fM params), %d samples, %d steps/epoch × %d epochs, device %s, world %d",
-        cfg.model, sum(p.numel() for p in model.parameters()) / 1e6, data.num_samples,
-        steps_per_epoch, cfg.epochs, info.device, info.world_size,
-    )  # fmt: skip
+        cfg.model,
+        sum(p.numel() for p in model.parameters()) / 1e6,
+        data.num_samples,
+        steps_per_epoch,
+        cfg.epochs,
+        info.device,
+        info.world_size,
+    )
     if info.world_size > 1:
         ids = [info.device.index] if info.device.type == "cuda" else None
         task.wrap(lambda step: torch.nn.parallel.DistributedDataParallel(step, device_ids=ids))
     if cfg.torch_compile:
         task.wrap(torch.compile)
     bar = tqdm(
-        total=steps_per_epoch * cfg.epochs, initial=progress.step, unit="step",
-        dynamic_ncols=True, disable=not (info.is_main and cfg.progress), desc=run_dir.name,
-    )  # fmt: skip
+        total=steps_per_epoch * cfg.epochs,
+        initial=progress.step,
+        unit="step",
+        dynamic_ncols=True,
+        disable=not (info.is_main and cfg.progress),
+        desc=run_dir.name,
+    )
     return Run(
-        cfg, info, run_dir, task, tokenizer, optimizer, scaler, data, steps_per_epoch, progress,
-        Checkpointer(run_dir, info.is_main, info.world_size, saved_step), bad_samples,
+        cfg,
+        info,
+        run_dir,
+        task,
+        tokenizer,
+        optimizer,
+        scaler,
+        data,
+        steps_per_epoch,
+        progress,
+        Checkpointer(run_dir, info.is_main, info.world_size, saved_step),
+        bad_samples,
         # a run that found no checkpoint to resume from starts over: its old lines go too
         MetricsLog(run_dir, 0 if cfg.resume and saved_step is None else saved_step)
-        if info.is_main else None, bar, eval_sets,
-    )  # fmt: skip
+        if info.is_main
+        else None,
+        bar,
+        eval_sets,
+    )
 
 
 def train_one_epoch(run: Run) -> bool:
     """Train from ``run.progress`` to the end of its epoch; True if stopped early
     (``--stop-after-steps``)."""
     cfg, progress, device = run.cfg, run.progress, run.info.device
-    # The loader's workers draw each batch's neighbours for the step that will train it:
-    # the epoch's first batch is trained at step - batch, then accum_freq batches a step.
-    reader = run.task.neighbor_reader(progress.step - progress.batch, cfg.accum_freq)
+    # The loader's workers draw each sample's neighbours for this epoch.
     batches = run.data.loader(
-        progress.epoch, progress.batch * cfg.accum_freq, cfg.batch_size, cfg.workers, reader
+        progress.epoch,
+        progress.batch * cfg.accum_freq,
+        cfg.batch_size,
+        cfg.workers,
+        run.task.data_transform(),
     )
     run.task.train()
     window = (time.perf_counter(), 0)  # (start, samples) of the throughput window
@@ -241,15 +286,17 @@ def train_one_epoch(run: Run) -> bool:
 def forward_backward(run: Run, micro: list[dict]) -> tuple[torch.Tensor, dict, dict]:
     """Loss terms and gradients of one optimiser step's batch: one forward and backward, or
     (``--accum-freq``) the task's accumulation over its micro-batches."""
-    cfg, device = run.cfg, run.info.device
+    cfg, device, progress = run.cfg, run.info.device, run.progress
     backward = lambda loss: run.scaler.scale(loss).backward()  # noqa: E731
     if len(micro) == 1:
         with autocast_context(cfg.precision, device):
-            loss, terms, out = run.task(micro[0], run.progress.step, device)
+            loss, terms, out = run.task(micro[0], progress.step, device, progress.epoch)
         backward(loss)
         return loss, terms, out
     autocast = lambda: autocast_context(cfg.precision, device)  # noqa: E731
-    return run.task.accumulate(micro, run.progress.step, device, backward, autocast)
+    return run.task.accumulate(
+        micro, progress.step, device, backward, autocast, epoch=progress.epoch
+    )
 
 
 def good_part(run: Run, batch: dict) -> dict:
@@ -283,8 +330,11 @@ def optimizer_step(run: Run, nonfinite: torch.Tensor) -> float:
         if not cfg.skip_nonfinite:
             raise FloatingPointError(nonfinite_message(run))
         progress.nonfinite_steps += 1
-        log.warning("step %d: non-finite loss, skipped (%d so far)", progress.step + 1,
-                    progress.nonfinite_steps)  # fmt: skip
+        log.warning(
+            "step %d: non-finite loss, skipped (%d so far)",
+            progress.step + 1,
+            progress.nonfinite_steps,
+        )
         nonfinite.zero_()
     else:
         if cfg.grad_clip_norm is not None:
@@ -320,14 +370,16 @@ def log_train_step(run: Run, terms: dict, loss, out: dict, lr: float, window) ->
     progress = run.progress
     elapsed = time.perf_counter() - window[0]
     values = {f"train/{k}": v.item() for k, v in terms.items()}
-    values.update({
-        "train/skipped_samples": run.bad_samples.skipped,
-        "train/nonfinite_steps": progress.nonfinite_steps,
-        "train/loss": loss.item(),
-        "train/lr": lr,
-        "train/scale": out["logit_scale"].item(),
-        "train/samples_per_second": window[1] / max(elapsed, 1e-9),
-    })  # fmt: skip
+    values.update(
+        {
+            "train/skipped_samples": run.bad_samples.skipped,
+            "train/nonfinite_steps": progress.nonfinite_steps,
+            "train/loss": loss.item(),
+            "train/lr": lr,
+            "train/scale": out["logit_scale"].item(),
+            "train/samples_per_second": window[1] / max(elapsed, 1e-9),
+        }
+    )
     run.bar.set_postfix(
         loss=f"{values['train/loss']:.3f}", samples_s=f"{values['train/samples_per_second']:.0f}"
     )
@@ -342,9 +394,15 @@ def end_epoch(run: Run) -> None:
     progress.epoch, progress.batch = progress.epoch + 1, 0
     if run.metrics and run.eval_sets and progress.epoch % cfg.val_frequency == 0:
         evaluate_during_training(
-            run.task.model, run.tokenizer, cfg, run.info.device, run.metrics, progress.step,
-            progress.epoch, run.eval_sets,
-        )  # fmt: skip
+            run.task.model,
+            run.tokenizer,
+            cfg,
+            run.info.device,
+            run.metrics,
+            progress.step,
+            progress.epoch,
+            run.eval_sets,
+        )
     run.save()
     if cfg.save_frequency and progress.epoch % cfg.save_frequency == 0:
         run.checkpointer.keep_epoch(progress.epoch)
@@ -357,8 +415,7 @@ def finish(run: Run, stopped_early: bool) -> None:
         write_model_card(run.run_dir)
         log.info("finished %d steps; exported %s", run.progress.step, run.run_dir / "hf")
     elif stopped_early:
-        log.info("stopped after step %d as asked; continue with --resume latest",
-                 run.progress.step)  # fmt: skip
+        log.info("stopped after step %d as asked; continue with --resume latest", run.progress.step)
     if run.metrics:
         run.metrics.close()
     barrier()

@@ -1,79 +1,24 @@
-"""Contrastive losses. Each returns a dict of named terms; the loop sums the
-:data:`TOTAL_TERMS` and logs every term.
-
-CLIP (Radford et al., 2021): for L2-normalised image and text embeddings
-``Z_I, Z_T`` of shape ``(B, d)`` and scale ``s``,
-
-    L_CLIP = 1/2 * (CE(s * Z_I Z_T^T, diag) + CE(s * Z_T Z_I^T, diag)).
-
-Under torchrun the logits span the gathered global batch (``gather_with_grad``);
-with ``local_loss`` each rank scores only its own anchors against all targets, which
-sums to the same gradient at a fraction of the logit memory.
+"""CLIP-PING's neighbour guidance (arXiv 2412.03871, in clip-ping's formulation, see
+docs/method.md): NN (intra-modal) and XNN (cross-modal) terms against each anchor's drawn
+neighbours, and the typed targets they read.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .distributed import gather_batch, is_distributed
+from ..distributed import gather_batch, is_distributed
+from ..errors import UserError
+from ..flags import flag_name
+from .base import LossTerm, TermContext
+from .clip import local_targets
 
-
-def local_targets(local_batch: int, device: torch.device, local_loss: bool) -> torch.Tensor:
-    """Row → column of the positive in logits of ``(local or global anchors, global batch)``."""
-    labels = torch.arange(local_batch, device=device)
-    if local_loss and is_distributed():
-        labels = labels + local_batch * torch.distributed.get_rank()
-    return labels
-
-
-class ClipLoss(nn.Module):
-    """Symmetric InfoNCE over the (gathered) batch.
-
-    Args:
-        local_loss: score only this rank's anchors against the gathered targets.
-        gather_with_grad: all-gather features with gradient (needed for ``local_loss``).
-
-    Shapes: ``image_features, text_features``: ``(B, d)`` normalised; ``logit_scale``: scalar.
-
-    Examples:
-        >>> loss = ClipLoss()
-        >>> z = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
-        >>> loss(z, z, torch.tensor(10.0))["clip_loss"].shape
-        torch.Size([])
-    """
-
-    def __init__(self, local_loss: bool = False, gather_with_grad: bool = False):
-        super().__init__()
-        self.local_loss = local_loss
-        self.gather_with_grad = gather_with_grad
-
-    def forward(
-        self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        all_image = gather_batch(image_features, self.gather_with_grad)
-        all_text = gather_batch(text_features, self.gather_with_grad)
-        if self.local_loss:
-            logits_image = logit_scale * image_features @ all_text.T
-            logits_text = logit_scale * text_features @ all_image.T
-            labels = local_targets(image_features.shape[0], image_features.device, True)
-        else:
-            logits_image = logit_scale * all_image @ all_text.T
-            logits_text = logits_image.T
-            labels = torch.arange(all_image.shape[0], device=image_features.device)
-        loss = 0.5 * (F.cross_entropy(logits_image, labels) + F.cross_entropy(logits_text, labels))
-        return {"clip_loss": loss}
-
-
-# --------------------------------------------------------------------------------------
-# Neighbour guidance (CLIP-PING)
-# --------------------------------------------------------------------------------------
-
-#: Terms the training loop adds up; the others are logged components.
-TOTAL_TERMS = ("clip_loss", "nn_loss", "xnn_loss")
+#: ``--neighbor-target``: the neighbours' frozen teacher features, or their student embeddings.
 TARGET_MODES = ("bank", "memory")
 
 
@@ -109,8 +54,12 @@ class NeighborTargets:
         """Mark the targets of unusable image (``image_ok`` False, ``(B,)``) and caption
         neighbours invalid: NN and XNN image terms follow the image neighbour, the text terms
         the caption neighbour."""
-        for name, ok in (("nn_image", image_ok), ("xnn_image", image_ok),
-                         ("nn_text", text_ok), ("xnn_text", text_ok)):  # fmt: skip
+        for name, ok in (
+            ("nn_image", image_ok),
+            ("xnn_image", image_ok),
+            ("nn_text", text_ok),
+            ("xnn_text", text_ok),
+        ):
             valid = getattr(self, f"{name}_valid")
             setattr(self, f"{name}_valid", ok if valid is None else valid & ok)
 
@@ -200,7 +149,7 @@ def neighbor_contrast(
     return per_row[row_valid].sum() * world / all_valid.sum().clamp(min=1)
 
 
-class NeighborLoss(nn.Module):
+class NeighborLoss(LossTerm):
     """CLIP-PING's neighbour guidance: NN (intra-modal) and XNN (cross-modal) terms.
 
     The anchor's image embedding must pick out the target of its image neighbour (NN) and
@@ -220,10 +169,32 @@ class NeighborLoss(nn.Module):
     no heads, the shared CLIP logit scale.
 
     Examples:
+        >>> from clip_ping.losses import NeighborLoss
         >>> loss = NeighborLoss(embed_dim=64, image_bank_dim=1280, text_bank_dim=384)
         >>> sorted(loss.heads)
         ['nn_image', 'nn_text', 'xnn_image', 'xnn_text']
     """
+
+    name = "neighbor"
+    methods = ("clip-ping",)
+    reads = ("image_features", "text_features", "logit_scale", "targets", "ramp", "grad_rows")
+    summed = ("nn_loss", "xnn_loss")
+    description = (
+        "CLIP-PING's neighbour guidance from frozen teachers' feature banks (arXiv "
+        "2412.03871; clip-ping's formulation)"
+    )
+    settings = (
+        ("image_bank", "image bank"),
+        ("text_bank", "text bank"),
+        ("nn_weight", "λ_NN"),
+        ("xnn_weight", "λ_XNN"),
+        ("neighbor_k", "neighbours drawn among top-K"),
+        ("neighbor_target", "neighbour targets"),
+        ("neighbor_source", "neighbour source"),
+        ("neighbor_self", "the anchor's own features"),
+        ("aux_temperature", "temperature of bank targets"),
+        ("neighbor_warmup", "neighbour warm-up steps"),
+    )
 
     def __init__(
         self,
@@ -248,14 +219,52 @@ class NeighborLoss(nn.Module):
         self.local_loss, self.gather_with_grad = local_loss, gather_with_grad
         self.heads = nn.ModuleDict()
         if target == "bank":
-            out_dims = {
-                "nn_image": image_bank_dim, "nn_text": text_bank_dim,
-                "xnn_image": text_bank_dim, "xnn_text": image_bank_dim,
-            }  # fmt: skip
+            # NN heads map into the neighbour's own modality, XNN heads into the other one.
+            out_dims = dict(
+                nn_image=image_bank_dim,
+                nn_text=text_bank_dim,
+                xnn_image=text_bank_dim,
+                xnn_text=image_bank_dim,
+            )
             weights = {"nn": nn_weight, "xnn": xnn_weight}
             for name, out_dim in out_dims.items():
                 if weights[name.split("_")[0]] > 0:  # no unused parameters (DDP refuses them)
                     self.heads[name] = nn.Linear(embed_dim, out_dim, bias=False)
+
+    @classmethod
+    def from_config(cls, cfg: Any, context: TermContext) -> NeighborLoss:
+        return cls(
+            context.embed_dim,
+            image_bank_dim=context.image_bank_dim,
+            text_bank_dim=context.text_bank_dim,
+            target=cfg.neighbor_target,
+            nn_weight=cfg.nn_weight,
+            xnn_weight=cfg.xnn_weight,
+            aux_temperature=cfg.aux_temperature,
+            local_loss=cfg.local_loss,
+            gather_with_grad=cfg.gather_with_grad,
+        )
+
+    @classmethod
+    def check_config(cls, cfg: Any) -> None:
+        for name in ("image_bank", "text_bank"):
+            if not getattr(cfg, name):
+                raise UserError(
+                    f"{flag_name(name)}=None: --loss {cfg.loss} needs it; build one with "
+                    "clip-ping bank build"
+                )
+        if cfg.nn_weight == 0 and cfg.xnn_weight == 0:
+            raise UserError(
+                f"{flag_name('nn_weight')}=0.0: with --xnn-weight 0 too no neighbour term is "
+                "left: the run would be plain CLIP that still loads the banks; use --loss "
+                "clip, or give a weight above 0"
+            )
+
+    @classmethod
+    def warnings(cls, cfg: Any, changed: set[str]) -> list[str]:
+        if cfg.neighbor_target == "memory" and "aux_temperature" in changed:
+            return ["--aux-temperature set, but memory targets use the CLIP logit scale: ignored"]
+        return []
 
     def _term(
         self, name: str, query: torch.Tensor, targets: NeighborTargets, scale, grad_rows=None
