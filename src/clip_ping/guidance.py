@@ -22,9 +22,8 @@ memory lives there) for the neighbours the workers drew; the ``active`` source d
 the loop (it needs the teachers and the batch's pixels). Both paths give the same
 neighbours and targets bit for bit.
 
-``active`` source (our reading of A-CLIP-PING): instead of the precomputed tables, the
-teachers embed the *current* augmented image and the caption, and the top-K neighbours are
-searched in the banks at that moment (exact blocked search, the anchor itself excluded).
+``active`` source (our reading of A-CLIP-PING): the teachers embed the *current* augmented
+image and caption, and the top-K are searched in the banks then (exact, self excluded).
 """
 
 from __future__ import annotations

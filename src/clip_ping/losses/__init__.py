@@ -52,6 +52,8 @@ def methods() -> tuple[str, ...]:
 def method_terms(method: str) -> list[type[LossTerm]]:
     """The term classes of ``method``, in the order they add up."""
     terms = [term for term in TERMS.values() if method in term.methods]
+    if terms:  # a method of its own terms also has every-method terms (the CLIP term)
+        terms += [term for term in TERMS.values() if term.in_every_method and term not in terms]
     if not terms:
         raise ValueError(f"--loss {method!r}: choose one of {', '.join(methods())}")
     return sorted(terms, key=lambda term: (term.order, term.name))

@@ -4,8 +4,8 @@ which settings it uses, and registers itself by name.
 A term's ``forward`` takes, by keyword, the fields of :class:`TermInputs` it lists in
 ``reads`` and returns a dict of named scalars. The names in ``summed`` add up to the loss
 the optimiser minimises; any other name it returns is a component, logged only. The
-``--loss`` values (methods) whose objective includes the term are its ``methods``; a
-method's terms add up in ``order``, then by name.
+``--loss`` values (methods) whose objective includes the term are its ``methods`` (the CLIP
+term is ``in_every_method``); a method's terms add up in ``order``, then by name.
 
 A new term is one module in this package (a subclass with a ``name``: the package imports
 every module, and the subclass registers itself) plus its settings in
@@ -59,6 +59,8 @@ class LossTerm(nn.Module):
 
     name: ClassVar[str] = ""
     methods: ClassVar[tuple[str, ...]] = ()
+    #: part of every method (the CLIP term), besides its own ``methods``
+    in_every_method: ClassVar[bool] = False
     order: ClassVar[int] = 10
     reads: ClassVar[tuple[str, ...]] = ("image_features", "text_features", "logit_scale")
     summed: ClassVar[tuple[str, ...]] = ()

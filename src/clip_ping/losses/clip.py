@@ -48,7 +48,8 @@ class ClipLoss(LossTerm):
     """
 
     name = "clip"
-    methods = ("clip", "clip-ping")
+    methods = ("clip",)
+    in_every_method = True
     order = 0
     summed = ("clip_loss",)
     description = "the CLIP contrastive loss"

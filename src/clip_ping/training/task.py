@@ -208,6 +208,15 @@ class TrainingTask(nn.Module):
         """Replace the step module by ``wrapper(step_module)`` (DDP, ``torch.compile``)."""
         self._set_step_module(wrapper(self.step_module))
 
+    def distribute(self, world_size: int, device: torch.device, compile: bool = False) -> None:
+        """Wrap the step module in DDP across ``world_size`` processes, then in
+        ``torch.compile`` if asked."""
+        if world_size > 1:
+            ids = [device.index] if device.type == "cuda" else None
+            self.wrap(lambda step: nn.parallel.DistributedDataParallel(step, device_ids=ids))
+        if compile:
+            self.wrap(torch.compile)
+
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """As ``nn.Module``'s; checkpoints written before the terms became a dict keep the
         neighbour heads under ``neighbor_loss.*`` and load too."""

@@ -14,7 +14,7 @@ and ``results/``.
 The pieces live beside this file: the step in :mod:`.task`, the run folder (its name, its
 lock, its record of resumes) in :mod:`.run_folder`, checkpoints and resume in
 :mod:`.checkpoint`, the optimiser, schedule and precision in :mod:`.schedule`, logs in
-:mod:`.logger`, periodic evaluation in :mod:`.evaluation.during_training`. What is left here
+:mod:`.logger`, periodic evaluation in :mod:`.periodic_eval`. What is left here
 reads top to bottom: :func:`setup`, then :func:`train_one_epoch` until the last epoch.
 """
 
@@ -38,7 +38,7 @@ from .config import TrainConfig
 from .logger import MetricsLog, log, setup_logging
 from .model_card import write_model_card
 from .periodic_eval import EvalJob, evaluate_during_training, load_eval_sets
-from .run_folder import RunFolder, claim_run_folder, record_start
+from .run_folder import RunFolder, claim_run_folder, record_start, resume_record
 from .schedule import (
     autocast_context,
     cosine_lr,
@@ -116,8 +116,7 @@ def train(cfg: TrainConfig) -> Path:
 
 def setup(cfg: TrainConfig, info: DistInfo, folder: RunFolder) -> Run:
     """Student, data, task, optimiser, and the state of a resumed run, in ``folder``."""
-    run_dir = folder.path
-    setup_logging(run_dir, info.is_main)
+    setup_logging(folder.path, info.is_main)
     for note in folder.notes if info.is_main else ():
         log.warning(note)
     seed_everything(cfg.seed)
@@ -126,64 +125,21 @@ def setup(cfg: TrainConfig, info: DistInfo, folder: RunFolder) -> Run:
         checkpoint, resume_from, changes = open_resume_checkpoint(
             resume_from, folder.checkpoints, cfg, info.world_size, info.is_main
         )
-
-    tokenizer = get_tokenizer(
-        cfg.tokenizer, context_length=get_model_spec(cfg.model).context_length
-    )
-    model, tokenizer = create_model(cfg.model, tokenizer, seed=cfg.seed)
-    model.to(info.device)
-    spec = cfg.data_spec()
-    data = build_train_data(
-        spec,
-        TrainTransform(
-            model.image_size, scale=(cfg.aug_scale_min, 1.0), teacher_size=teacher_view_size(cfg)
-        ),
-        tokenizer,
-        cfg.seed,
-        info.rank,
-        info.world_size,
-    )
+    model, tokenizer, data, steps_per_epoch = student_and_data(cfg, info)
     # Every evaluation set is opened and checked now, not when the first epoch ends.
     evaluating = (cfg.val_data or cfg.zeroshot_data) and cfg.val_frequency and info.is_main
     eval_sets = load_eval_sets(cfg, EvalTransform(model.image_size)) if evaluating else []
-    steps_per_epoch = data.batches_per_epoch(cfg.batch_size) // cfg.accum_freq
-    if steps_per_epoch < 1:
-        raise ValueError(
-            f"--batch-size {cfg.batch_size} × --accum-freq {cfg.accum_freq} × {info.world_size} "
-            f"process(es) needs more than the {data.num_samples} training samples; lower them"
-        )
     for warning in cfg.unused_settings():
         log.warning(warning)
-    if reads_targets(cfg) and (
-        late := ramp_warning(cfg.neighbor_warmup, steps_per_epoch * cfg.epochs)
-    ):
+    total_steps = steps_per_epoch * cfg.epochs
+    if reads_targets(cfg) and (late := ramp_warning(cfg.neighbor_warmup, total_steps)):
         log.warning(late)
-    task = create_task(cfg, model, spec, info.device)
+    task = create_task(cfg, model, cfg.data_spec(), info.device)
     optimizer, scaler = create_optimizer(task, cfg), create_scaler(cfg.precision)
     progress, resumed = Progress(), None
     if checkpoint is not None:
         progress = restore(checkpoint, resume_from, task=task, optimizer=optimizer, scaler=scaler)
-        log.info(
-            "resumed from %s at step %d (epoch %d, batch %d)",
-            resume_from,
-            progress.step,
-            progress.epoch,
-            progress.batch,
-        )
-        for name, change in changes.items():
-            log.info(
-                "--%s was %s, now %s on this resume",
-                name.replace("_", "-"),
-                change["was"],
-                change["now"],
-            )
-        resumed = {
-            "from": str(resume_from),
-            "step": progress.step,
-            "epoch": progress.epoch,
-            "batch": progress.batch,
-            "changed": changes,
-        }
+        resumed = resume_record(resume_from, progress, changes)
     elif cfg.resume == "latest":
         log.info("no checkpoint in %s yet: starting a new run", folder.checkpoints)
     # Each rank checks its share of the samples (a rank sees num_samples / world of them).
@@ -196,49 +152,63 @@ def setup(cfg: TrainConfig, info: DistInfo, folder: RunFolder) -> Run:
     saved_step = progress.step if checkpoint else None
     if info.is_main:
         record_start(folder, cfg, resumed)
+    parameters = sum(p.numel() for p in model.parameters()) / 1e6
     log.info(
         "model %s (%.2fM params), %d samples, %d steps/epoch × %d epochs, device %s, world %d",
-        cfg.model,
-        sum(p.numel() for p in model.parameters()) / 1e6,
-        data.num_samples,
-        steps_per_epoch,
-        cfg.epochs,
-        info.device,
-        info.world_size,
+        *(cfg.model, parameters, data.num_samples, steps_per_epoch, cfg.epochs),
+        *(info.device, info.world_size),
     )
-    if info.world_size > 1:
-        ids = [info.device.index] if info.device.type == "cuda" else None
-        task.wrap(lambda step: torch.nn.parallel.DistributedDataParallel(step, device_ids=ids))
-    if cfg.torch_compile:
-        task.wrap(torch.compile)
+    task.distribute(info.world_size, info.device, cfg.torch_compile)
+    show = info.is_main and cfg.progress
     bar = tqdm(
-        total=steps_per_epoch * cfg.epochs,
+        total=total_steps,
         initial=progress.step,
         unit="step",
         dynamic_ncols=True,
-        disable=not (info.is_main and cfg.progress),
-        desc=run_dir.name,
+        disable=not show,
+        desc=folder.path.name,
     )
+    # a run that found no checkpoint to resume from starts over: its old lines go too
+    metrics_from = 0 if cfg.resume and saved_step is None else saved_step
     return Run(
-        cfg,
-        info,
-        run_dir,
-        task,
-        tokenizer,
-        optimizer,
-        scaler,
-        data,
-        steps_per_epoch,
-        progress,
-        Checkpointer(run_dir, info.is_main, info.world_size, saved_step),
-        bad_samples,
-        # a run that found no checkpoint to resume from starts over: its old lines go too
-        MetricsLog(run_dir, 0 if cfg.resume and saved_step is None else saved_step)
-        if info.is_main
-        else None,
-        bar,
-        eval_sets,
+        cfg=cfg,
+        info=info,
+        run_dir=folder.path,
+        task=task,
+        tokenizer=tokenizer,
+        optimizer=optimizer,
+        scaler=scaler,
+        data=data,
+        steps_per_epoch=steps_per_epoch,
+        progress=progress,
+        bad_samples=bad_samples,
+        bar=bar,
+        eval_sets=eval_sets,
+        checkpointer=Checkpointer(folder.path, info.is_main, info.world_size, saved_step),
+        metrics=MetricsLog(folder.path, metrics_from) if info.is_main else None,
     )
+
+
+def student_and_data(cfg: TrainConfig, info: DistInfo) -> tuple:
+    """The student (on the device), its tokenizer, this rank's training data and the
+    optimiser steps per epoch."""
+    context_length = get_model_spec(cfg.model).context_length
+    tokenizer = get_tokenizer(cfg.tokenizer, context_length=context_length)
+    model, tokenizer = create_model(cfg.model, tokenizer, seed=cfg.seed)
+    model.to(info.device)
+    transform = TrainTransform(
+        model.image_size, scale=(cfg.aug_scale_min, 1.0), teacher_size=teacher_view_size(cfg)
+    )
+    data = build_train_data(
+        cfg.data_spec(), transform, tokenizer, cfg.seed, info.rank, info.world_size
+    )
+    steps_per_epoch = data.batches_per_epoch(cfg.batch_size) // cfg.accum_freq
+    if steps_per_epoch < 1:
+        raise ValueError(
+            f"--batch-size {cfg.batch_size} × --accum-freq {cfg.accum_freq} × {info.world_size} "
+            f"process(es) needs more than the {data.num_samples} training samples; lower them"
+        )
+    return model, tokenizer, data, steps_per_epoch
 
 
 def train_one_epoch(run: Run) -> bool:
