@@ -9,7 +9,7 @@ from clip_ping.experiments.architectures import (
     lr_plan,
     run_architectures,
 )
-from clip_ping.experiments.demo import DemoSize, retrieval_keys
+from clip_ping.experiments.demo_data import DemoSize, retrieval_keys
 from clip_ping.models import is_exported
 
 TINY = DemoSize(

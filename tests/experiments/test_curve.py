@@ -20,7 +20,7 @@ from clip_ping.experiments.curve import (
     run_curve,
     seed_ratios,
 )
-from clip_ping.experiments.demo import DemoSize
+from clip_ping.experiments.demo_data import DemoSize
 from clip_ping.experiments.markdown import carry_sections, replace_section, section
 
 

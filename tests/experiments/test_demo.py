@@ -10,7 +10,8 @@ from clip_ping.bank import Bank
 from clip_ping.cli import build_parser
 from clip_ping.data.loader import DataSpec, read_captions
 from clip_ping.evaluation.run import result_path
-from clip_ping.experiments.demo import DemoData, DemoSize, run_demo
+from clip_ping.experiments.demo import run_demo
+from clip_ping.experiments.demo_data import DemoData, DemoSize
 from clip_ping.experiments.runs import run_variants
 
 TINY = DemoSize(

@@ -55,7 +55,7 @@ def lr_plan(size, students=STUDENTS, lrs=LRS):
 
 def choose_lrs(plan, metrics) -> dict[tuple[str, str], float]:
     """The best rate on val of each (student, method)."""
-    from .demo import mean_recall
+    from .demo_data import mean_recall
 
     best: dict[tuple[str, str], tuple[float, float]] = {}
     for student, method, lr, run in plan:
@@ -83,7 +83,8 @@ def run_architectures(
 ) -> dict:  # fmt: skip
     """Choose every student's rate on val, train the final seeds, write the section
     (``students``, ``lrs``, ``size``: others than the demo's, for tests)."""
-    from .demo import FULL, QUICK, prepare_data
+    from .demo import prepare_data
+    from .demo_data import FULL, QUICK
     from .markdown import write_section
     from .runs import Planned, run_variants
     from .sweep import run_slug

@@ -12,7 +12,7 @@ small model needs).
   tables, built from its own CSV: the neighbours of a pair are found among the subset's
   pairs only, so the teachers never offer a pair the student cannot see.
 - **The same number of optimisation steps** at every point, those of the recipe on all the
-  data (:data:`.demo.FULL`): a subset trains for proportionally more epochs. With the same
+  data (:data:`.demo_data.FULL`): a subset trains for proportionally more epochs. With the same
   epochs instead, the 10% point would take 40 steps, fewer than the warm-up, and the curve
   would measure a shorter schedule as much as less data. Same steps asks the question the
   claim is about: with compute to spare, how many pairs does each method need?
@@ -88,9 +88,10 @@ def _write_if_changed(path: Path, text: str) -> None:
 
 
 def subset_data(data, fraction: float, keys: set[str], out: Path):
-    """A :class:`.demo.DemoData` whose training CSV holds the rows of ``keys`` (image paths
+    """A :class:`.demo_data.DemoData` whose training CSV holds the rows of ``keys`` (image paths
     relative to it) and whose banks and neighbour tables are built on those rows alone."""
-    from .demo import DemoData, prepare_banks
+    from .demo import prepare_banks
+    from .demo_data import DemoData
 
     folder = out / point_name(fraction)
     folder.mkdir(parents=True, exist_ok=True)
@@ -223,7 +224,8 @@ def run_curve(
     """Train and evaluate every point of the curve (cached like every run), then write its
     section of ``markdown`` and its figure (``size``: another recipe than the demo's, for
     tests)."""
-    from .demo import FULL, QUICK, mean_recall, prepare_data
+    from .demo import prepare_data
+    from .demo_data import FULL, QUICK, mean_recall
     from .markdown import write_section
     from .runs import run_variants
 

@@ -5,13 +5,13 @@ setting of CLIP-PING on val → ``docs/results.md`` (DESIGN.md §6).
     clip-ping results --sweep recipe               # the recipe sweep on val (docs/method.md)
 
 - **Final runs.** CLIP and CLIP-PING with the recipe and defaults chosen on val
-  (:data:`.demo.FULL`, :mod:`.sweep`), ``--seeds`` seeds each. A seed fixes the initial
+  (:data:`.demo_data.FULL`, :mod:`.sweep`), ``--seeds`` seeds each. A seed fixes the initial
   weights and the batch order, so a CLIP and a CLIP-PING run of one seed differ only in
   their objective. Each is evaluated once on the test sets (and on val, for the ablations).
 - **Statistics.** Per metric: mean ± std over seeds, and the paired difference CLIP-PING −
   CLIP with its 95% confidence interval (paired t over seeds). "Ahead" only where the
   interval excludes 0. A method's one number is its mean recall over the 18 test retrieval
-  metrics (:func:`.demo.mean_recall`).
+  metrics (:func:`.demo_data.mean_recall`).
 - **Ablations** are the method sweep (:data:`.sweep.METHOD_POINTS`) on val, ``--sweep-seeds``
   seeds each, each against the defaults by the val mean recall, paired over seeds.
 
@@ -75,7 +75,7 @@ def _interval_cell(diffs: Sequence[float]) -> str:
 
 def with_mean_recall(runs: Runs, split: str) -> Runs:
     """``runs`` with the split's mean recall added as ``mean_recall/<split>``."""
-    from .demo import mean_recall
+    from .demo_data import mean_recall
 
     return {s: {**m, f"mean_recall/{split}": mean_recall(m, split)} for s, m in runs.items()}
 
@@ -193,7 +193,8 @@ def run_results(
     """Train and evaluate the final runs (``seeds`` each, test and val) and, with
     ``ablations``, the method sweep on val (``sweep_seeds`` each); write ``markdown``, and
     the headline rows into ``readme``'s ``results`` section when it has one."""
-    from .demo import FULL, QUICK, prepare_data
+    from .demo import prepare_data
+    from .demo_data import FULL, QUICK
     from .runs import Planned, run_variants
     from .sweep import run_slug, sweep_plan
 
@@ -248,7 +249,7 @@ def keep_sections(text: str, markdown: Path) -> str:
 
 def readme_rows(final: dict[str, Runs], summary: dict, markdown: Path) -> str:
     """README's excerpt of the page: the headline and the R@1 and zero-shot top-1 rows."""
-    from .demo import RETRIEVAL_SOURCES, ZEROSHOT_SETS
+    from .demo_data import RETRIEVAL_SOURCES, ZEROSHOT_SETS
 
     clip = with_mean_recall(final["clip"], "test")
     ping = with_mean_recall(final["clip-ping"], "test")

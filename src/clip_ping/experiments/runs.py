@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from ..models import is_exported
 
 if TYPE_CHECKING:
-    from .demo import DemoData, DemoSize
+    from .demo_data import DemoData, DemoSize
 
 # Training overrides of each variant (on top of the shared settings). "clip-ping" is the
 # default method; the others change one thing each.

@@ -4,11 +4,11 @@
     clip-ping results --sweep method    # CLIP-PING's own settings on top of the recipe
 
 Every point is trained with the same seeds and scored by its **val** mean recall
-(:func:`.demo.mean_recall` on ``val_{google,twitter,clipart}``); test sets are never read
+(:func:`.demo_data.mean_recall` on ``val_{google,twitter,clipart}``); test sets are never read
 here. The recipe sweep gives the CLIP baseline exactly the points CLIP-PING gets: first one
 setting changed at a time from the starting recipe (:data:`RECIPE_START`), then
 combinations of the settings that helped both. The method sweep changes CLIP-PING's own
-settings one at a time on top of the chosen recipe (:data:`.demo.FULL`). A run folder is
+settings one at a time on top of the chosen recipe (:data:`.demo_data.FULL`). A run folder is
 named by its complete settings (:func:`run_slug`), so a point reached again from another
 starting recipe reuses the finished run, and an interrupted sweep resumes.
 """
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..models import is_exported
-from .demo import DemoSize, mean_recall
+from .demo_data import DemoSize, mean_recall
 from .runs import VARIANTS, Planned
 
 # The recipe the recipe sweep starts from: the demo's until 2026-11-29.
@@ -166,7 +166,8 @@ def run_sweep(
     ``finished_only``: train nothing, tabulate the runs finished so far (a sweep that spans
     days can be read while it runs). ``points``: train only these points; the table still
     shows every point's finished runs."""
-    from .demo import FULL, prepare_data
+    from .demo import prepare_data
+    from .demo_data import FULL
     from .markdown import write_section
     from .runs import run_variants
 
