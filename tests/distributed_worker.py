@@ -22,13 +22,18 @@ from clip_ping.training.task import ContrastiveStep, accumulate_gradients
 
 GLOBAL_BATCH, IMAGE_DIM, TEXT_DIM, NUM_SAMPLES = 8, 12, 10, 20
 CASES = [  # (name, neighbour target mode or None, local_loss, micro-batches per rank)
-    ("clip", None, False, 1), ("clip-local", None, True, 1),
-    ("bank", "bank", False, 1), ("bank-local", "bank", True, 1),
-    ("memory", "memory", False, 1), ("memory-local", "memory", True, 1),
+    ("clip", None, False, 1),
+    ("clip-local", None, True, 1),
+    ("bank", "bank", False, 1),
+    ("bank-local", "bank", True, 1),
+    ("memory", "memory", False, 1),
+    ("memory-local", "memory", True, 1),
     # --accum-freq 2: each rank's slice as two micro-batches; must equal the cases above.
-    ("clip-accum", None, False, 2), ("bank-accum", "bank", False, 2),
-    ("bank-local-accum", "bank", True, 2), ("memory-accum", "memory", False, 2),
-]  # fmt: skip
+    ("clip-accum", None, False, 2),
+    ("bank-accum", "bank", False, 2),
+    ("bank-local-accum", "bank", True, 2),
+    ("memory-accum", "memory", False, 2),
+]
 
 
 def global_inputs(tokenizer, model):
@@ -70,9 +75,15 @@ def main(out_path, model_name):
         neighbor_loss = None
         if mode is not None:
             neighbor_loss = NeighborLoss(
-                model.embed_dim, image_bank_dim=IMAGE_DIM, text_bank_dim=TEXT_DIM, target=mode,
-                nn_weight=0.8, xnn_weight=0.6, local_loss=local_loss, gather_with_grad=True,
-            )  # fmt: skip
+                model.embed_dim,
+                image_bank_dim=IMAGE_DIM,
+                text_bank_dim=TEXT_DIM,
+                target=mode,
+                nn_weight=0.8,
+                xnn_weight=0.6,
+                local_loss=local_loss,
+                gather_with_grad=True,
+            )
         step = ContrastiveStep(model, ClipLoss(local_loss, gather_with_grad=True), neighbor_loss)
         if info.world_size > 1:
             step = nn.parallel.DistributedDataParallel(step)

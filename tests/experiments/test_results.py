@@ -123,8 +123,18 @@ def test_results_command_and_its_flags(capsys):
         parser.parse_args(["results", "--help"])
     assert shown.value.code == 0
     usage = capsys.readouterr().out
-    for flag in ("--seeds", "--sweep-seeds", "--sweep", "--curve", "--no-ablations", "--quick", "--out",
-                 "--assets", "--jobs", "--markdown"):  # fmt: skip
+    for flag in (
+        "--seeds",
+        "--sweep-seeds",
+        "--sweep",
+        "--curve",
+        "--no-ablations",
+        "--quick",
+        "--out",
+        "--assets",
+        "--jobs",
+        "--markdown",
+    ):
         assert flag in usage
     args = parser.parse_args(["results"])
     assert (args.seeds, args.sweep_seeds, args.no_ablations, args.sweep) == (None, 3, False, None)

@@ -262,10 +262,15 @@ def _job(spec: DataSpec, modality: str, model: Teacher) -> dict:
             f"{spec.train_data} has {num_rows:,} samples; row i must hold sample i's features"
         )
     return {
-        "format": BANK_FORMAT, "teacher": model.name, "modality": modality, "dim": model.dim,
-        "num_rows": num_rows, "fingerprint": fingerprint.digest,
-        "fingerprint_covers": fingerprint.covers, "preprocessing": model.info,
-    }  # fmt: skip
+        "format": BANK_FORMAT,
+        "teacher": model.name,
+        "modality": modality,
+        "dim": model.dim,
+        "num_rows": num_rows,
+        "fingerprint": fingerprint.digest,
+        "fingerprint_covers": fingerprint.covers,
+        "preprocessing": model.info,
+    }
 
 
 def _start(out: Path, job: dict, chunk_rows: int, rank: int) -> tuple[list[int], int, list[int]]:
@@ -339,9 +344,15 @@ def build_bank(
 
     read = _Reader(spec, modality, model)
     stream = _ChunkStream(
-        read, todo[rank::world], chunk_rows, num_rows, batch_size, model.preprocess,
-        model.collate, sort_text=modality == "text" and getattr(model, "path", None) is None,
-    )  # fmt: skip
+        read,
+        todo[rank::world],
+        chunk_rows,
+        num_rows,
+        batch_size,
+        model.preprocess,
+        model.collate,
+        sort_text=modality == "text" and getattr(model, "path", None) is None,
+    )
     bar = None
     if rank == 0 and progress:
         initial = num_rows - sum(min(chunk_rows, num_rows - c * chunk_rows) for c in todo)

@@ -390,8 +390,13 @@ def mine_bank(
         result = mine_neighbors(bank.features, k + largest - 1, **options)
         result = drop_same_group(result, exclude_groups, k)
     write_neighbor_table(
-        bank, result.neighbors, result.similarities, backend=result.backend,
-        seconds=round(result.seconds, 2), recall=result.recall, settings=result.settings,
+        bank,
+        result.neighbors,
+        result.similarities,
+        backend=result.backend,
+        seconds=round(result.seconds, 2),
+        recall=result.recall,
+        settings=result.settings,
         excluded_rows=int(len(excluded)),
-    )  # fmt: skip
+    )
     return result

@@ -38,9 +38,12 @@ class Fingerprint(NamedTuple):
 
 def _open_csv(spec: DataSpec) -> CsvDataset:
     return CsvDataset(
-        spec.train_data, spec.csv_img_key, spec.csv_caption_key, spec.csv_separator,
+        spec.train_data,
+        spec.csv_img_key,
+        spec.csv_caption_key,
+        spec.csv_separator,
         on_bad_sample="skip",  # SampleReader applies the policy itself
-    )  # fmt: skip
+    )
 
 
 def _file_stamp(path: Path) -> str:

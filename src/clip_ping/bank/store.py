@@ -286,8 +286,10 @@ class Bank:
                 "%s was built by an earlier clip-ping: its fingerprint covers only the %s, "
                 "so data files rewritten since cannot be detected. Rebuild it to have them "
                 "checked too: delete it and rerun clip-ping bank build --out %s",
-                self.path, fingerprint.covers, self.path,
-            )  # fmt: skip
+                self.path,
+                fingerprint.covers,
+                self.path,
+            )
 
     @property
     def has_neighbors(self) -> bool:

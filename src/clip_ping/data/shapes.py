@@ -92,8 +92,9 @@ def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, fl
         return points
     if shape == "cross":
         a, b = r, r * 0.35
-        offsets = [(-b, -a), (b, -a), (b, -b), (a, -b), (a, b), (b, b),
-                   (b, a), (-b, a), (-b, b), (-a, b), (-a, -b), (-b, -b)]  # fmt: skip
+        offsets = [(-b, -a), (b, -a), (b, -b)]  # the top arm, clockwise; then a quarter turn
+        for _ in range(3):  # at a time for the right, bottom and left arms
+            offsets += [(-dy, dx) for dx, dy in offsets[-3:]]
         return [(cx + dx, cy + dy) for dx, dy in offsets]
     raise ValueError(f"unknown shape {shape!r}; choose from {SHAPES}")
 

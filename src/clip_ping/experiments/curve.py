@@ -217,10 +217,16 @@ def _group_of(corpus: Path) -> dict[str, str]:
 
 
 def run_curve(
-    out: str | Path = "runs/demo", seeds: int = 3, quick: bool = False, jobs: int | None = None,
-    assets: str | None = None, markdown: str | Path = "docs/results.md",
-    figures: str | Path = "docs/figures", fractions=FRACTIONS, size=None,
-) -> dict:  # fmt: skip
+    out: str | Path = "runs/demo",
+    seeds: int = 3,
+    quick: bool = False,
+    jobs: int | None = None,
+    assets: str | None = None,
+    markdown: str | Path = "docs/results.md",
+    figures: str | Path = "docs/figures",
+    fractions=FRACTIONS,
+    size=None,
+) -> dict:
     """Train and evaluate every point of the curve (cached like every run), then write its
     section of ``markdown`` and its figure (``size``: another recipe than the demo's, for
     tests)."""
@@ -255,9 +261,12 @@ def run_curve(
     figure = plot_curve(scores, pairs, Path(figures) / "data_efficiency.png")
     body = render_curve(scores, pairs, epochs, size, command, figure, Path(markdown))
     write_section(markdown, "curve", body)
-    summary = {"command": command, "pairs": {str(f): n for f, n in pairs.items()},
-               "epochs": {str(f): e for f, e in epochs.items()},
-               "scores": {str(f): s for f, s in scores.items()}}  # fmt: skip
+    summary = {
+        "command": command,
+        "pairs": {str(f): n for f, n in pairs.items()},
+        "epochs": {str(f): e for f, e in epochs.items()},
+        "scores": {str(f): s for f, s in scores.items()},
+    }
     atomic_write_text(out / "curve.json", json.dumps(summary, indent=2) + "\n")
     print(f"\ndata-efficiency curve: {markdown} (section 'curve'), {figure}")
     return summary
@@ -283,8 +292,11 @@ def plot_curve(scores, pairs: dict[float, int], out: Path) -> Path:
     ax.set_xticks(x, [f"{n:,}\n({f:.0%})" for n, f in zip(x, fractions, strict=True)])
     ax.minorticks_off()
     seeds = len(scores[fractions[0]]["clip"])
-    ax.set(xlabel="training pairs", ylabel="test mean recall",
-           title=f"data efficiency: mean of {seeds} seeds, 95% intervals")  # fmt: skip
+    ax.set(
+        xlabel="training pairs",
+        ylabel="test mean recall",
+        title=f"data efficiency: mean of {seeds} seeds, 95% intervals",
+    )
     ax.grid(alpha=0.3)
     ax.legend()
     return save_figure(fig, out)
@@ -316,20 +328,25 @@ def render_curve(scores, pairs, epochs, size, command, figure: Path, markdown: P
             "the mean curves and are not a demonstrated saving of data."
         )
     rel = os.path.relpath(figure, markdown.parent)
-    return "\n".join([
-        "## Data efficiency (test)",
-        "",
-        f"Produced by `{command}`. CLIP and CLIP-PING on nested subsets of the training "
-        f"groups, {seeds} seeds each (the same seeds at every point), test mean recall. Every "
-        f"point takes the same number of optimisation steps as {size.epochs} epochs on all the "
-        "data, so a subset trains for more epochs; the banks and neighbour tables of a subset "
-        "are built from that subset alone. The 100% point is the results page's final runs, "
-        f"their first {seeds} seeds (the page's headline reads all of its seeds). The ratio "
-        "reads CLIP's mean curve, interpolated in log(pairs), at CLIP-PING's mean score.",
-        "",
-        *rows,
-        "",
-        *reads,
-        "",
-        f"![data efficiency]({rel})",
-    ]) + "\n"  # fmt: skip
+    return (
+        "\n".join(
+            [
+                "## Data efficiency (test)",
+                "",
+                f"Produced by `{command}`. CLIP and CLIP-PING on nested subsets of the training "
+                f"groups, {seeds} seeds each (the same seeds at every point), test mean recall. Every "
+                f"point takes the same number of optimisation steps as {size.epochs} epochs on all the "
+                "data, so a subset trains for more epochs; the banks and neighbour tables of a subset "
+                "are built from that subset alone. The 100% point is the results page's final runs, "
+                f"their first {seeds} seeds (the page's headline reads all of its seeds). The ratio "
+                "reads CLIP's mean curve, interpolated in log(pairs), at CLIP-PING's mean score.",
+                "",
+                *rows,
+                "",
+                *reads,
+                "",
+                f"![data efficiency]({rel})",
+            ]
+        )
+        + "\n"
+    )

@@ -264,9 +264,12 @@ def build_demo_corpus(
         rows, signatures = [rows[i] for i in keep], signatures[keep]
     groups, links = link_groups(rows, signatures)
     split = {group: split_of(group, seed) for group in groups}
-    counts: dict = {"train_rows": _write_csv(
-        tmp / "train.csv", [r.csv_row() for r, g in zip(rows, groups, strict=True) if split[g] == "train"]
-    )}  # fmt: skip
+    counts: dict = {
+        "train_rows": _write_csv(
+            tmp / "train.csv",
+            [r.csv_row() for r, g in zip(rows, groups, strict=True) if split[g] == "train"],
+        )
+    }
     eval_sets, left_out = evaluation_sets(rows, groups, split)
     for name, members in eval_sets.items():
         counts[f"{name}_rows"] = _write_csv(tmp / f"{name}.csv", [r.csv_row() for r in members])
@@ -296,24 +299,31 @@ def build_demo_corpus(
         (split[g], "clipart" if r.kind == "clipart" else "emoji")
         for r, g in zip(rows, groups, strict=True)
     )
-    counts.update({
-        "concepts": len(concepts), "emoji_images_per_style": sum(len(c.variants) for c in concepts),
-        "emoji_variants_dropped": dropped_variants, "openmoji_images": len(openmoji),
-        # Drops are counted over the whole package, before --max-clipart subsets the rest.
-        "clipart_kept": sum(r.kind == "clipart" for r in rows),
-        "clipart_dropped": sum(dropped_clipart.values()),
-        "clipart_dropped_by_reason": dict(sorted(dropped_clipart.items())),
-        "groups": {s: group_split[s] for s in SPLITS},
-        "rows_by_split_and_kind": {f"{s}/{k}": n for (s, k), n in sorted(group_kinds.items())},
-        "group_links": dict(links), "eval_rows_left_out": left_out,
-        **{f"zeroshot_{n}_classes": z["classes"] for n, z in zeroshot.items()},
-    })  # fmt: skip
+    counts.update(
+        {
+            "concepts": len(concepts),
+            "emoji_images_per_style": sum(len(c.variants) for c in concepts),
+            "emoji_variants_dropped": dropped_variants,
+            "openmoji_images": len(openmoji),
+            # Drops are counted over the whole package, before --max-clipart subsets the rest.
+            "clipart_kept": sum(r.kind == "clipart" for r in rows),
+            "clipart_dropped": sum(dropped_clipart.values()),
+            "clipart_dropped_by_reason": dict(sorted(dropped_clipart.items())),
+            "groups": {s: group_split[s] for s in SPLITS},
+            "rows_by_split_and_kind": {f"{s}/{k}": n for (s, k), n in sorted(group_kinds.items())},
+            "group_links": dict(links),
+            "eval_rows_left_out": left_out,
+            **{f"zeroshot_{n}_classes": z["classes"] for n, z in zeroshot.items()},
+        }
+    )
     source_counts = {
         "emoji-datasource-google": counts["emoji_images_per_style"],
         "emoji-datasource-twitter": counts["emoji_images_per_style"],
-        "openmoji": len(openmoji), "emojibase-data": len(concepts),
-        "openclipart-svg": len(drawings), "openclipart-png": len(drawings),
-    }  # fmt: skip
+        "openmoji": len(openmoji),
+        "emojibase-data": len(concepts),
+        "openclipart-svg": len(drawings),
+        "openclipart-png": len(drawings),
+    }
     meta = _corpus_meta(root, options, counts, zeroshot, source_counts)
     meta["build_seconds"] = round(time.perf_counter() - started, 1)
     atomic_write_text(tmp / "corpus.json", json.dumps(meta, indent=2) + "\n")  # last: complete
@@ -334,18 +344,30 @@ def _rows(concepts, drawings, folders: dict[str, Path]) -> tuple[list[Row], list
             for variant in concept.variants:
                 image = Path("images", "emoji", style, f"{variant.stem}.png")
                 jobs.append((images / f"{variant.stem}.png", image, EMOJI_IMAGE_SIZE))
-                rows.append(Row(
-                    key=f"emoji/{style}/{variant.stem}", image=image.as_posix(),
-                    caption=variant.caption, source=f"emoji-datasource-{style}", kind=style,
-                    concept=concept.base, label=concept.label,
-                ))  # fmt: skip
+                rows.append(
+                    Row(
+                        key=f"emoji/{style}/{variant.stem}",
+                        image=image.as_posix(),
+                        caption=variant.caption,
+                        source=f"emoji-datasource-{style}",
+                        kind=style,
+                        concept=concept.base,
+                        label=concept.label,
+                    )
+                )
     for drawing in drawings:
         image = Path("images", f"{drawing.key}.png")
         jobs.append((drawing.image, image, CLIPART_IMAGE_SIZE))
-        rows.append(Row(
-            key=drawing.key, image=image.as_posix(), caption=drawing.caption,
-            source="openclipart", kind="clipart", label=drawing.title,
-        ))  # fmt: skip
+        rows.append(
+            Row(
+                key=drawing.key,
+                image=image.as_posix(),
+                caption=drawing.caption,
+                source="openclipart",
+                kind="clipart",
+                label=drawing.title,
+            )
+        )
     return rows, jobs
 
 
@@ -365,7 +387,7 @@ def _corpus_meta(root: Path, options: dict, counts: dict, zeroshot: dict, source
                 "count": source_counts[s.package],
             }
             for s in SOURCES.values()
-        ],  # fmt: skip
+        ],
         "splits": {
             **{f"{n}.csv": counts[f"{n}_rows"] for n in ("train", *EVAL_SETS)},
             **{f"zeroshot/{n}/test.csv": z["images"] for n, z in zeroshot.items()},

@@ -254,8 +254,11 @@ def readme_rows(final: dict[str, Runs], summary: dict, markdown: Path) -> str:
     clip = with_mean_recall(final["clip"], "test")
     ping = with_mean_recall(final["clip-ping"], "test")
     keys = ["mean_recall/test"]
-    keys += [f"retrieval/test_{s}/{d}_R@1" for s in RETRIEVAL_SOURCES
-             for d in ("image_to_text", "text_to_image")]  # fmt: skip
+    keys += [
+        f"retrieval/test_{s}/{d}_R@1"
+        for s in RETRIEVAL_SOURCES
+        for d in ("image_to_text", "text_to_image")
+    ]
     keys += [f"zeroshot/{z}/acc1" for z in ZEROSHOT_SETS]
     keys = [k for k in keys if all(k in m for m in (*clip.values(), *ping.values()))]
     return (
@@ -273,9 +276,13 @@ def result_keys(metrics: dict[str, float]) -> list[str]:
 
 
 def render_results(
-    final: dict[str, Runs], points: dict[str, Runs], summary: dict, data, markdown: Path,
+    final: dict[str, Runs],
+    points: dict[str, Runs],
+    summary: dict,
+    data,
+    markdown: Path,
     figures: Path,
-) -> str:  # fmt: skip
+) -> str:
     clip = with_mean_recall(with_mean_recall(final["clip"], "test"), "val")
     ping = with_mean_recall(with_mean_recall(final["clip-ping"], "test"), "val")
     keys = result_keys(ping[min(ping)])
@@ -286,16 +293,23 @@ def render_results(
             figures / "results_clip_vs_ping.png",
             xlabel="CLIP-PING − CLIP (test)",
             title=f"paired differences over {len(clip)} seeds, 95% intervals",
-        )  # fmt: skip
+        )
     ]
     points = {p: with_mean_recall(r, "val") for p, r in points.items()}
     if len(points) > 1:
-        rows = {p: paired_diffs(r, points["defaults"], "mean_recall/val") for p, r in points.items()
-                if p != "defaults"}  # fmt: skip
-        plots.append(plot_intervals(
-            rows, figures / "results_ablations.png", xlabel="− defaults (val mean recall)",
-            title="CLIP-PING's settings on val, 95% intervals",
-        ))  # fmt: skip
+        rows = {
+            p: paired_diffs(r, points["defaults"], "mean_recall/val")
+            for p, r in points.items()
+            if p != "defaults"
+        }
+        plots.append(
+            plot_intervals(
+                rows,
+                figures / "results_ablations.png",
+                xlabel="− defaults (val mean recall)",
+                title="CLIP-PING's settings on val, 95% intervals",
+            )
+        )
     rel = [Path(os.path.relpath(p, markdown.parent)) for p in plots]
     headline = paired_diffs(ping, clip, "mean_recall/test")
     mean, low, high = t_interval(headline)

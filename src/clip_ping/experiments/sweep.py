@@ -70,11 +70,21 @@ METHOD_POINTS: dict[str, dict] = {
 SWEEPS = {"recipe": RECIPE_POINTS, "method": METHOD_POINTS}
 RECIPE_KEYS = ("model", "epochs", "batch_size", "lr", "warmup", "aug_scale_min")
 _SHORT = {
-    "epochs": "e", "batch_size": "b", "lr": "lr", "warmup": "w", "aug_scale_min": "crop",
-    "nn_weight": "nn", "xnn_weight": "xnn", "neighbor_k": "k", "aux_temperature": "tau",
-    "neighbor_warmup": "nw", "neighbor_target": "", "neighbor_source": "", "banks": "",
+    "epochs": "e",
+    "batch_size": "b",
+    "lr": "lr",
+    "warmup": "w",
+    "aug_scale_min": "crop",
+    "nn_weight": "nn",
+    "xnn_weight": "xnn",
+    "neighbor_k": "k",
+    "aux_temperature": "tau",
+    "neighbor_warmup": "nw",
+    "neighbor_target": "",
+    "neighbor_source": "",
+    "banks": "",
     "neighbor_self": "self-",
-}  # fmt: skip
+}
 
 
 def recipe_of(size: DemoSize, settings: dict) -> dict:
@@ -89,8 +99,10 @@ def run_slug(variant: str, size: DemoSize, settings: dict, seed: int) -> str:
     parts = [variant, recipe["model"]]
     parts += [f"{_SHORT[k]}{recipe[k]:g}" for k in RECIPE_KEYS[1:]]
     extra = {k: v for k, v in settings.items() if k not in RECIPE_KEYS}
-    parts += [f"{_SHORT[k]}{v:g}" if isinstance(v, float | int) else f"{_SHORT[k]}{v}"
-              for k, v in sorted(extra.items())]  # fmt: skip
+    parts += [
+        f"{_SHORT[k]}{v:g}" if isinstance(v, float | int) else f"{_SHORT[k]}{v}"
+        for k, v in sorted(extra.items())
+    ]
     return "_".join(parts) + f"_s{seed}"
 
 
@@ -104,8 +116,10 @@ def sweep_plan(
     unknown = [p for p in points or () if p not in SWEEPS[sweep]]
     if unknown:
         names = "; ".join(f"'{p}'" for p in SWEEPS[sweep])
-        raise ValueError(f"--sweep-points {unknown[0]!r} is not a point of the {sweep} sweep; "
-                         f"its points are: {names}")  # fmt: skip
+        raise ValueError(
+            f"--sweep-points {unknown[0]!r} is not a point of the {sweep} sweep; "
+            f"its points are: {names}"
+        )
     methods = ("clip", "clip-ping") if sweep == "recipe" else ("clip-ping",)
     plan = []
     for point, settings in SWEEPS[sweep].items():
@@ -157,10 +171,15 @@ def sweep_table(
 
 
 def run_sweep(
-    sweep: str, out: str | Path = "runs/demo", seeds: int = 2, jobs: int | None = None,
-    assets: str | None = None, markdown: str | Path | None = "docs/method.md",
-    finished_only: bool = False, points: Sequence[str] | None = None,
-) -> str:  # fmt: skip
+    sweep: str,
+    out: str | Path = "runs/demo",
+    seeds: int = 2,
+    jobs: int | None = None,
+    assets: str | None = None,
+    markdown: str | Path | None = "docs/method.md",
+    finished_only: bool = False,
+    points: Sequence[str] | None = None,
+) -> str:
     """Train and evaluate every run of the sweep on val; its table, also written into
     ``markdown`` between ``<!-- sweep:NAME -->`` and ``<!-- /sweep:NAME -->``.
     ``finished_only``: train nothing, tabulate the runs finished so far (a sweep that spans
