@@ -15,7 +15,8 @@ Layout written under ``out_dir``::
     corpus.json               parameters and file names; written last = corpus complete
 
 Examples:
-    >>> info = build_shapes("/tmp/shapes", num_train=200, num_val=50, image_size=32)
+    >>> from clip_ping.data.shapes import build_shapes
+    >>> info = build_shapes("shapes", num_train=20, num_val=10, image_size=16)
     >>> info["num_classes"]
     30
 """

@@ -40,10 +40,9 @@ of people (the person, man, woman, child, baby, older person and prince emoji wi
 gestures, linked by gender and age, near-duplicate heads, and drawings named like them) and
 266 of country flags (one layout, near-duplicate edge maps); both landed in train.
 
-Examples:
-    >>> info = build_demo_corpus("/tmp/demo", max_concepts=60, max_clipart=40)
-    >>> info["counts"]["train_rows"] > 0
-    True
+Built from the packages ``make assets`` fetches (so not offline on a fresh checkout)::
+
+    clip-ping data demo --out data/demo --max-concepts 60 --max-clipart 40
 """
 
 from __future__ import annotations
