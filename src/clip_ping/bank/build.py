@@ -303,6 +303,14 @@ def _finish(
     (out / PROGRESS).unlink(missing_ok=True)
 
 
+def _progress_bar(modality: str, num_rows: int, chunk_rows: int, todo: list[int]) -> tqdm:
+    """A bar over the bank's rows, starting at those of the chunks already done."""
+    initial = num_rows - sum(min(chunk_rows, num_rows - c * chunk_rows) for c in todo)
+    return tqdm(
+        total=num_rows, initial=initial, unit="rows", desc=f"{modality} bank", smoothing=0.1
+    )
+
+
 def build_bank(
     spec: DataSpec,
     modality: str,
@@ -353,12 +361,7 @@ def build_bank(
         model.collate,
         sort_text=modality == "text" and getattr(model, "path", None) is None,
     )
-    bar = None
-    if rank == 0 and progress:
-        initial = num_rows - sum(min(chunk_rows, num_rows - c * chunk_rows) for c in todo)
-        bar = tqdm(
-            total=num_rows, initial=initial, unit="rows", desc=f"{modality} bank", smoothing=0.1
-        )
+    bar = _progress_bar(modality, num_rows, chunk_rows, todo) if rank == 0 and progress else None
     finished = _extract(model, stream, workers, bar, spec.on_bad_sample)
     features = np.load(out / FEATURES, mmap_mode="r+") if rank == 0 else None
     for _ in range(math.ceil(len(todo) / world)):

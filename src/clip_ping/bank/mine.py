@@ -393,14 +393,7 @@ def mine_bank(
         largest = int(np.unique(exclude_groups, return_counts=True)[1].max())
         result = mine_neighbors(bank.features, k + largest - 1, **options)
         result = drop_same_group(result, exclude_groups, k)
-    write_neighbor_table(
-        bank,
-        result.neighbors,
-        result.similarities,
-        backend=result.backend,
-        seconds=round(result.seconds, 2),
-        recall=result.recall,
-        settings=result.settings,
-        excluded_rows=int(len(excluded)),
-    )
+    details = {"backend": result.backend, "seconds": round(result.seconds, 2)}
+    details.update(recall=result.recall, settings=result.settings, excluded_rows=len(excluded))
+    write_neighbor_table(bank, result.neighbors, result.similarities, **details)
     return result

@@ -264,7 +264,7 @@ def _checked(
 
 
 def result_record(task: str, dataset: str, model: str, metrics: dict[str, float]) -> dict:
-    """CLIP_benchmark's fields plus the run-log metric names (DESIGN.md §4)."""
+    """CLIP_benchmark's fields plus the run-log metric names (docs/design.md: metric names)."""
     benchmark_task, prefix = TASKS[task]
     return {
         "dataset": dataset,

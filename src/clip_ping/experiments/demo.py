@@ -15,7 +15,7 @@ Stages, each cached (a second call reuses what is finished, and a killed call re
    initial weights and batch order): only the objective differs;
 5. every run evaluated: zero-shot on OpenMoji (concept names; subgroups), retrieval on
    held-out concepts and clip-art, linear probe on MNIST-5k and scikit-learn digits;
-6. ``summary.json`` (DESIGN.md §4 metric names) and ``report.md`` with figures.
+6. ``summary.json`` (the metric names of docs/design.md) and ``report.md`` with figures.
 
 The runs themselves (train, evaluate, side by side) are :mod:`.runs`; the results page
 (:mod:`.results`) uses the same data and runs for its seeds and ablations.

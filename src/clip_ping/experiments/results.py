@@ -1,5 +1,5 @@
 """CLIP vs CLIP-PING on the demo corpus's test sets, with paired 95% intervals, and every
-setting of CLIP-PING on val → ``docs/results.md`` (DESIGN.md §6).
+setting of CLIP-PING on val → ``docs/results.md`` (docs/design.md: benchmark protocol).
 
     clip-ping results --seeds 5 --sweep-seeds 3    # make results: the command of the page
     clip-ping results --sweep recipe               # the recipe sweep on val (docs/method.md)
@@ -287,29 +287,8 @@ def render_results(
     ping = with_mean_recall(with_mean_recall(final["clip-ping"], "test"), "val")
     keys = result_keys(ping[min(ping)])
     forest = {k: paired_diffs(ping, clip, k) for k in keys}
-    plots = [
-        plot_intervals(
-            forest,
-            figures / "results_clip_vs_ping.png",
-            xlabel="CLIP-PING − CLIP (test)",
-            title=f"paired differences over {len(clip)} seeds, 95% intervals",
-        )
-    ]
     points = {p: with_mean_recall(r, "val") for p, r in points.items()}
-    if len(points) > 1:
-        rows = {
-            p: paired_diffs(r, points["defaults"], "mean_recall/val")
-            for p, r in points.items()
-            if p != "defaults"
-        }
-        plots.append(
-            plot_intervals(
-                rows,
-                figures / "results_ablations.png",
-                xlabel="− defaults (val mean recall)",
-                title="CLIP-PING's settings on val, 95% intervals",
-            )
-        )
+    plots = _plot_results(forest, points, len(clip), figures)
     rel = [Path(os.path.relpath(p, markdown.parent)) for p in plots]
     headline = paired_diffs(ping, clip, "mean_recall/test")
     mean, low, high = t_interval(headline)
@@ -349,18 +328,51 @@ def render_results(
         "",
     ]
     if len(points) > 1:
-        lines += [
-            "## CLIP-PING's settings (val)",
-            "",
-            "Each row changes one setting of CLIP-PING's defaults and is scored by the val "
-            "mean recall, paired over seeds with the defaults and with CLIP. `self-targets` "
-            "is the control for the neighbours: the same heads and terms with each anchor's "
-            "own teacher features as targets (distillation without neighbours).",
-            "",
-            ablation_table(points, clip),
-            f"![ablations]({rel[-1]})",
-            "",
-            control_answer(points, clip),
-            "",
-        ]
+        lines += _settings_section(points, clip, rel[-1])
     return "\n".join(lines)
+
+
+def _plot_results(forest: dict, points: dict[str, Runs], seeds: int, figures: Path) -> list[Path]:
+    """The figure of CLIP-PING − CLIP per metric, and of each setting − the defaults when
+    there are settings; their paths."""
+    plots = [
+        plot_intervals(
+            forest,
+            figures / "results_clip_vs_ping.png",
+            xlabel="CLIP-PING − CLIP (test)",
+            title=f"paired differences over {seeds} seeds, 95% intervals",
+        )
+    ]
+    if len(points) > 1:
+        rows = {
+            p: paired_diffs(r, points["defaults"], "mean_recall/val")
+            for p, r in points.items()
+            if p != "defaults"
+        }
+        plots.append(
+            plot_intervals(
+                rows,
+                figures / "results_ablations.png",
+                xlabel="− defaults (val mean recall)",
+                title="CLIP-PING's settings on val, 95% intervals",
+            )
+        )
+    return plots
+
+
+def _settings_section(points: dict[str, Runs], clip: Runs, figure: Path) -> list[str]:
+    """The page's section on CLIP-PING's settings, scored on val."""
+    return [
+        "## CLIP-PING's settings (val)",
+        "",
+        "Each row changes one setting of CLIP-PING's defaults and is scored by the val "
+        "mean recall, paired over seeds with the defaults and with CLIP. `self-targets` "
+        "is the control for the neighbours: the same heads and terms with each anchor's "
+        "own teacher features as targets (distillation without neighbours).",
+        "",
+        ablation_table(points, clip),
+        f"![ablations]({figure})",
+        "",
+        control_answer(points, clip),
+        "",
+    ]

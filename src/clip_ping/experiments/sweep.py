@@ -1,4 +1,5 @@
-"""Sweeps on val: how the demo's recipe and CLIP-PING's defaults were chosen (DESIGN.md §6).
+"""Sweeps on val: how the demo's recipe and CLIP-PING's defaults were chosen (docs/design.md:
+benchmark protocol).
 
     clip-ping results --sweep recipe    # CLIP and CLIP-PING alike: lr, epochs, batch, ...
     clip-ping results --sweep method    # CLIP-PING's own settings on top of the recipe
