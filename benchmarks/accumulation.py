@@ -32,10 +32,13 @@ NUM_SAMPLES = 4096
 def inputs(model, tokenizer, batch: int, accum: int, generator: torch.Generator):
     size, micro = model.image_size, batch // accum
     images = torch.randn(batch, 3, size, size, generator=generator)
-    texts = torch.randint(0, tokenizer.vocab_size, (batch, tokenizer.context_length),
-                          generator=generator)  # fmt: skip
-    parts = [(images[i * micro : (i + 1) * micro], texts[i * micro : (i + 1) * micro])
-             for i in range(accum)]  # fmt: skip
+    texts = torch.randint(
+        0, tokenizer.vocab_size, (batch, tokenizer.context_length), generator=generator
+    )
+    parts = [
+        (images[i * micro : (i + 1) * micro], texts[i * micro : (i + 1) * micro])
+        for i in range(accum)
+    ]
     image_bank = F.normalize(torch.randn(NUM_SAMPLES, BANK_DIMS[0], generator=generator), dim=-1)
     text_bank = F.normalize(torch.randn(NUM_SAMPLES, BANK_DIMS[1], generator=generator), dim=-1)
     neighbors = torch.randint(0, NUM_SAMPLES, (2, batch), generator=generator)
@@ -48,10 +51,12 @@ def plain(step, parts, targets: NeighborTargets | None) -> None:
     for i, (images, texts) in enumerate(parts):
         part = None
         if targets is not None:
-            part = NeighborTargets(**{
-                k: None if v is None else v[i * micro : (i + 1) * micro]
-                for k, v in vars(targets).items()
-            })  # fmt: skip
+            part = NeighborTargets(
+                **{
+                    k: None if v is None else v[i * micro : (i + 1) * micro]
+                    for k, v in vars(targets).items()
+                }
+            )
         terms, _ = step(images, texts, part)
         (total(terms, step.summed) / len(parts)).backward()
 
@@ -71,11 +76,14 @@ def main() -> None:
     parser.add_argument("--warmup-rounds", type=int, default=2)
     args = parser.parse_args()
     model, tokenizer = create_model(args.model, seed=0)
-    parts, targets = inputs(model, tokenizer, args.batch_size, args.accum_freq,
-                            torch.Generator().manual_seed(0))  # fmt: skip
-    print(f"{args.model}, batch {args.batch_size} = {args.accum_freq} × "
-          f"{args.batch_size // args.accum_freq}, {torch.get_num_threads()} threads, "
-          f"{args.rounds - args.warmup_rounds} rounds\n")  # fmt: skip
+    parts, targets = inputs(
+        model, tokenizer, args.batch_size, args.accum_freq, torch.Generator().manual_seed(0)
+    )
+    print(
+        f"{args.model}, batch {args.batch_size} = {args.accum_freq} × "
+        f"{args.batch_size // args.accum_freq}, {torch.get_num_threads()} threads, "
+        f"{args.rounds - args.warmup_rounds} rounds\n"
+    )
     print("| objective | plain accumulation (ms) | whole-batch negatives (ms) | ratio |")
     print("|---|---:|---:|---:|")
     for objective in ("clip", "clip-ping"):

@@ -60,9 +60,14 @@ def main() -> None:
             chunk_rows = 256
             chunks = list(range(-(-args.rows // chunk_rows)))
             stream = _ChunkStream(
-                _Reader(spec, args.modality, teacher), chunks, chunk_rows, args.rows,
-                args.batch_size, teacher.preprocess, teacher.collate,
-            )  # fmt: skip
+                _Reader(spec, args.modality, teacher),
+                chunks,
+                chunk_rows,
+                args.rows,
+                args.batch_size,
+                teacher.preprocess,
+                teacher.collate,
+            )
             started = time.perf_counter()
             rows = sum(len(features) for _, features in _extract(teacher, stream, workers, None))
             results.append((workers, rows / (time.perf_counter() - started)))

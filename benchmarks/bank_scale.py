@@ -114,9 +114,14 @@ def write_bank(folder: Path, modality: str, rows: int, seed: int) -> None:
         array.flush()
     del features, neighbors, similarities
     meta = {
-        "format": BANK_FORMAT, "teacher": "synthetic", "modality": modality, "dim": DIM,
-        "num_rows": rows, "fingerprint": f"synthetic-{rows}", "dtype": "float16",
-    }  # fmt: skip
+        "format": BANK_FORMAT,
+        "teacher": "synthetic",
+        "modality": modality,
+        "dim": DIM,
+        "num_rows": rows,
+        "fingerprint": f"synthetic-{rows}",
+        "dtype": "float16",
+    }
     atomic_write_text(folder / META, json.dumps(meta, indent=1) + "\n")
     info = {"k": K, "backend": "synthetic-random", "bank": meta["fingerprint"]}
     atomic_write_text(folder / NEIGHBORS_META, json.dumps(info, indent=1) + "\n")
@@ -183,9 +188,13 @@ def anchor_batches(anchors, path: str, guidance, workers: int):
     samples = [{"index": int(i)} for i in anchors.reshape(-1)]
     reader = TimedTransform(guidance.transform()) if path == "workers" else None
     loader = torch.utils.data.DataLoader(
-        samples, batch_size=batch_size, num_workers=workers,
-        collate_fn=lambda samples: reader(collate_good(samples)) if reader else collate_good(samples),
-    )  # fmt: skip
+        samples,
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=lambda samples: (
+            reader(collate_good(samples)) if reader else collate_good(samples)
+        ),
+    )
     batches = iter(loader)
     for _ in range(steps):
         started = time.perf_counter()
@@ -262,16 +271,24 @@ def measure(
         (root / m / f).stat().st_size for m in ("image", "text") for f in (FEATURES, NEIGHBORS)
     )
     return {
-        "rows": num_rows, "steps": steps, "batch_size": batch_size, "madvise": advice,
-        "cold": cold, "disk_read_mib": read_mib, "major_faults": faults,
+        "rows": num_rows,
+        "steps": steps,
+        "batch_size": batch_size,
+        "madvise": advice,
+        "cold": cold,
+        "disk_read_mib": read_mib,
+        "major_faults": faults,
         "bank_and_table_mib": bank_bytes / 2**20,
         "rss_anon_before_import_mib": before_import["RssAnon"],
         "rss_anon_start_mib": started["RssAnon"],
         "rss_anon_after_10_steps_mib": after_warmup.get("RssAnon", float("nan")),
-        "rss_anon_end_mib": end["RssAnon"], "rss_anon_peak_mib": peaks["RssAnon"],
-        "rss_file_start_mib": started["RssFile"], "rss_file_peak_mib": peaks["RssFile"],
+        "rss_anon_end_mib": end["RssAnon"],
+        "rss_anon_peak_mib": peaks["RssAnon"],
+        "rss_file_start_mib": started["RssFile"],
+        "rss_file_peak_mib": peaks["RssFile"],
         "vm_hwm_mib": end["VmHWM"],
-        "path": path, "workers": workers,
+        "path": path,
+        "workers": workers,
         "ms_per_step": 1e3 * statistics.median(times["step"]),
         "ms_neighbors_in_loop": 1e3 * statistics.median(times["loop"]),
         "ms_neighbors_in_loop_mean": 1e3 * statistics.mean(times["loop"]),
@@ -281,7 +298,7 @@ def measure(
         "ms_wait_for_batch_mean": 1e3 * statistics.mean(times["wait"][1:] or [0.0]),
         "ms_neighbors_in_worker": 1e3 * statistics.median(times["worker"] or [float("nan")]),
         "ms_neighbors_in_worker_mean": 1e3 * statistics.mean(times["worker"] or [float("nan")]),
-    }  # fmt: skip
+    }
 
 
 def main() -> None:
@@ -301,9 +318,14 @@ def main() -> None:
     caches = ["cold"] if args.cold else args.cache
     if args.measure:
         result = measure(
-            Path(args.measure), args.steps, args.batch_size, args.madvise[0],
-            caches == ["cold"], args.paths[0], args.workers,
-        )  # fmt: skip
+            Path(args.measure),
+            args.steps,
+            args.batch_size,
+            args.madvise[0],
+            caches == ["cold"],
+            args.paths[0],
+            args.workers,
+        )
         print(json.dumps(result))
         return
 
@@ -321,13 +343,18 @@ def main() -> None:
                         continue  # the workers' reader always maps with MADV_RANDOM
                     if cache == "warm":
                         load_into_page_cache(root)
-                    child = subprocess.run(
-                        [sys.executable, __file__, "--measure", str(root), "--steps",
-                         str(args.steps), "--batch-size", str(args.batch_size), "--madvise",
-                         advice, "--paths", path, "--workers", str(args.workers), "--cache",
-                         cache],
-                        check=True, capture_output=True, text=True,
-                    )  # fmt: skip
+                    options = {
+                        "--measure": root,
+                        "--steps": args.steps,
+                        "--batch-size": args.batch_size,
+                        "--madvise": advice,
+                        "--paths": path,
+                        "--workers": args.workers,
+                        "--cache": cache,
+                    }
+                    command = [sys.executable, __file__]
+                    command += [str(part) for option in options.items() for part in option]
+                    child = subprocess.run(command, check=True, capture_output=True, text=True)
                     results.append(json.loads(child.stdout.strip().splitlines()[-1]))
                     print(json.dumps(results[-1]), flush=True)
     print_tables(results)

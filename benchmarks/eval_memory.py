@@ -92,8 +92,12 @@ def run_phase(phase: str, workdir: Path) -> dict:
         start = time.perf_counter()
         with PeakSampler() as sampler:
             metrics = run_eval(workdir / "model.pt", task, str(workdir / "pairs.csv"))["metrics"]
-        return {"seconds": time.perf_counter() - start, "rss_before_mib": before,
-                "peak_mib": sampler.peak, "metrics": metrics}  # fmt: skip
+        return {
+            "seconds": time.perf_counter() - start,
+            "rss_before_mib": before,
+            "peak_mib": sampler.peak,
+            "metrics": metrics,
+        }
 
     images = synthetic(NUM_IMAGES, DIM, 0)
     if phase == "zeroshot":
@@ -113,8 +117,12 @@ def run_phase(phase: str, workdir: Path) -> dict:
         start = time.perf_counter()
         with PeakSampler() as sampler:
             metrics = retrieval_metrics(images, texts, caption_image, max_block_elements=block)
-    return {"seconds": time.perf_counter() - start, "rss_before_mib": before,
-            "peak_mib": sampler.peak, "metrics": metrics}  # fmt: skip
+    return {
+        "seconds": time.perf_counter() - start,
+        "rss_before_mib": before,
+        "peak_mib": sampler.peak,
+        "metrics": metrics,
+    }
 
 
 def prepare_end_to_end(workdir: Path) -> None:
@@ -126,8 +134,12 @@ def prepare_end_to_end(workdir: Path) -> None:
 
     corpus = build_shapes(workdir / "shapes", num_train=1, num_val=NUM_IMAGES, image_size=32)
     model, tokenizer = create_model("cpu-micro-32", seed=0)
-    state = {"model": model.state_dict(), "clip_config": model.clip.config.to_dict(),
-             "tokenizer": tokenizer.to_str(), "context_length": tokenizer.context_length}  # fmt: skip
+    state = {
+        "model": model.state_dict(),
+        "clip_config": model.clip.config.to_dict(),
+        "tokenizer": tokenizer.to_str(),
+        "context_length": tokenizer.context_length,
+    }
     torch.save(state, workdir / "model.pt")
     prefixes = ("", "a photo: ", "an image of ", "look, ", "here is ")
     with open(corpus["val_csv"], newline="") as f:

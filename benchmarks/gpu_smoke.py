@@ -65,13 +65,26 @@ def config(work: Path, train_csv: Path, args, name: str, extra: dict):
     from clip_ping.training.config import build_config
 
     overrides = dict(
-        train_data=str(train_csv), model=args.model, batch_size=args.batch_size,
-        precision=args.precision, device=args.device, workers=args.workers, epochs=10_000,
-        warmup=20, lr=1e-3, logs=str(work / "logs"), name=name, progress=False,
-        log_every_steps=args.log_every, save_every_steps=0, val_frequency=0,
-        stop_after_steps=args.steps, image_bank=str(work / "image_bank"),
-        text_bank=str(work / "text_bank"), tokenizer=args.tokenizer,
-    )  # fmt: skip
+        train_data=str(train_csv),
+        model=args.model,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        device=args.device,
+        workers=args.workers,
+        epochs=10_000,
+        warmup=20,
+        lr=1e-3,
+        logs=str(work / "logs"),
+        name=name,
+        progress=False,
+        log_every_steps=args.log_every,
+        save_every_steps=0,
+        val_frequency=0,
+        stop_after_steps=args.steps,
+        image_bank=str(work / "image_bank"),
+        text_bank=str(work / "text_bank"),
+        tokenizer=args.tokenizer,
+    )
     overrides.update(extra)
     return build_config(overrides=overrides)
 
@@ -106,9 +119,12 @@ def loop_run(work: Path, train_csv: Path, args, name: str, extra: dict) -> dict:
     rates = [r["train/samples_per_second"] for r in rows if "train/samples_per_second" in r]
     steady = rates[1:] or rates
     return {
-        "variant": name, "samples_per_second": statistics.median(steady),
-        "windows": len(rates), "wall_seconds": seconds, **peak_memory(device),
-    }  # fmt: skip
+        "variant": name,
+        "samples_per_second": statistics.median(steady),
+        "windows": len(rates),
+        "wall_seconds": seconds,
+        **peak_memory(device),
+    }
 
 
 def step_run(work: Path, train_csv: Path, args, name: str, extra: dict) -> dict:
@@ -149,9 +165,11 @@ def step_run(work: Path, train_csv: Path, args, name: str, extra: dict) -> dict:
             seconds.append(time.perf_counter() - t0)
     ms = 1e3 * statistics.median(seconds)
     return {
-        "variant": name, "ms_per_step": ms, "samples_per_second": batch / ms * 1e3,
+        "variant": name,
+        "ms_per_step": ms,
+        "samples_per_second": batch / ms * 1e3,
         **peak_memory(device),
-    }  # fmt: skip
+    }
 
 
 def main() -> None:

@@ -103,24 +103,36 @@ def versus_open_clip(args, device: torch.device, batch: int) -> dict:
     difference = check_same_towers(ours, theirs)
     steps = {"ours": ours.step, "open_clip": theirs.step}
     speeds = interleaved_rounds(
-        steps, batch, args.rounds, args.steps_per_round, lambda: synchronize(device),
+        steps,
+        batch,
+        args.rounds,
+        args.steps_per_round,
+        lambda: synchronize(device),
         warmup_steps=args.warmup_steps,
-    )  # fmt: skip
+    )
     return {
-        "batch_size": batch, "max_embedding_difference": difference,
+        "batch_size": batch,
+        "max_embedding_difference": difference,
         "samples_per_second_rounds": speeds,
         "ratio_rounds": ratios(speeds["ours"], speeds["open_clip"]),
-    }  # fmt: skip
+    }
 
 
 def ping_step(args, work: Path, train_csv: Path, batch: int, extra: dict):
     """A CLIP or CLIP-PING training step of ``TrainingTask`` on device-resident inputs."""
     device = torch.device(args.device)
-    cfg = build_config(overrides=dict(
-        train_data=str(train_csv), model=args.model, batch_size=batch, precision=args.precision,
-        device=args.device, image_bank=str(work / "image_bank"), text_bank=str(work / "text_bank"),
-        **extra,
-    ))  # fmt: skip
+    cfg = build_config(
+        overrides=dict(
+            train_data=str(train_csv),
+            model=args.model,
+            batch_size=batch,
+            precision=args.precision,
+            device=args.device,
+            image_bank=str(work / "image_bank"),
+            text_bank=str(work / "text_bank"),
+            **extra,
+        )
+    )
     model, tokenizer = create_model(args.model, seed=0)
     model.to(device)
     task = create_task(cfg, model, DataSpec(str(train_csv)), device)
@@ -151,16 +163,23 @@ def ping_overhead(args, device: torch.device, batch: int) -> dict:
     # The corpus only gives the banks their rows: the steps use random device-resident inputs.
     corpus = argparse.Namespace(num_train=args.num_train, image_size=32, device=args.device)
     train_csv = prepare(work, corpus)
-    steps = {name: ping_step(args, work, train_csv, batch, extra)
-             for name, extra in PING_VARIANTS.items()}  # fmt: skip
+    steps = {
+        name: ping_step(args, work, train_csv, batch, extra)
+        for name, extra in PING_VARIANTS.items()
+    }
     speeds = interleaved_rounds(
-        steps, batch, args.rounds, args.steps_per_round, lambda: synchronize(device),
+        steps,
+        batch,
+        args.rounds,
+        args.steps_per_round,
+        lambda: synchronize(device),
         warmup_steps=args.warmup_steps,
-    )  # fmt: skip
+    )
     return {
-        "batch_size": batch, "samples_per_second_rounds": speeds,
+        "batch_size": batch,
+        "samples_per_second_rounds": speeds,
         "overhead_rounds": {n: ratios(speeds["clip"], speeds[n]) for n in PING_VARIANTS},
-    }  # fmt: skip
+    }
 
 
 def decode_rates() -> dict:
@@ -255,11 +274,21 @@ def main(argv: list[str] | None = None) -> None:
     print("\n" + text)
     (args.out / "gpu_vs_open_clip.md").write_text(text + "\n")
     settings = {k: str(v) for k, v in vars(args).items()}
-    (args.out / "gpu_vs_open_clip.json").write_text(json.dumps({
-        "settings": settings, "torch": torch.__version__, "device": device_name(args.device),
-        "wall_seconds": time.perf_counter() - started,
-        "versus_open_clip": versus, "clip_ping_overhead": ping, "decode": decode,
-    }, indent=1) + "\n")  # fmt: skip
+    (args.out / "gpu_vs_open_clip.json").write_text(
+        json.dumps(
+            {
+                "settings": settings,
+                "torch": torch.__version__,
+                "device": device_name(args.device),
+                "wall_seconds": time.perf_counter() - started,
+                "versus_open_clip": versus,
+                "clip_ping_overhead": ping,
+                "decode": decode,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     print(f"\nwrote {args.out}/gpu_vs_open_clip.md and .json")
 
 

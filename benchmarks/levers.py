@@ -55,9 +55,15 @@ class FusedQKVAttention(CLIPAttention):
             self.config._attn_implementation, modeling_clip.eager_attention_forward
         )
         out, weights = attention(
-            self, queries, keys, values, attention_mask, scaling=self.scale,
-            dropout=self.dropout if self.training else 0.0, **kwargs,
-        )  # fmt: skip
+            self,
+            queries,
+            keys,
+            values,
+            attention_mask,
+            scaling=self.scale,
+            dropout=self.dropout if self.training else 0.0,
+            **kwargs,
+        )
         return self.out_proj(out.reshape(batch, length, -1).contiguous()), weights
 
 
@@ -138,10 +144,16 @@ def write_record(out: Path, args: argparse.Namespace, load_before, results, **ve
     settings (``args``), load averages before and after, ``results``."""
     out.parent.mkdir(parents=True, exist_ok=True)
     settings = {**vars(args), "configs": [f"{n}:{b}" for n, b in args.configs], "out": str(out)}
-    record = {"date": date.today().isoformat(), "torch": torch.__version__, **versions,
-              "threads": torch.get_num_threads(), "settings": settings,
-              "load_average_before": load_before, "load_average_after": os.getloadavg(),
-              "results": results}  # fmt: skip
+    record = {
+        "date": date.today().isoformat(),
+        "torch": torch.__version__,
+        **versions,
+        "threads": torch.get_num_threads(),
+        "settings": settings,
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+        "results": results,
+    }
     out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"\nwrote {out}")
 
@@ -168,14 +180,20 @@ def embedding_difference(a: StepBench, b) -> float:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--configs", nargs="+", type=parse_config, default=[parse_config(c) for c in DEFAULT_CONFIGS],
-        metavar="MODEL:BATCH", help=f"default: {' '.join(DEFAULT_CONFIGS)}",
-    )  # fmt: skip
+        "--configs",
+        nargs="+",
+        type=parse_config,
+        default=[parse_config(c) for c in DEFAULT_CONFIGS],
+        metavar="MODEL:BATCH",
+        help=f"default: {' '.join(DEFAULT_CONFIGS)}",
+    )
     parser.add_argument(
-        "--variants", nargs="+", choices=list(VARIANTS),
+        "--variants",
+        nargs="+",
+        choices=list(VARIANTS),
         default=[v for v in VARIANTS if v != "plain" and v not in COMPILED],
         help="compared with plain (default: all but the compiled ones, slow to warm up)",
-    )  # fmt: skip
+    )
     add_round_flags(parser)
     parser.add_argument("--out", type=Path, help="write the results as JSON")
     args = parser.parse_args(argv)
@@ -195,11 +213,20 @@ def main(argv: list[str] | None = None) -> None:
         benches = {v: StepBench.create(name, batch, VARIANTS[v]) for v in variants}
         differences = {v: embedding_difference(benches["plain"], b) for v, b in benches.items()}
         speeds = interleaved_rounds(
-            {v: b.step for v, b in benches.items()}, batch, args.rounds, args.steps_per_round,
+            {v: b.step for v, b in benches.items()},
+            batch,
+            args.rounds,
+            args.steps_per_round,
             warmup_steps=args.warmup_steps,
-        )  # fmt: skip
-        results.append({"model": name, "batch_size": batch, "samples_per_second_rounds": speeds,
-                        "max_embedding_difference": differences})  # fmt: skip
+        )
+        results.append(
+            {
+                "model": name,
+                "batch_size": batch,
+                "samples_per_second_rounds": speeds,
+                "max_embedding_difference": differences,
+            }
+        )
         for v in variants:  # each configuration as soon as it is measured
             speed_up = ratio_cell(ratios(speeds[v], speeds["plain"])) if v != "plain" else "1"
             print(

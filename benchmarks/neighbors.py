@@ -115,11 +115,17 @@ def run_one(bank: str, backend: str, k: int, device: str, nprobe: int, nlist: in
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     outputs = result.neighbors.nbytes + result.similarities.nbytes
     return {
-        "rows": len(features), "backend": backend, "seconds": seconds,
-        "mining_seconds": result.seconds, "rows_per_second": len(features) / result.seconds,
-        "recall": result.recall, "settings": result.settings, "peak_rss_bytes": peak,
-        "bank_bytes": features.nbytes, "output_bytes": outputs,
-    }  # fmt: skip
+        "rows": len(features),
+        "backend": backend,
+        "seconds": seconds,
+        "mining_seconds": result.seconds,
+        "rows_per_second": len(features) / result.seconds,
+        "recall": result.recall,
+        "settings": result.settings,
+        "peak_rss_bytes": peak,
+        "bank_bytes": features.nbytes,
+        "output_bytes": outputs,
+    }
 
 
 def projection(row: dict, target: int) -> float:
@@ -169,8 +175,12 @@ def main() -> None:
     parser.add_argument("--nlist", type=int, default=None, help="faiss-ivf lists (default 4·√N)")
     parser.add_argument("--bank", choices=BANK_KINDS, default="isotropic", help="synthetic bank")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--max-exact-rows", type=int, default=300_000,
-                        help="skip exact and faiss-flat above this size (N² work)")  # fmt: skip
+    parser.add_argument(
+        "--max-exact-rows",
+        type=int,
+        default=300_000,
+        help="skip exact and faiss-flat above this size (N² work)",
+    )
     parser.add_argument("--out", default=None, help="also write the rows as JSON here")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()

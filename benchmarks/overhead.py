@@ -49,10 +49,12 @@ def variant(name: str, spec: DataSpec, work: Path, args):
     overrides = dict(train_data=spec.train_data, model=args.model, batch_size=args.batch_size)
     if name != "clip":
         overrides.update(
-            loss="clip-ping", image_bank=str(work / "image"), text_bank=str(work / "text"),
+            loss="clip-ping",
+            image_bank=str(work / "image"),
+            text_bank=str(work / "text"),
             neighbor_target="memory" if name.endswith("memory") else "bank",
             neighbor_source="active" if name.endswith("active") else "offline",
-        )  # fmt: skip
+        )
     cfg = build_config(overrides=overrides)
     model, _ = create_model(args.model, seed=0)
     task = create_task(cfg, model, spec, torch.device("cpu"))

@@ -136,9 +136,13 @@ class StepBench:
 
     @classmethod
     def create(
-        cls, name: str, batch_size: int, variant: Callable[[ClipStudent], object] | None = None,
-        device: str = "cpu", precision: str = "fp32",
-    ) -> StepBench:  # fmt: skip
+        cls,
+        name: str,
+        batch_size: int,
+        variant: Callable[[ClipStudent], object] | None = None,
+        device: str = "cpu",
+        precision: str = "fp32",
+    ) -> StepBench:
         """``variant`` changes the model ``create_model`` gives (``levers.VARIANTS``)."""
         model, tokenizer = create_model(name, seed=SEED)
         if variant is not None:
@@ -233,17 +237,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", nargs="+", default=CPU_MODELS, choices=sorted(MODEL_SPECS))
     parser.add_argument("--batch-size", type=int, default=64, help="batch of every --models")
     parser.add_argument(
-        "--extra", nargs="*", type=parse_config, default=[("cpu-small-64", 128)],
-        metavar="MODEL:BATCH", help="further configurations (default cpu-small-64:128)",
-    )  # fmt: skip
+        "--extra",
+        nargs="*",
+        type=parse_config,
+        default=[("cpu-small-64", 128)],
+        metavar="MODEL:BATCH",
+        help="further configurations (default cpu-small-64:128)",
+    )
     parser.add_argument("--warmup-steps", type=int, default=3, help="untimed steps per config")
     parser.add_argument("--rounds", type=int, default=9, help="round-robin rounds (median)")
     parser.add_argument("--steps-per-round", type=int, default=1)
     parser.add_argument("--matmul-repeats", type=int, default=1, help="torch.mm timings a round")
     parser.add_argument(
-        "--profile", metavar="MODEL", choices=sorted(MODEL_SPECS),
+        "--profile",
+        metavar="MODEL",
+        choices=sorted(MODEL_SPECS),
         help="also print a torch.profiler top-ops table",
-    )  # fmt: skip
+    )
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--out", type=Path, help="write the results as JSON")
     args = parser.parse_args(argv)
@@ -282,19 +292,21 @@ def main(argv: list[str] | None = None) -> None:
         forward = sum(flops.values())
         train = BACKWARD_FACTOR * forward
         speed = statistics.median(speeds[i])
-        rows.append({
-            "model": bench.name,
-            "batch_size": bench.batch_size,
-            "params": parameter_count(bench.model),
-            "forward_flops_per_sample": forward,
-            "forward_flops_per_sample_by_tower": flops,
-            "counted_forward_flops_per_sample": checked[bench.name],
-            "train_flops_per_sample": train,
-            "samples_per_second": speed,
-            "samples_per_second_rounds": speeds[i],
-            "achieved_gflops": speed * train / 1e9,
-            "peak_share_percent": 100 * speed * train / 1e9 / peak,
-        })  # fmt: skip
+        rows.append(
+            {
+                "model": bench.name,
+                "batch_size": bench.batch_size,
+                "params": parameter_count(bench.model),
+                "forward_flops_per_sample": forward,
+                "forward_flops_per_sample_by_tower": flops,
+                "counted_forward_flops_per_sample": checked[bench.name],
+                "train_flops_per_sample": train,
+                "samples_per_second": speed,
+                "samples_per_second_rounds": speeds[i],
+                "achieved_gflops": speed * train / 1e9,
+                "peak_share_percent": 100 * speed * train / 1e9 / peak,
+            }
+        )
 
     result = {
         "date": date.today().isoformat(),

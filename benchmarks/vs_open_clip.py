@@ -111,9 +111,13 @@ def copy_weights(ours: ClipStudent, theirs: torch.nn.Module) -> None:
                 mapped[f"{b}.attn.in_proj_{end}"] = torch.cat(
                     [hf[f"{a}.self_attn.{p}_proj.{end}"] for p in "qkv"]
                 )
-                for ours_name, name in (("self_attn.out_proj", "attn.out_proj"),
-                                        ("layer_norm1", "ln_1"), ("layer_norm2", "ln_2"),
-                                        ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj")):  # fmt: skip
+                for ours_name, name in (
+                    ("self_attn.out_proj", "attn.out_proj"),
+                    ("layer_norm1", "ln_1"),
+                    ("layer_norm2", "ln_2"),
+                    ("mlp.fc1", "mlp.c_fc"),
+                    ("mlp.fc2", "mlp.c_proj"),
+                ):
                     mapped[f"{b}.{name}.{end}"] = hf[f"{a}.{ours_name}.{end}"]
 
     vision = ours.clip.config.vision_config
@@ -194,13 +198,20 @@ def check_same_towers(bench: StepBench, theirs: OpenClipStep) -> float:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--configs", nargs="+", type=parse_config, default=[parse_config(c) for c in DEFAULT_CONFIGS],
-        metavar="MODEL:BATCH", help=f"default: {' '.join(DEFAULT_CONFIGS)}",
-    )  # fmt: skip
+        "--configs",
+        nargs="+",
+        type=parse_config,
+        default=[parse_config(c) for c in DEFAULT_CONFIGS],
+        metavar="MODEL:BATCH",
+        help=f"default: {' '.join(DEFAULT_CONFIGS)}",
+    )
     parser.add_argument(
-        "--variants", nargs="*", default=[], choices=[v for v in VARIANTS if v != "shipped"],
+        "--variants",
+        nargs="*",
+        default=[],
+        choices=[v for v in VARIANTS if v != "shipped"],
         help="further clip-ping variants timed in the same rounds",
-    )  # fmt: skip
+    )
     add_round_flags(parser)
     parser.add_argument("--out", type=Path, help="write the results as JSON")
     args = parser.parse_args(argv)
@@ -219,11 +230,16 @@ def main(argv: list[str] | None = None) -> None:
         speeds = interleaved_rounds(
             steps, batch, args.rounds, args.steps_per_round, warmup_steps=args.warmup_steps
         )
-        rows.append({
-            "model": name, "batch_size": batch, "params": parameter_count(ours.model),
-            "max_embedding_difference": difference, "samples_per_second_rounds": speeds,
-            "ratio_rounds": {s: ratios(speeds[s], speeds["open_clip"]) for s in sides},
-        })  # fmt: skip
+        rows.append(
+            {
+                "model": name,
+                "batch_size": batch,
+                "params": parameter_count(ours.model),
+                "max_embedding_difference": difference,
+                "samples_per_second_rounds": speeds,
+                "ratio_rounds": {s: ratios(speeds[s], speeds["open_clip"]) for s in sides},
+            }
+        )
 
     print(
         f"torch {torch.__version__}, open_clip {open_clip.__version__}, "

@@ -22,13 +22,18 @@ from clip_ping.training.task import ContrastiveStep, accumulate_gradients
 
 GLOBAL_BATCH, IMAGE_DIM, TEXT_DIM, NUM_SAMPLES = 8, 12, 10, 20
 CASES = [  # (name, neighbour target mode or None, local_loss, micro-batches per rank)
-    ("clip", None, False, 1), ("clip-local", None, True, 1),
-    ("bank", "bank", False, 1), ("bank-local", "bank", True, 1),
-    ("memory", "memory", False, 1), ("memory-local", "memory", True, 1),
+    ("clip", None, False, 1),
+    ("clip-local", None, True, 1),
+    ("bank", "bank", False, 1),
+    ("bank-local", "bank", True, 1),
+    ("memory", "memory", False, 1),
+    ("memory-local", "memory", True, 1),
     # --accum-freq 2: each rank's slice as two micro-batches; must equal the cases above.
-    ("clip-accum", None, False, 2), ("bank-accum", "bank", False, 2),
-    ("bank-local-accum", "bank", True, 2), ("memory-accum", "memory", False, 2),
-]  # fmt: skip
+    ("clip-accum", None, False, 2),
+    ("bank-accum", "bank", False, 2),
+    ("bank-local-accum", "bank", True, 2),
+    ("memory-accum", "memory", False, 2),
+]
 
 
 def global_inputs(tokenizer, model):

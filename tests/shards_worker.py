@@ -37,12 +37,25 @@ def main(shards: str, image_bank: str, text_bank: str, out: str) -> None:
     Path(out, f"rank{info.rank}.json").write_text(json.dumps(seen))
     cfg = build_config(
         overrides=dict(
-            train_data=shards, model="cpu-micro-32", batch_size=BATCH, epochs=1,
-            workers=WORKERS, loss="clip-ping", image_bank=image_bank, text_bank=text_bank,
-            neighbor_target="memory", neighbor_k=3, logs=f"{out}/logs", name="shards",
-            device="cpu", progress=False, save_every_steps=3, val_frequency=0, warmup=1,
+            train_data=shards,
+            model="cpu-micro-32",
+            batch_size=BATCH,
+            epochs=1,
+            workers=WORKERS,
+            loss="clip-ping",
+            image_bank=image_bank,
+            text_bank=text_bank,
+            neighbor_target="memory",
+            neighbor_k=3,
+            logs=f"{out}/logs",
+            name="shards",
+            device="cpu",
+            progress=False,
+            save_every_steps=3,
+            val_frequency=0,
+            warmup=1,
         )
-    )  # fmt: skip
+    )
     train(cfg)
 
 

@@ -4,9 +4,17 @@ import os
 
 # 256 samples / 32 = 8 steps per epoch, a checkpoint every 3 steps and at each epoch's end.
 FLAGS = dict(
-    model="cpu-micro-32", batch_size=32, epochs=2, lr=2e-3, warmup=2, workers=0, seed=0,
-    save_every_steps=3, log_every_steps=1, val_frequency=0,
-)  # fmt: skip
+    model="cpu-micro-32",
+    batch_size=32,
+    epochs=2,
+    lr=2e-3,
+    warmup=2,
+    workers=0,
+    seed=0,
+    save_every_steps=3,
+    log_every_steps=1,
+    val_frequency=0,
+)
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
 

@@ -84,9 +84,17 @@ def test_each_bad_sample_is_skipped_with_its_reason_or_named_in_the_error(dirty)
 def test_training_skips_counts_and_logs_bad_samples(dirty, tmp_path):
     path, bad_rows = dirty
     common = dict(
-        train_data=str(path), model="cpu-micro-32", batch_size=32, epochs=1, workers=0,
-        logs=str(tmp_path), warmup=1, log_every_steps=1, progress=False, max_bad_share=0.1,
-    )  # fmt: skip
+        train_data=str(path),
+        model="cpu-micro-32",
+        batch_size=32,
+        epochs=1,
+        workers=0,
+        logs=str(tmp_path),
+        warmup=1,
+        log_every_steps=1,
+        progress=False,
+        max_bad_share=0.1,
+    )
     run = train(build_config(overrides=dict(common, name="skip")))
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["train/skipped_samples"] == 6
@@ -161,8 +169,16 @@ def test_cut_shard_and_non_text_caption(dirty, tmp_path):
 def test_bank_build_skips_bad_rows_and_mining_never_returns_them(dirty, tmp_path):
     path, bad_rows = dirty
     spec = DataSpec(str(path), max_bad_share=0.1)
-    out = build_bank(spec, "image", tmp_path / "image", image_size=64, workers=0, progress=False,
-                     chunk_rows=16, batch_size=8)  # fmt: skip
+    out = build_bank(
+        spec,
+        "image",
+        tmp_path / "image",
+        image_size=64,
+        workers=0,
+        progress=False,
+        chunk_rows=16,
+        batch_size=8,
+    )
     bank = Bank(out)
     assert sorted(bank.skipped.tolist()) == sorted(bad_rows)
     assert not np.asarray(bank.features[bank.skipped]).any()
@@ -175,8 +191,15 @@ def test_bank_build_skips_bad_rows_and_mining_never_returns_them(dirty, tmp_path
         assert not np.isin(np.load(out / "neighbors.npy"), bank.skipped).any(), backend
 
     # Text bank: only caption problems count (empty caption, short row).
-    text = Bank(build_bank(DataSpec(str(path), max_bad_share=0.1), "text", tmp_path / "text",
-                           workers=0, progress=False))  # fmt: skip
+    text = Bank(
+        build_bank(
+            DataSpec(str(path), max_bad_share=0.1),
+            "text",
+            tmp_path / "text",
+            workers=0,
+            progress=False,
+        )
+    )
     expected = [r for r, (case, _) in bad_rows.items() if case in ("empty caption", "short row")]
     assert sorted(text.skipped.tolist()) == sorted(expected)
 
@@ -245,9 +268,15 @@ def test_a_sample_bad_in_either_bank_is_never_a_neighbour(dirty, tmp_path):
 def _train_overrides(path, tmp_path, **extra):
     """One step of training on the 58 good shapes beside ``dirty.csv``."""
     values = dict(
-        train_data=str(path.parent / "train.csv"), model="cpu-micro-32", batch_size=32,
-        epochs=1, workers=0, logs=str(tmp_path), warmup=1, progress=False,
-    )  # fmt: skip
+        train_data=str(path.parent / "train.csv"),
+        model="cpu-micro-32",
+        batch_size=32,
+        epochs=1,
+        workers=0,
+        logs=str(tmp_path),
+        warmup=1,
+        progress=False,
+    )
     return build_config(overrides=dict(values, **extra))
 
 
@@ -263,11 +292,19 @@ def test_evaluation_sets_are_checked_before_the_first_step(dirty, tmp_path):
             )
         )
     with pytest.raises(BadSample, match=r"image .*bad/cut.png listed in .*dirty.csv: unreadable"):
-        train(_train_overrides(path, tmp_path, name="strict", val_data=str(path), on_bad_sample="error", **early))  # fmt: skip
+        train(
+            _train_overrides(
+                path, tmp_path, name="strict", val_data=str(path), on_bad_sample="error", **early
+            )
+        )
     with pytest.raises(FileNotFoundError, match="zero-shot on val needs class names"):
         (path.parent / "classnames.txt").rename(path.parent / "names.txt")
         try:
-            train(_train_overrides(path, tmp_path, name="names", val_data=str(path.parent / "val.csv"), **early))  # fmt: skip
+            train(
+                _train_overrides(
+                    path, tmp_path, name="names", val_data=str(path.parent / "val.csv"), **early
+                )
+            )
         finally:
             (path.parent / "names.txt").rename(path.parent / "classnames.txt")
     for name in ("typo", "strict", "names"):  # no step was taken
@@ -281,14 +318,20 @@ def test_evaluation_skips_bad_images_with_a_logged_reason(dirty, tmp_path):
         _train_overrides(path, tmp_path, name="skip", val_data=str(path), max_bad_share=0.1)
     )
     log = (run / "out.log").read_text()
-    for image, reason in (("cut.png", "unreadable"), ("gone.png", "not found"),
-                          ("whole.png", "empty caption"), ("bomb.png", "decompression bomb")):  # fmt: skip
+    for image, reason in (
+        ("cut.png", "unreadable"),
+        ("gone.png", "not found"),
+        ("whole.png", "empty caption"),
+        ("bomb.png", "decompression bomb"),
+    ):
         assert f"bad/{image}' (index " in log and reason in log, image
     record = json.loads((run / "results" / "retrieval_dirty.json").read_text())
     assert 0 <= record["metrics"]["image_to_text_R@1"] <= 1
     # Past --max-bad-share the run stops before its first step, naming the set.
     with pytest.raises(ValueError, match=r"5 of the 63 samples of .*dirty.csv are bad"):
-        train(_train_overrides(path, tmp_path, name="share", val_data=str(path), stop_after_steps=1))  # fmt: skip
+        train(
+            _train_overrides(path, tmp_path, name="share", val_data=str(path), stop_after_steps=1)
+        )
 
 
 def test_clip_ping_eval_follows_on_bad_sample_and_warns_on_meaningless_sets(

@@ -96,7 +96,7 @@ CASES = [
         2,
         "--workers 100,000 is more worker processes than this machine can run: at most",
         id="bank-workers",
-    ),  # fmt: skip
+    ),
 ]
 
 

@@ -158,8 +158,25 @@ def test_out_of_range_numbers_are_refused_from_flags_and_yaml_alike(name, value,
 
 def test_the_ends_of_each_range_are_accepted():
     cfg = parse_train(
-        ["--train-data", "a.csv", "--seed", str(2**31 - 1), "--beta1", "0", "--wd", "0",
-         "--aux-temperature", "0.001", "--max-bad-share", "0", "--warmup", "0", "--workers", "0",
-         "--grad-clip-norm", "1e-6"]
-    )  # fmt: skip
+        [
+            "--train-data",
+            "a.csv",
+            "--seed",
+            str(2**31 - 1),
+            "--beta1",
+            "0",
+            "--wd",
+            "0",
+            "--aux-temperature",
+            "0.001",
+            "--max-bad-share",
+            "0",
+            "--warmup",
+            "0",
+            "--workers",
+            "0",
+            "--grad-clip-norm",
+            "1e-6",
+        ]
+    )
     assert cfg.seed == 2**31 - 1 and cfg.aux_temperature == 0.001 and cfg.grad_clip_norm == 1e-6

@@ -52,16 +52,28 @@ def test_python_and_other_tags_are_refused_with_the_line(tmp_path):
 @pytest.mark.parametrize(
     "text,where,what",
     [
-        ('train_data: t.csv\nname: "unclosed\nlr: 0.1\n', "line 4, column 1",
-         "found unexpected end of stream (while scanning a quoted scalar, from line 2)"),
-        ("train_data: t.csv\nname: a: b\n", "line 2, column 8",
-         "mapping values are not allowed here"),
-        ("train_data: t.csv\n\tlr: 0.1\n", "line 2, column 1",
-         "found character '\\t' that cannot start any token"),
-        ("train_data: t.csv\nlr: 0.1\n---\nlr: 0.2\n", "line 3, column 1",
-         "but found another document (expected a single document in the stream, from line 1)"),
+        (
+            'train_data: t.csv\nname: "unclosed\nlr: 0.1\n',
+            "line 4, column 1",
+            "found unexpected end of stream (while scanning a quoted scalar, from line 2)",
+        ),
+        (
+            "train_data: t.csv\nname: a: b\n",
+            "line 2, column 8",
+            "mapping values are not allowed here",
+        ),
+        (
+            "train_data: t.csv\n\tlr: 0.1\n",
+            "line 2, column 1",
+            "found character '\\t' that cannot start any token",
+        ),
+        (
+            "train_data: t.csv\nlr: 0.1\n---\nlr: 0.2\n",
+            "line 3, column 1",
+            "but found another document (expected a single document in the stream, from line 1)",
+        ),
     ],
-)  # fmt: skip
+)
 def test_yaml_syntax_errors_are_one_line_with_the_line_number(tmp_path, text, where, what):
     assert f"{where}: {what}" in _refusal(tmp_path, text)
 
@@ -92,8 +104,10 @@ def test_plain_configs_still_read_with_lines_dates_as_strings_and_a_bom(tmp_path
     path = tmp_path / "run.yaml"
     path.write_text("\ufefftrain-data: t.csv\n# a comment\nname: 2024-06-01\nlr: 1e-3\n")
     assert read_config_file(path) == {
-        "train-data": ("t.csv", 1), "name": ("2024-06-01", 3), "lr": ("1e-3", 4)
-    }  # fmt: skip
+        "train-data": ("t.csv", 1),
+        "name": ("2024-06-01", 3),
+        "lr": ("1e-3", 4),
+    }
     cfg = build_config(str(path))
     assert cfg.name == "2024-06-01" and cfg.lr == 1e-3
     path.write_text("")

@@ -26,10 +26,20 @@ def results(tmp_path_factory, request):
     model = request.param
     run([sys.executable, str(WORKER), str(tmp_path / "single.pt"), model], tmp_path)
     run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-         "--master_port", "29533", str(WORKER), str(tmp_path / "ddp.pt"), model],
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29533",
+            str(WORKER),
+            str(tmp_path / "ddp.pt"),
+            model,
+        ],
         tmp_path,
-    )  # fmt: skip
+    )
     load = lambda name: torch.load(tmp_path / name, weights_only=True)  # noqa: E731
     return load("single.pt"), load("ddp.pt")
 
@@ -95,11 +105,22 @@ def shard_run(small_corpus, tmp_path_factory):
     for modality in ("image", "text"):
         mine_bank(tmp_path / modality, k=3, backend="exact", progress=False)
     run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-         "--master_port", "29534", str(SHARDS_WORKER), shards, str(tmp_path / "image"),
-         str(tmp_path / "text"), str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29534",
+            str(SHARDS_WORKER),
+            shards,
+            str(tmp_path / "image"),
+            str(tmp_path / "text"),
+            str(tmp_path),
+        ],
         tmp_path,
-    )  # fmt: skip
+    )
     return tmp_path
 
 

@@ -18,9 +18,17 @@ from clip_ping.training.train import train
 
 # 256 samples / 32 = 8 steps per epoch, 2 epochs, a checkpoint every 3 steps.
 FLAGS = dict(
-    model="cpu-micro-32", batch_size=32, epochs=2, lr=2e-3, warmup=2, workers=0, seed=0,
-    save_every_steps=3, log_every_steps=1, val_frequency=0,
-)  # fmt: skip
+    model="cpu-micro-32",
+    batch_size=32,
+    epochs=2,
+    lr=2e-3,
+    warmup=2,
+    workers=0,
+    seed=0,
+    save_every_steps=3,
+    log_every_steps=1,
+    val_frequency=0,
+)
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +41,19 @@ def corpus(tmp_path_factory):
 
 
 def _command(corpus, logs, name, resume=False):
-    cmd = [sys.executable, "-m", "clip_ping.cli", "train", "--train-data",
-           str(corpus / "train.csv"), "--logs", str(logs), "--name", name, "--no-progress"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "clip_ping.cli",
+        "train",
+        "--train-data",
+        str(corpus / "train.csv"),
+        "--logs",
+        str(logs),
+        "--name",
+        name,
+        "--no-progress",
+    ]
     cmd += [f"--{k.replace('_', '-')}={v}" for k, v in FLAGS.items()]
     return cmd + (["--resume", "latest"] if resume else [])
 
@@ -46,8 +65,15 @@ def _reference(corpus, logs):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        cfg = build_config(overrides=dict(FLAGS, train_data=str(corpus / "train.csv"),
-                                          logs=str(logs), name="whole", progress=False))  # fmt: skip
+        cfg = build_config(
+            overrides=dict(
+                FLAGS,
+                train_data=str(corpus / "train.csv"),
+                logs=str(logs),
+                name="whole",
+                progress=False,
+            )
+        )
         return load_checkpoint_file(train(cfg) / "checkpoints" / "latest.pt")
     finally:
         torch.set_num_threads(threads)
@@ -94,8 +120,9 @@ def test_sigkill_anywhere_then_resume_gives_the_uninterrupted_weights(corpus, tm
     rng = random.Random(0)
 
     # 1. Kill while latest.pt is being written: its temporary file exists.
-    process = subprocess.Popen(_command(corpus, tmp_path, "killed"), env=ENV,
-                               stderr=subprocess.DEVNULL)  # fmt: skip
+    process = subprocess.Popen(
+        _command(corpus, tmp_path, "killed"), env=ENV, stderr=subprocess.DEVNULL
+    )
     writing = lambda: any(p.name.startswith(".latest.pt") for p in checkpoints.glob(".*"))  # noqa: E731
     assert _kill_when(process, writing), "the run ended before any checkpoint write was seen"
     saved = 0
@@ -105,15 +132,17 @@ def test_sigkill_anywhere_then_resume_gives_the_uninterrupted_weights(corpus, tm
 
     # 2. Resume, and kill once the run has logged a random step past those already logged.
     target = rng.randint(max(saved, _logged_steps(run_dir)) + 1, TOTAL_STEPS - 1)
-    process = subprocess.Popen(_command(corpus, tmp_path, "killed", resume=True), env=ENV,
-                               stderr=subprocess.DEVNULL)  # fmt: skip
+    process = subprocess.Popen(
+        _command(corpus, tmp_path, "killed", resume=True), env=ENV, stderr=subprocess.DEVNULL
+    )
     if not _kill_when(process, lambda: _logged_steps(run_dir) >= target):
         assert process.returncode == 0  # a slow poll may find the run already finished
     if (checkpoints / "latest.pt").exists():  # whatever the moment: a complete checkpoint
         assert load_checkpoint_file(checkpoints / "latest.pt")["step"] in SAVED_STEPS
 
-    finished = subprocess.run(_command(corpus, tmp_path, "killed", resume=True), env=ENV,
-                              capture_output=True, text=True)  # fmt: skip
+    finished = subprocess.run(
+        _command(corpus, tmp_path, "killed", resume=True), env=ENV, capture_output=True, text=True
+    )
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert not [p.name for p in checkpoints.glob(".*")]  # stale temporaries removed
 
@@ -126,8 +155,14 @@ def test_sigkill_anywhere_then_resume_gives_the_uninterrupted_weights(corpus, tm
 
 def test_nonfinite_loss_stops_keeping_the_last_good_checkpoint(corpus, tmp_path):
     # A learning rate of 1e30 makes the weights overflow after the first update.
-    overrides = dict(FLAGS, train_data=str(corpus / "train.csv"), logs=str(tmp_path),
-                     progress=False, lr=1e30, save_every_steps=1)  # fmt: skip
+    overrides = dict(
+        FLAGS,
+        train_data=str(corpus / "train.csv"),
+        logs=str(tmp_path),
+        progress=False,
+        lr=1e30,
+        save_every_steps=1,
+    )
     with pytest.raises(FloatingPointError, match=r"at step 2; .* last good checkpoint .*step 1"):
         train(build_config(overrides=dict(overrides, name="stop")))
     kept = load_checkpoint_file(tmp_path / "stop" / "checkpoints" / "latest.pt")
@@ -153,13 +188,23 @@ def test_a_full_disk_while_saving_is_a_clear_error_and_keeps_the_previous_checkp
     corpus, tmp_path
 ):
     cmd = _command(corpus, tmp_path, "full")
-    overrides = dict(FLAGS, train_data=str(corpus / "train.csv"), logs=str(tmp_path),
-                     progress=False, name="full", stop_after_steps=3)  # fmt: skip
+    overrides = dict(
+        FLAGS,
+        train_data=str(corpus / "train.csv"),
+        logs=str(tmp_path),
+        progress=False,
+        name="full",
+        stop_after_steps=3,
+    )
     train(build_config(overrides=overrides))
     before = (tmp_path / "full" / "checkpoints" / "latest.pt").read_bytes()
     # Resume where no file may grow past 4 MiB: the next checkpoint (~26 MB) cannot be written.
-    full = subprocess.run([sys.executable, "-c", DISK_FULL, *cmd[3:], "--resume", "latest"],
-                          env=ENV, capture_output=True, text=True)  # fmt: skip
+    full = subprocess.run(
+        [sys.executable, "-c", DISK_FULL, *cmd[3:], "--resume", "latest"],
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
     assert full.returncode == 1, full.stderr[-2000:]
     assert "could not write the step-6 checkpoint" in full.stderr
     assert "previous checkpoint from step 3 is intact" in full.stderr
@@ -174,8 +219,14 @@ def test_a_crafted_pickle_as_checkpoint_is_refused_not_run(corpus, tmp_path):
         def __reduce__(self):
             return (open, (str(tmp_path / "pwned"), "w"))
 
-    overrides = dict(FLAGS, train_data=str(corpus / "train.csv"), logs=str(tmp_path),
-                     progress=False, name="evil", stop_after_steps=1)  # fmt: skip
+    overrides = dict(
+        FLAGS,
+        train_data=str(corpus / "train.csv"),
+        logs=str(tmp_path),
+        progress=False,
+        name="evil",
+        stop_after_steps=1,
+    )
     train(build_config(overrides=overrides))
     latest = tmp_path / "evil" / "checkpoints" / "latest.pt"
     torch.save({"model": Payload(), "step": 1}, latest)

@@ -60,8 +60,9 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def imports(path: Path) -> set[str]:
-    """Every clip_ping module ``path`` imports (``from . import x`` → the package)."""
+def imports(path: Path, submodules: bool = False) -> set[str]:
+    """Every clip_ping module ``path`` imports (``from . import x`` → the package; with
+    ``submodules`` also ``x`` where that is a module of the package)."""
     name = module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
@@ -72,9 +73,12 @@ def imports(path: Path) -> set[str]:
                 base = package.split(".")[: len(package.split(".")) - node.level + 1]
                 target = ".".join(base + ([node.module] if node.module else []))
             found.add(target)
+            if submodules:
+                found.update(f"{target}.{a.name}" for a in node.names)
         elif isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
-    return {t for t in found if t == "clip_ping" or t.startswith("clip_ping.")}
+    found = {t for t in found if t == "clip_ping" or t.startswith("clip_ping.")}
+    return {t for t in found if t in MODULES} if submodules else found
 
 
 def within(module: str, prefix: str) -> bool:
@@ -127,3 +131,59 @@ def test_the_checks_catch_a_backward_import(tmp_path):
         SRC = saved
     assert found == {"clip_ping.training.train", "clip_ping.bank"}
     assert stage_of("clip_ping.training.train") > stage_of("clip_ping.bank.store")
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The groups of modules that import each other, directly or around a cycle (the strongly
+    connected components of ``graph`` with more than one module), each sorted."""
+    order: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles = []
+
+    def visit(module: str) -> None:
+        order[module] = low[module] = len(order)
+        stack.append(module)
+        for target in sorted(graph.get(module, ())):
+            if target not in order:
+                visit(target)
+                low[module] = min(low[module], low[target])
+            elif target in stack:
+                low[module] = min(low[module], order[target])
+        if low[module] == order[module]:
+            group = stack[stack.index(module) :]
+            del stack[stack.index(module) :]
+            if len(group) > 1:
+                cycles.append(sorted(group))
+
+    for module in sorted(graph):
+        if module not in order:
+            visit(module)
+    return cycles
+
+
+def test_no_two_modules_import_each_other():
+    """Every import counts, those under ``TYPE_CHECKING`` and inside functions too, and
+    ``from . import x`` imports both the package and its module ``x``."""
+    graph = {module: imports(path, submodules=True) - {module} for module, path in MODULES.items()}
+    assert import_cycles(graph) == []
+
+
+def test_the_cycle_check_finds_cycles_through_type_checking(tmp_path):
+    package = tmp_path / "clip_ping" / "experiments"
+    package.mkdir(parents=True)
+    (package / "runs.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .demo import DemoData\n"
+    )
+    (package / "demo.py").write_text("def run():\n    from . import runs\n")
+    global SRC, MODULES
+    saved = SRC, MODULES
+    SRC = tmp_path
+    MODULES = {module_name(p): p for p in sorted(tmp_path.rglob("*.py"))}
+    try:
+        graph = {m: imports(p, submodules=True) - {m} for m, p in MODULES.items()}
+    finally:
+        SRC, MODULES = saved
+    assert graph["clip_ping.experiments.demo"] == {"clip_ping.experiments.runs"}
+    assert import_cycles(graph) == [["clip_ping.experiments.demo", "clip_ping.experiments.runs"]]
+    assert import_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]

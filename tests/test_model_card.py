@@ -23,11 +23,18 @@ def test_the_card_states_the_run_and_its_code_loads_the_same_model(
 ):
     cfg = build_config(
         overrides=dict(
-            train_data=str(shapes_corpus / "train.csv"), val_data=str(shapes_corpus / "val.csv"),
-            model=student, batch_size=128, epochs=1, warmup=2, workers=0,
-            logs=str(tmp_path), name="card", progress=False,
+            train_data=str(shapes_corpus / "train.csv"),
+            val_data=str(shapes_corpus / "val.csv"),
+            model=student,
+            batch_size=128,
+            epochs=1,
+            warmup=2,
+            workers=0,
+            logs=str(tmp_path),
+            name="card",
+            progress=False,
         )
-    )  # fmt: skip
+    )
     run_dir = train(cfg)
     card = (run_dir / "hf" / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: transformers\n")

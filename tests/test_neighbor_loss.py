@@ -64,12 +64,17 @@ def make_targets(batch, image_dim, text_dim, with_validity, num_samples=6):
     image_nbr = torch.randint(0, num_samples, (batch,))
     text_nbr = torch.randint(0, num_samples, (batch,))
     return NeighborTargets(
-        image_neighbors=image_nbr, text_neighbors=text_nbr,
-        nn_image=image_rows[image_nbr], nn_text=text_rows[text_nbr],
-        xnn_image=text_rows[image_nbr], xnn_text=image_rows[text_nbr],
-        nn_image_valid=valid(), nn_text_valid=valid(),
-        xnn_image_valid=valid(), xnn_text_valid=valid(),
-    )  # fmt: skip
+        image_neighbors=image_nbr,
+        text_neighbors=text_nbr,
+        nn_image=image_rows[image_nbr],
+        nn_text=text_rows[text_nbr],
+        xnn_image=text_rows[image_nbr],
+        xnn_text=image_rows[text_nbr],
+        nn_image_valid=valid(),
+        nn_text_valid=valid(),
+        xnn_image_valid=valid(),
+        xnn_text_valid=valid(),
+    )
 
 
 @pytest.mark.parametrize("target", ["bank", "memory"])
@@ -78,9 +83,15 @@ def test_neighbor_loss_terms_match_the_reference(target):
     batch, d, image_dim, text_dim = 10, 8, 12, 7
     if target == "memory":
         image_dim = text_dim = d
-    loss = NeighborLoss(d, image_bank_dim=image_dim, text_bank_dim=text_dim, target=target,
-                        nn_weight=0.7, xnn_weight=0.3,
-                        aux_temperature=0.2).double()  # fmt: skip
+    loss = NeighborLoss(
+        d,
+        image_bank_dim=image_dim,
+        text_bank_dim=text_dim,
+        target=target,
+        nn_weight=0.7,
+        xnn_weight=0.3,
+        aux_temperature=0.2,
+    ).double()
     z_image, z_text = unit(batch, d).requires_grad_(), unit(batch, d).requires_grad_()
     scale = torch.tensor(12.0, dtype=torch.float64, requires_grad=True)
     targets = make_targets(batch, image_dim, text_dim, with_validity=target == "memory")
@@ -145,8 +156,14 @@ def test_identical_targets_under_other_ids_are_not_negatives():
     targets.text_neighbors = torch.arange(batch) + 10  # all different samples...
     targets.nn_text = unit(batch, text_dim)
     targets.nn_text[3] = targets.nn_text[1]  # ...but 1 and 3 share a caption
-    loss = NeighborLoss(d, image_bank_dim=image_dim, text_bank_dim=text_dim, nn_weight=1.0,
-                        xnn_weight=0.0, aux_temperature=0.5).double()  # fmt: skip
+    loss = NeighborLoss(
+        d,
+        image_bank_dim=image_dim,
+        text_bank_dim=text_dim,
+        nn_weight=1.0,
+        xnn_weight=0.0,
+        aux_temperature=0.5,
+    ).double()
     z_text = unit(batch, d)
     terms = loss(unit(batch, d), z_text, torch.tensor(1.0), targets=targets)
     query = F.normalize(loss.heads["nn_text"](z_text), dim=-1)

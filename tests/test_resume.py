@@ -33,8 +33,19 @@ def config(corpus, logs, **overrides):
 
 
 def cli(corpus, logs, name, **flags):
-    cmd = [sys.executable, "-m", "clip_ping.cli", "train", "--train-data",
-           str(corpus / "train.csv"), "--logs", str(logs), "--name", name, "--no-progress"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "clip_ping.cli",
+        "train",
+        "--train-data",
+        str(corpus / "train.csv"),
+        "--logs",
+        str(logs),
+        "--name",
+        name,
+        "--no-progress",
+    ]
     return cmd + [f"--{k.replace('_', '-')}={v}" for k, v in {**FLAGS, **flags}.items()]
 
 
@@ -67,18 +78,24 @@ def test_resume_refuses_changed_settings_by_name_and_records_safe_changes(corpus
     (record,) = [json.loads(line) for line in (run_dir / "resumes.jsonl").read_text().splitlines()]
     assert record["step"] == 5 and record["from"] == str(run_dir / "checkpoints" / "latest.pt")
     assert record["changed"] == {
-        "workers": {"was": 0, "now": 1}, "epochs": {"was": 2, "now": 3},
-        "log_every_steps": {"was": 1, "now": 2}, "stop_after_steps": {"was": 5, "now": None},
-    }  # fmt: skip
+        "workers": {"was": 0, "now": 1},
+        "epochs": {"was": 2, "now": 3},
+        "log_every_steps": {"was": 1, "now": 2},
+        "stop_after_steps": {"was": 5, "now": None},
+    }
     assert run_settings(run_dir)["epochs"] == 3
     assert load_checkpoint_file(run_dir / "checkpoints" / "latest.pt")["step"] == 24
     assert "| epochs | `3` |" in (run_dir / "hf" / "README.md").read_text()
 
 
 def test_workers_may_change_on_resume_with_a_csv_but_not_with_shards():
-    for data, refused in (("train.csv", []), ("shards/{00000..00003}.tar", [
-        "--workers was 2, now 4 (with WebDataset shards it decides the order of the samples)"
-    ])):  # fmt: skip
+    for data, refused in (
+        ("train.csv", []),
+        (
+            "shards/{00000..00003}.tar",
+            ["--workers was 2, now 4 (with WebDataset shards it decides the order of the samples)"],
+        ),
+    ):
         cfg = build_config(overrides=dict(train_data=data, workers=4))
         changes, refusals = settings_changes({**cfg.to_dict(), "workers": 2}, cfg)
         assert refusals == refused
@@ -103,10 +120,16 @@ def test_resume_refuses_a_changed_neighbour_target_of_a_clip_ping_run(
     small_corpus, shapes_banks, tmp_path
 ):
     ping = dict(
-        FLAGS, train_data=str(small_corpus / "train.csv"), logs=str(tmp_path), name="p",
-        progress=False, loss="clip-ping", image_bank=str(shapes_banks / "image"),
-        text_bank=str(shapes_banks / "text"), neighbor_k=3,
-    )  # fmt: skip
+        FLAGS,
+        train_data=str(small_corpus / "train.csv"),
+        logs=str(tmp_path),
+        name="p",
+        progress=False,
+        loss="clip-ping",
+        image_bank=str(shapes_banks / "image"),
+        text_bank=str(shapes_banks / "text"),
+        neighbor_k=3,
+    )
     train(build_config(overrides=dict(ping, stop_after_steps=3)))
     for change, message in (
         (dict(neighbor_target="memory"), "--neighbor-target was bank, now memory"),
@@ -125,13 +148,25 @@ def test_an_unreadable_latest_stops_the_resume_and_is_never_overwritten(corpus, 
     assert sorted(before) == ["epoch_1.pt", "latest.pt"]
     (checkpoints / "latest.pt").chmod(0o000)
     try:
-        done = subprocess.run(cli(corpus, tmp_path, "u", resume="latest"), env=ENV,
-                              capture_output=True, text=True, **bound_by_permissions())  # fmt: skip
+        done = subprocess.run(
+            cli(corpus, tmp_path, "u", resume="latest"),
+            env=ENV,
+            capture_output=True,
+            text=True,
+            **bound_by_permissions(),
+        )
         load = subprocess.run(
-            [sys.executable, "-c", "import sys, clip_ping; clip_ping.load(sys.argv[1])",
-             str(checkpoints / "latest.pt")],
-            env=ENV, capture_output=True, text=True, **bound_by_permissions(),
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-c",
+                "import sys, clip_ping; clip_ping.load(sys.argv[1])",
+                str(checkpoints / "latest.pt"),
+            ],
+            env=ENV,
+            capture_output=True,
+            text=True,
+            **bound_by_permissions(),
+        )
     finally:
         (checkpoints / "latest.pt").chmod(0o644)
     assert done.returncode == 1, done.stderr[-2000:]
@@ -193,16 +228,22 @@ def altered(state, how):
 @pytest.mark.parametrize(
     "how, resume_says, load_says",
     [
-        ("wrong shape", "tensors 1 of another shape (model.clip.logit_scale (3,) instead of "
-         "scalar)", "tensors 1 of another shape (clip.logit_scale (3,) instead of scalar)"),
-        ("missing tensor", "tensors 1 missing (model.clip.text_projection.weight)",
-         "tensors 1 missing (clip.text_projection.weight)"),
+        (
+            "wrong shape",
+            "tensors 1 of another shape (model.clip.logit_scale (3,) instead of scalar)",
+            "tensors 1 of another shape (clip.logit_scale (3,) instead of scalar)",
+        ),
+        (
+            "missing tensor",
+            "tensors 1 missing (model.clip.text_projection.weight)",
+            "tensors 1 missing (clip.text_projection.weight)",
+        ),
         ("task is a list", "lacks task", "holds no student"),
         ("list", "holds a list, not the dict", "holds a list, not the dict"),
         ("dict of other keys", "written by another clip-ping version", "holds no student"),
         ("no optimizer", "lacks optimizer", None),  # its student still loads
     ],
-)  # fmt: skip
+)
 def test_a_checkpoint_that_does_not_fit_is_one_line_naming_it(
     corpus, tmp_path, how, resume_says, load_says
 ):
@@ -247,9 +288,15 @@ def umask_022():
 def test_a_run_s_outputs_get_the_permissions_of_a_plain_open(corpus, tmp_path, umask_022):
     run_dir = train(config(corpus, tmp_path, name="m", epochs=1))
     mode = lambda part: stat.S_IMODE((run_dir / part).stat().st_mode)  # noqa: E731
-    for part in ("config.yaml", "metrics.jsonl", "checkpoints/latest.pt",
-                 "checkpoints/epoch_1.pt", "hf/model.safetensors", "hf/config.json",
-                 "hf/README.md"):  # fmt: skip
+    for part in (
+        "config.yaml",
+        "metrics.jsonl",
+        "checkpoints/latest.pt",
+        "checkpoints/epoch_1.pt",
+        "hf/model.safetensors",
+        "hf/config.json",
+        "hf/README.md",
+    ):
         assert mode(part) == 0o644, part
     for part in (".", "checkpoints", "hf"):
         assert mode(part) == 0o755, part

@@ -27,8 +27,17 @@ def corpus(tmp_path_factory):
 
 
 def command(corpus, logs, *extra, name="same", **flags):
-    cmd = [sys.executable, "-m", "clip_ping.cli", "train", "--train-data",
-           str(corpus / "train.csv"), "--logs-dir", str(logs), "--no-progress"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "clip_ping.cli",
+        "train",
+        "--train-data",
+        str(corpus / "train.csv"),
+        "--logs-dir",
+        str(logs),
+        "--no-progress",
+    ]
     cmd += ["--name", name] if name else []
     cmd += [f"--{k.replace('_', '-')}={v}" for k, v in {**FLAGS, **flags}.items()]
     return cmd + list(extra)
@@ -65,15 +74,15 @@ def test_two_trainings_on_one_name_one_runs_and_the_other_refuses_at_once(corpus
     the first run's pid; the first runs to the end untouched. Then the same for two
     ``--resume latest`` (a requeued job started twice)."""
     run_dir = tmp_path / "same"
-    first = subprocess.Popen(command(corpus, tmp_path, lr=2e-3), env=ENV,
-                             stderr=subprocess.DEVNULL)  # fmt: skip
+    first = subprocess.Popen(command(corpus, tmp_path, lr=2e-3), env=ENV, stderr=subprocess.DEVNULL)
     try:
         # out.log opens once the folder is claimed; stopping the first run there holds its
         # lock for as long as the second one needs, however slow the machine
         wait_for(lambda: log_has(run_dir, "model cpu-micro-32"), first, "the run log")
         first.send_signal(signal.SIGSTOP)
-        second = subprocess.run(command(corpus, tmp_path, lr=1e-3), env=ENV,
-                                capture_output=True, text=True, timeout=300)  # fmt: skip
+        second = subprocess.run(
+            command(corpus, tmp_path, lr=1e-3), env=ENV, capture_output=True, text=True, timeout=300
+        )
         first.send_signal(signal.SIGCONT)
         assert first.wait(timeout=600) == 0
     finally:
@@ -87,13 +96,19 @@ def test_two_trainings_on_one_name_one_runs_and_the_other_refuses_at_once(corpus
     assert not (run_dir / LOCK_FILE).exists()
 
     more = ("--resume", "latest")
-    first = subprocess.Popen(command(corpus, tmp_path, *more, epochs=3), env=ENV,
-                             stderr=subprocess.DEVNULL)  # fmt: skip
+    first = subprocess.Popen(
+        command(corpus, tmp_path, *more, epochs=3), env=ENV, stderr=subprocess.DEVNULL
+    )
     try:
         wait_for(lambda: log_has(run_dir, "resumed from"), first, "the resume")
         first.send_signal(signal.SIGSTOP)
-        second = subprocess.run(command(corpus, tmp_path, *more, epochs=3), env=ENV,
-                                capture_output=True, text=True, timeout=300)  # fmt: skip
+        second = subprocess.run(
+            command(corpus, tmp_path, *more, epochs=3),
+            env=ENV,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         first.send_signal(signal.SIGCONT)
         assert first.wait(timeout=600) == 0
     finally:
@@ -107,8 +122,13 @@ def test_two_trainings_on_one_name_one_runs_and_the_other_refuses_at_once(corpus
 
 def write_lock(run_dir, pid, host=None, process_start=None):
     run_dir.mkdir(parents=True, exist_ok=True)
-    holder = {"pid": pid, "host": host or socket.gethostname(), "process_start": process_start,
-              "since": "2026-11-30T10:00:00", "command": "clip-ping train"}  # fmt: skip
+    holder = {
+        "pid": pid,
+        "host": host or socket.gethostname(),
+        "process_start": process_start,
+        "since": "2026-11-30T10:00:00",
+        "command": "clip-ping train",
+    }
     (run_dir / LOCK_FILE).write_text(json.dumps(holder))
 
 
@@ -160,19 +180,28 @@ def test_unnamed_runs_started_in_the_same_second_get_their_own_folders(tmp_path)
     now = datetime(2026, 11, 30, 14, 5, 9)
     folders = [_new_folder(tmp_path, now) for _ in range(3)]
     assert [f.name for f in folders] == [
-        "2026_11_30-14_05_09", "2026_11_30-14_05_09-1", "2026_11_30-14_05_09-2",
-    ]  # fmt: skip
+        "2026_11_30-14_05_09",
+        "2026_11_30-14_05_09-1",
+        "2026_11_30-14_05_09-2",
+    ]
     assert all(f.is_dir() for f in folders)
 
 
 def test_under_torchrun_rank_0_holds_the_lock_and_the_other_ranks_follow(corpus, tmp_path):
     """An unnamed two-process run makes one folder (rank 0 names it); on a locked folder
     both ranks stop with the message instead of waiting for each other."""
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                "--nproc_per_node", "2"]  # fmt: skip
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+    ]
     cli = command(corpus, tmp_path / "logs", name=None, batch_size=16, stop_after_steps=2)
-    done = subprocess.run([*torchrun, *cli[1:]], env=ENV, capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
+    done = subprocess.run(
+        [*torchrun, *cli[1:]], env=ENV, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     (folder,) = (tmp_path / "logs").iterdir()
     assert (folder / "checkpoints" / "latest.pt").is_file()
@@ -180,8 +209,9 @@ def test_under_torchrun_rank_0_holds_the_lock_and_the_other_ranks_follow(corpus,
 
     write_lock(tmp_path / "logs" / "held", os.getpid(), process_start=_process_start(os.getpid()))
     cli = command(corpus, tmp_path / "logs", name="held", batch_size=16)
-    refused = subprocess.run([*torchrun, *cli[1:]], env=ENV, capture_output=True, text=True,
-                             timeout=600)  # fmt: skip
+    refused = subprocess.run(
+        [*torchrun, *cli[1:]], env=ENV, capture_output=True, text=True, timeout=600
+    )
     assert refused.returncode != 0
     assert refused.stderr.count(f"is in use by another run: pid {os.getpid()}") == 2  # each rank
 
@@ -199,8 +229,14 @@ def test_a_read_only_checkpoints_folder_fails_before_training(corpus, tmp_path):
     checkpoints.mkdir(parents=True)
     checkpoints.chmod(0o555)
     try:
-        done = subprocess.run(command(corpus, tmp_path, name="ro"), env=ENV, capture_output=True,
-                              text=True, timeout=300, **bound_by_permissions())  # fmt: skip
+        done = subprocess.run(
+            command(corpus, tmp_path, name="ro"),
+            env=ENV,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            **bound_by_permissions(),
+        )
     finally:
         checkpoints.chmod(0o755)
     assert done.returncode == 1

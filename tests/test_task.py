@@ -29,10 +29,14 @@ class Passthrough(nn.Module):
 def make_task(corpus, banks, **overrides):
     cfg = build_config(
         overrides={
-            "train_data": str(corpus / "train.csv"), "model": "cpu-micro-32", "loss": "clip-ping",
-            "image_bank": str(banks / "image"), "text_bank": str(banks / "text"), **overrides,
+            "train_data": str(corpus / "train.csv"),
+            "model": "cpu-micro-32",
+            "loss": "clip-ping",
+            "image_bank": str(banks / "image"),
+            "text_bank": str(banks / "text"),
+            **overrides,
         }
-    )  # fmt: skip
+    )
     model, tokenizer = create_model(cfg.model, seed=0)
     data = build_train_data(cfg.data_spec(), TrainTransform(model.image_size), tokenizer, seed=0)
     batch = next(iter(data.loader(0, 0, batch_size=16, workers=0)))
@@ -89,7 +93,7 @@ def micro_batches(batch: dict, parts: int) -> list[dict]:
         dict(loss="clip", image_bank=None, text_bank=None),
         dict(neighbor_target="bank"),
         dict(neighbor_target="memory"),
-    ],  # fmt: skip
+    ],
     ids=["clip", "bank", "memory"],
 )
 def test_four_accumulated_micro_batches_give_the_loss_and_gradients_of_one_batch(
@@ -108,9 +112,12 @@ def test_four_accumulated_micro_batches_give_the_loss_and_gradients_of_one_batch
     task.zero_grad(set_to_none=True)
 
     loss_acc, terms_acc, out = task.accumulate(
-        micro_batches(batch, 4), 3, "cpu", backward=lambda x: x.backward(),
+        micro_batches(batch, 4),
+        3,
+        "cpu",
+        backward=lambda x: x.backward(),
         autocast=contextlib.nullcontext,
-    )  # fmt: skip
+    )
     for name in task.summed:
         if name in terms:
             torch.testing.assert_close(terms_acc[name], terms[name], atol=1e-5, rtol=1e-5)

@@ -15,10 +15,20 @@ from clip_ping.training.train import train
 
 def config(corpus, logs, **overrides):
     values = dict(
-        train_data=str(corpus / "train.csv"), val_data=str(corpus / "val.csv"),
-        model="cpu-micro-32", batch_size=64, epochs=2, lr=2e-3, warmup=10, workers=0,
-        logs=str(logs), seed=0, save_every_steps=7, log_every_steps=5, progress=False,
-    )  # fmt: skip
+        train_data=str(corpus / "train.csv"),
+        val_data=str(corpus / "val.csv"),
+        model="cpu-micro-32",
+        batch_size=64,
+        epochs=2,
+        lr=2e-3,
+        warmup=10,
+        workers=0,
+        logs=str(logs),
+        seed=0,
+        save_every_steps=7,
+        log_every_steps=5,
+        progress=False,
+    )
     values.update(overrides)
     return build_config(overrides=values)
 
@@ -65,8 +75,10 @@ def test_resumed_run_ends_with_the_same_weights(shapes_corpus, tmp_path, student
     again = load_checkpoint_file(resumed / "checkpoints" / "latest.pt")
     assert again["step"] == full["step"] == 24
     assert sorted(p.name for p in (resumed / "checkpoints").iterdir()) == [
-        "epoch_1.pt", "epoch_2.pt", "latest.pt",
-    ]  # fmt: skip
+        "epoch_1.pt",
+        "epoch_2.pt",
+        "latest.pt",
+    ]
     assert torch.equal(
         load_checkpoint_file(resumed / "checkpoints" / "epoch_2.pt")["task"][logit_scale],
         again["task"][logit_scale],
@@ -114,8 +126,12 @@ def test_resume_refuses_another_model(shapes_corpus, tmp_path):
     latest = tmp_path / "m" / "checkpoints" / "latest.pt"
     state = load_checkpoint_file(latest)
     old = {k: v for k, v in state.items() if k not in ("format", "student", "task")}
-    old.update(student_weights(state), clip_config=state["student"]["clip_config"],
-               tokenizer=state["student"]["tokenizer"], context_length=16)  # fmt: skip
+    old.update(
+        student_weights(state),
+        clip_config=state["student"]["clip_config"],
+        tokenizer=state["student"]["tokenizer"],
+        context_length=16,
+    )
     torch.save(old, latest)
     with pytest.raises(ValueError, match="format clip-ping-checkpoint/1.*clip_ping.load"):
         train(config(shapes_corpus, tmp_path, name="m", resume="latest"))
@@ -136,13 +152,30 @@ def test_cli_trains_with_a_trained_tokenizer_and_exports(shapes_corpus, tmp_path
     train_csv = str(shapes_corpus / "train.csv")
     subprocess.run(
         [*cli, "tokenizer", "train", "--train-data", train_csv, "--out", str(tmp_path / "tok")],
-        check=True, capture_output=True,
-    )  # fmt: skip
+        check=True,
+        capture_output=True,
+    )
     cmd = [
-        *cli, "train", "--train-data", train_csv, "--tokenizer", str(tmp_path / "tok"),
-        "--model", "cpu-micro-32", "--epochs", "1", "--batch-size", "128", "--workers", "1",
-        "--logs", str(tmp_path), "--name", "cli", "--no-progress",
-    ]  # fmt: skip
+        *cli,
+        "train",
+        "--train-data",
+        train_csv,
+        "--tokenizer",
+        str(tmp_path / "tok"),
+        "--model",
+        "cpu-micro-32",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "128",
+        "--workers",
+        "1",
+        "--logs",
+        str(tmp_path),
+        "--name",
+        "cli",
+        "--no-progress",
+    ]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     run_dir = tmp_path / "cli"
     for part in (
@@ -173,9 +206,17 @@ def test_training_from_webdataset_shards(shapes_corpus, tmp_path):
     write_shards(shapes_corpus / "train.csv", shards, samples_per_shard=256)
     urls = str(shards / "{00000..00005}.tar")
     run_dir = train(
-        config(shapes_corpus, tmp_path, name="wds", train_data=urls, val_data=str(shapes_corpus / "val.csv"),
-               epochs=2, workers=2, batch_size=64)
-    )  # fmt: skip
+        config(
+            shapes_corpus,
+            tmp_path,
+            name="wds",
+            train_data=urls,
+            val_data=str(shapes_corpus / "val.csv"),
+            epochs=2,
+            workers=2,
+            batch_size=64,
+        )
+    )
     records = read_metrics(run_dir)
     assert any("zeroshot/val/acc1" in r for r in records)
     assert (run_dir / "hf" / "config.json").is_file()
@@ -191,7 +232,7 @@ def test_unused_settings_are_warned_in_the_run_log(shapes_corpus, tmp_path):
             val_data=None,
             nn_weight=2.0,
             neighbor_warmup=50,
-        )  # fmt: skip
+        )
     )
     log = (run_dir / "out.log").read_text()
     assert "WARNING | --nn-weight, --neighbor-warmup set, but --loss clip does not use them" in log

@@ -9,17 +9,35 @@ from clip_ping.models import load_checkpoint_file
 from clip_ping.training.config import build_config
 from clip_ping.training.train import train
 
-TERMS = ("clip_loss", "nn_loss", "xnn_loss", "nn_image_loss", "nn_text_loss",
-         "xnn_image_loss", "xnn_text_loss")  # fmt: skip
+TERMS = (
+    "clip_loss",
+    "nn_loss",
+    "xnn_loss",
+    "nn_image_loss",
+    "nn_text_loss",
+    "xnn_image_loss",
+    "xnn_text_loss",
+)
 
 
 def config(corpus, banks, logs, **overrides):
     values = dict(
-        train_data=str(corpus / "train.csv"), loss="clip-ping",
-        image_bank=str(banks / "image"), text_bank=str(banks / "text"),
-        model="cpu-micro-32", batch_size=32, epochs=1, lr=2e-3, warmup=5, workers=0,
-        logs=str(logs), seed=0, save_every_steps=5, log_every_steps=4, progress=False,
-    )  # fmt: skip
+        train_data=str(corpus / "train.csv"),
+        loss="clip-ping",
+        image_bank=str(banks / "image"),
+        text_bank=str(banks / "text"),
+        model="cpu-micro-32",
+        batch_size=32,
+        epochs=1,
+        lr=2e-3,
+        warmup=5,
+        workers=0,
+        logs=str(logs),
+        seed=0,
+        save_every_steps=5,
+        log_every_steps=4,
+        progress=False,
+    )
     values.update(overrides)
     return build_config(overrides=values)
 
@@ -30,9 +48,10 @@ def config(corpus, banks, logs, **overrides):
 )
 def test_metrics_carry_every_named_term(small_corpus, shapes_banks, tmp_path, target, student):
     run_dir = train(
-        config(small_corpus, shapes_banks, tmp_path, name=target, neighbor_target=target,
-               model=student)
-    )  # fmt: skip
+        config(
+            small_corpus, shapes_banks, tmp_path, name=target, neighbor_target=target, model=student
+        )
+    )
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     last = records[-1]
     for term in TERMS:
@@ -43,8 +62,10 @@ def test_metrics_carry_every_named_term(small_corpus, shapes_banks, tmp_path, ta
     checkpoint = load_checkpoint_file(run_dir / "checkpoints" / "latest.pt")
     if target == "bank":
         heads = {k for k in checkpoint["task"] if k.startswith("terms.neighbor.")}
-        assert heads == {f"terms.neighbor.heads.{n}.weight" for n in
-                         ("nn_image", "nn_text", "xnn_image", "xnn_text")}  # fmt: skip
+        assert heads == {
+            f"terms.neighbor.heads.{n}.weight"
+            for n in ("nn_image", "nn_text", "xnn_image", "xnn_text")
+        }
     else:  # every sample was written once in the epoch (drop_last leaves 512 % 32 = 0)
         assert bool(checkpoint["task"]["memory.written"].all())
 
@@ -63,15 +84,17 @@ def test_memory_mode_resumes_to_identical_weights_and_memory(small_corpus, shape
 
 
 def test_banks_are_checked_before_training(small_corpus, shapes_banks, tmp_path):
-    swapped = config(small_corpus, shapes_banks, tmp_path, name="swap",
-                     image_bank=str(shapes_banks / "text"))  # fmt: skip
+    swapped = config(
+        small_corpus, shapes_banks, tmp_path, name="swap", image_bank=str(shapes_banks / "text")
+    )
     with pytest.raises(ValueError, match="--image-bank .* holds text features"):
         train(swapped)
     too_many = config(small_corpus, shapes_banks, tmp_path, name="k", neighbor_k=9)
     with pytest.raises(ValueError, match="--neighbor-k 9 .* lists 5 neighbours"):
         train(too_many)
-    other_data = config(small_corpus, shapes_banks, tmp_path, name="other",
-                        train_data=str(small_corpus / "val.csv"))  # fmt: skip
+    other_data = config(
+        small_corpus, shapes_banks, tmp_path, name="other", train_data=str(small_corpus / "val.csv")
+    )
     with pytest.raises(ValueError, match="rows but --train-data"):
         train(other_data)
     assert not (tmp_path / "swap" / "checkpoints" / "latest.pt").exists()
@@ -116,8 +139,16 @@ def test_active_source_needs_an_image_teacher_it_can_run(shapes_banks):
 
 
 def test_active_source_trains_and_logs_every_term(small_corpus, shapes_banks, tmp_path):
-    run_dir = train(config(small_corpus, shapes_banks, tmp_path, name="active",
-                           neighbor_source="active", stop_after_steps=4))  # fmt: skip
+    run_dir = train(
+        config(
+            small_corpus,
+            shapes_banks,
+            tmp_path,
+            name="active",
+            neighbor_source="active",
+            stop_after_steps=4,
+        )
+    )
     last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     for term in TERMS:
         assert f"train/{term}" in last, term
@@ -165,7 +196,7 @@ def test_neighbor_self_trains(small_corpus, shapes_banks, tmp_path):
                 name=mode,
                 neighbor_self=mode,
                 stop_after_steps=8,
-            )  # fmt: skip
+            )
         )
         last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
         assert last["train/nn_loss"] > 0 and last["train/xnn_loss"] > 0
@@ -187,8 +218,11 @@ def test_resume_with_loader_workers_equals_an_uninterrupted_run_drawing_in_the_l
         full = train(config(small_corpus, shapes_banks, tmp_path, name="loop", **common))
     draws_here = []
     draw = NeighborGuidance.draw  # counts the draws of this process (not those of workers)
-    monkeypatch.setattr(NeighborGuidance, "draw", lambda self, *a, **kw: draws_here.append(1)
-                        or draw(self, *a, **kw))  # fmt: skip
+    monkeypatch.setattr(
+        NeighborGuidance,
+        "draw",
+        lambda self, *a, **kw: draws_here.append(1) or draw(self, *a, **kw),
+    )
     cut = dict(name="workers", workers=2, **common)
     train(config(small_corpus, shapes_banks, tmp_path, stop_after_steps=11, **cut))  # epoch 1
     resumed = train(config(small_corpus, shapes_banks, tmp_path, resume="latest", **cut))

@@ -20,9 +20,12 @@ def _data_shapes(args: argparse.Namespace) -> None:
     from .data.shapes import build_shapes
 
     paths = build_shapes(
-        args.out, num_train=args.num_train, num_val=args.num_val,
-        image_size=args.image_size, seed=args.seed,
-    )  # fmt: skip
+        args.out,
+        num_train=args.num_train,
+        num_val=args.num_val,
+        image_size=args.image_size,
+        seed=args.seed,
+    )
     print(f"shapes corpus in {args.out}: {paths}")
 
 
@@ -37,9 +40,12 @@ def _data_demo(args: argparse.Namespace) -> None:
     from .experiments.demo_corpus import build_demo_corpus
 
     info = build_demo_corpus(
-        args.out, assets=args.assets, max_concepts=args.max_concepts,
-        max_clipart=args.max_clipart, seed=args.seed,
-    )  # fmt: skip
+        args.out,
+        assets=args.assets,
+        max_concepts=args.max_concepts,
+        max_clipart=args.max_clipart,
+        seed=args.seed,
+    )
     counts = info["counts"]
     groups = counts["groups"]
     print(
@@ -80,10 +86,16 @@ def _bank_build(args: argparse.Namespace) -> None:
     info = init_distributed(args.device)
     try:
         out = build_bank(
-            spec, args.modality, args.out, teacher=args.teacher, image_size=args.image_size,
-            batch_size=args.batch_size, workers=args.workers, chunk_rows=args.chunk_rows,
+            spec,
+            args.modality,
+            args.out,
+            teacher=args.teacher,
+            image_size=args.image_size,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            chunk_rows=args.chunk_rows,
             device=info.device,
-        )  # fmt: skip
+        )
     finally:
         cleanup()
     if info.is_main:
@@ -99,10 +111,16 @@ def _bank_neighbors(args: argparse.Namespace) -> None:
 
         groups = caption_groups(read_captions(DataSpec(args.exclude_same_caption)))
     result = mine_bank(
-        args.bank, args.k, backend=args.backend, device=args.device, nlist=args.nlist,
-        nprobe=args.nprobe, recall_sample=args.recall_sample, exclude_groups=groups,
+        args.bank,
+        args.k,
+        backend=args.backend,
+        device=args.device,
+        nlist=args.nlist,
+        nprobe=args.nprobe,
+        recall_sample=args.recall_sample,
+        exclude_groups=groups,
         paired_bank=args.exclude_skipped_of,
-    )  # fmt: skip
+    )
     rate = len(result.neighbors) / max(result.seconds, 1e-9)
     print(
         f"top-{args.k} neighbours of {len(result.neighbors):,} rows with {result.backend} in "
@@ -114,9 +132,14 @@ def _bank_show(args: argparse.Namespace) -> None:
     from .experiments.contact_sheet import contact_sheet
 
     contact_sheet(
-        args.image_bank, args.text_bank, _data_spec(args), args.out,
-        num_anchors=args.num_anchors, num_neighbors=args.num_neighbors, seed=args.seed,
-    )  # fmt: skip
+        args.image_bank,
+        args.text_bank,
+        _data_spec(args),
+        args.out,
+        num_anchors=args.num_anchors,
+        num_neighbors=args.num_neighbors,
+        seed=args.seed,
+    )
     print(f"contact sheet in {args.out}")
 
 
@@ -129,9 +152,8 @@ def _add_data_flags(parser: argparse.ArgumentParser, extra: tuple[str, ...] = ()
     from .flags import add_arguments
 
     add_arguments(
-        parser, DataSpec, only=READ_FLAGS + extra, required=("train_data",),
-        suppress_defaults=False,
-    )  # fmt: skip
+        parser, DataSpec, only=READ_FLAGS + extra, required=("train_data",), suppress_defaults=False
+    )
 
 
 def _data_spec(args: argparse.Namespace):
@@ -152,20 +174,25 @@ def _add_bank_commands(commands: argparse._SubParsersAction) -> None:
     _add_data_flags(build, extra=("on_bad_sample", "max_bad_share"))
     build.add_argument("--modality", required=True, choices=("image", "text"))
     build.add_argument(
-        "--teacher", default=None,
+        "--teacher",
+        default=None,
         help="efficientnet-lite0 (image default) | minilm (text default) | hf:NAME_OR_DIR | "
         "sentence-transformers:DIR | npy:FILE",
-    )  # fmt: skip
+    )
     build.add_argument("--out", required=True, help="bank folder")
     build.add_argument(
-        "--image-size", type=typed(int, Range(32, 1024)), default=None,
+        "--image-size",
+        type=typed(int, Range(32, 1024)),
+        default=None,
         help="efficientnet-lite0 input size (224)",
-    )  # fmt: skip
+    )
     build.add_argument("--batch-size", type=COUNT, default=64)
     build.add_argument(
-        "--workers", type=typed(int, Range(0)), default=2,
+        "--workers",
+        type=typed(int, Range(0)),
+        default=2,
         help="data loader workers (at most what the machine can run)",
-    )  # fmt: skip
+    )
     build.add_argument(
         "--chunk-rows", type=COUNT, default=4096, help="rows per flushed, resumable chunk"
     )
@@ -182,9 +209,11 @@ def _add_bank_commands(commands: argparse._SubParsersAction) -> None:
     neighbors.add_argument("--nlist", type=COUNT, default=None, help="faiss-ivf lists (4·√N)")
     neighbors.add_argument("--nprobe", type=COUNT, default=32, help="faiss-ivf lists probed")
     neighbors.add_argument(
-        "--recall-sample", type=typed(int, Range(0)), default=1000,
+        "--recall-sample",
+        type=typed(int, Range(0)),
+        default=1000,
         help="queries for the recall check (0: none)",
-    )  # fmt: skip
+    )
     neighbors.add_argument(
         "--exclude-same-caption",
         metavar="TRAIN_DATA",
@@ -250,9 +279,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-concepts", type=COUNT, default=None, help="emoji concepts kept (default: all)"
     )
     demo_data.add_argument(
-        "--max-clipart", type=typed(int, Range(0)), default=None,
+        "--max-clipart",
+        type=typed(int, Range(0)),
+        default=None,
         help="clip-art drawings kept (default: all)",
-    )  # fmt: skip
+    )
     demo_data.add_argument("--seed", type=SEED, default=0, help="salts the split hashes")
     demo_data.set_defaults(func=_data_demo)
 
@@ -305,9 +336,11 @@ def _add_debug_flag(parser: argparse.ArgumentParser) -> None:
                 for sub in action.choices.values():
                     if not any("--debug" in a.option_strings for a in sub._actions):
                         sub.add_argument(
-                            "--debug", action="store_true", default=argparse.SUPPRESS,
+                            "--debug",
+                            action="store_true",
+                            default=argparse.SUPPRESS,
                             help=DEBUG_HELP,
-                        )  # fmt: skip
+                        )
                     pending.append(sub)
 
 

@@ -6,7 +6,11 @@ the count is checked against :func:`max_workers` before any process starts (a ty
 worker asks the kernel to kill it when its parent dies, so a killed run leaves no orphans.
 
 Examples:
-    >>> DataLoader(dataset, batch_size=64, **loader_workers(4))
+    >>> from torch.utils.data import DataLoader
+    >>> from clip_ping.workers import loader_workers
+    >>> loader = DataLoader(range(8), batch_size=4, **loader_workers(0))
+    >>> [batch.tolist() for batch in loader]
+    [[0, 1, 2, 3], [4, 5, 6, 7]]
 """
 
 from __future__ import annotations

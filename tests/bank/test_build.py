@@ -37,10 +37,44 @@ def banks(corpus, tmp_path_factory):
     """Image and text banks and their neighbour tables, built through the CLI."""
     root = tmp_path_factory.mktemp("banks")
     data = ["--train-data", str(corpus / "train.csv")]
-    assert main(["bank", "build", *data, "--modality", "image", "--out", str(root / "image"),
-                 "--image-size", IMAGE_SIZE, "--chunk-rows", "100", "--workers", "2"]) == 0  # fmt: skip
-    assert main(["bank", "build", *data, "--modality", "text", "--out", str(root / "text"),
-                 "--chunk-rows", "128", "--workers", "0"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "bank",
+                "build",
+                *data,
+                "--modality",
+                "image",
+                "--out",
+                str(root / "image"),
+                "--image-size",
+                IMAGE_SIZE,
+                "--chunk-rows",
+                "100",
+                "--workers",
+                "2",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "bank",
+                "build",
+                *data,
+                "--modality",
+                "text",
+                "--out",
+                str(root / "text"),
+                "--chunk-rows",
+                "128",
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     for modality in ("image", "text"):
         assert main(["bank", "neighbors", str(root / modality), "--k", "5"]) == 0
     return root
@@ -84,7 +118,7 @@ def test_killed_build_resumes_to_identical_bytes(corpus, tmp_path):
         "--out",
         str(tmp_path / "killed"),
     ]
-    command += [f"--{k.replace('_', '-')}={v}" for k, v in settings.items()]  # fmt: skip
+    command += [f"--{k.replace('_', '-')}={v}" for k, v in settings.items()]
     env = dict(os.environ, OMP_NUM_THREADS="2")  # the same threads as the reference below
 
     process = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
@@ -118,9 +152,10 @@ def test_shards_give_the_csv_bank(banks, corpus, tmp_path):
     spec = DataSpec("::".join(urls))
     out = build_bank(spec, "image", tmp_path / "bank", image_size=int(IMAGE_SIZE), workers=0)
     np.testing.assert_allclose(
-        Bank(out).features.astype(np.float32), Bank(banks / "image").features.astype(np.float32),
+        Bank(out).features.astype(np.float32),
+        Bank(banks / "image").features.astype(np.float32),
         atol=2e-3,
-    )  # fmt: skip
+    )
     Bank(out).check_dataset(spec)
     with pytest.raises(ValueError, match="other data"):  # same count, other keys
         Bank(banks / "image").check_dataset(spec)
@@ -175,8 +210,18 @@ def test_non_finite_teacher_features_are_bad_rows_never_neighbours(corpus, tmp_p
     rows[5, 2], rows[17, :] = np.nan, np.inf
     np.save(tmp_path / "f.npy", rows)
     out = tmp_path / "bank"
-    build = ["bank", "build", "--train-data", str(corpus / "train.csv"), "--modality", "text",
-             "--teacher", f"npy:{tmp_path / 'f.npy'}", "--workers", "0"]  # fmt: skip
+    build = [
+        "bank",
+        "build",
+        "--train-data",
+        str(corpus / "train.csv"),
+        "--modality",
+        "text",
+        "--teacher",
+        f"npy:{tmp_path / 'f.npy'}",
+        "--workers",
+        "0",
+    ]
     assert main([*build, "--out", str(out)]) == 0
     assert "skipped bad sample row 17 of the npy:" in capsys.readouterr().err
     bank = Bank(out)
@@ -235,31 +280,76 @@ def test_overwritten_images_make_the_image_bank_stale(tmp_path, caplog):
 def test_torchrun_build_equals_single_process(corpus, tmp_path):
     rows = np.random.default_rng(1).normal(size=(NUM_ROWS, 8)).astype(np.float16)
     np.save(tmp_path / "f.npy", rows)
-    args = ["-m", "clip_ping.cli", "bank", "build", "--train-data", str(corpus / "train.csv"),
-            "--modality", "image", "--teacher", f"npy:{tmp_path / 'f.npy'}", "--chunk-rows", "50",
-            "--workers", "0", "--device", "cpu"]  # fmt: skip
+    args = [
+        "-m",
+        "clip_ping.cli",
+        "bank",
+        "build",
+        "--train-data",
+        str(corpus / "train.csv"),
+        "--modality",
+        "image",
+        "--teacher",
+        f"npy:{tmp_path / 'f.npy'}",
+        "--chunk-rows",
+        "50",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+    ]
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
     subprocess.run([*launch, *args, "--out", str(tmp_path / "two")], check=True)
     single = build_bank(
-        DataSpec(str(corpus / "train.csv")), "image", tmp_path / "one",
-        teacher=f"npy:{tmp_path / 'f.npy'}", chunk_rows=50, workers=0,
-    )  # fmt: skip
+        DataSpec(str(corpus / "train.csv")),
+        "image",
+        tmp_path / "one",
+        teacher=f"npy:{tmp_path / 'f.npy'}",
+        chunk_rows=50,
+        workers=0,
+    )
     assert Bank(tmp_path / "two").features.tobytes() == Bank(single).features.tobytes()
 
 
 def test_contact_sheet_and_cli_errors(banks, corpus, tmp_path, capsys):
     sheet = tmp_path / "sheet.png"
-    code = main(["bank", "show", "--image-bank", str(banks / "image"),
-                 "--text-bank", str(banks / "text"), "--train-data", str(corpus / "train.csv"),
-                 "--out", str(sheet), "--num-anchors", "3", "--num-neighbors", "2"])  # fmt: skip
+    code = main(
+        [
+            "bank",
+            "show",
+            "--image-bank",
+            str(banks / "image"),
+            "--text-bank",
+            str(banks / "text"),
+            "--train-data",
+            str(corpus / "train.csv"),
+            "--out",
+            str(sheet),
+            "--num-anchors",
+            "3",
+            "--num-neighbors",
+            "2",
+        ]
+    )
     assert code == 0 and sheet.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     from PIL import Image
 
     assert Image.open(sheet).size[0] > 500  # 5 thumbnails wide
     # Banks swapped: a clear error, exit status 2.
-    code = main(["bank", "show", "--image-bank", str(banks / "text"),
-                 "--text-bank", str(banks / "image"), "--train-data", str(corpus / "train.csv"),
-                 "--out", str(sheet)])  # fmt: skip
+    code = main(
+        [
+            "bank",
+            "show",
+            "--image-bank",
+            str(banks / "text"),
+            "--text-bank",
+            str(banks / "image"),
+            "--train-data",
+            str(corpus / "train.csv"),
+            "--out",
+            str(sheet),
+        ]
+    )
     assert code == 2 and "is a text bank" in capsys.readouterr().err
     assert main(["bank", "neighbors", str(banks / "text"), "--k", str(NUM_ROWS)]) == 2
     assert "need 1 <= k < number of rows" in capsys.readouterr().err

@@ -111,11 +111,9 @@ def test_a_utf8_byte_order_mark_is_accepted(tmp_path):
 def test_clean_quoting_still_reads(tmp_path):
     path = tmp_path / "quoted.csv"
     with open(path, "w", newline="") as f:
-        csv.writer(f).writerows([
-            ["filepath", "title"],
-            ["a.png", 'a "quoted", comma'],
-            ["b.png", "two\nlines"],
-        ])  # fmt: skip
+        csv.writer(f).writerows(
+            [["filepath", "title"], ["a.png", 'a "quoted", comma'], ["b.png", "two\nlines"]]
+        )
     with open(path, "a") as f:
         f.write("\n")  # a blank line is no row
     table = read_csv_table(path)

@@ -224,9 +224,15 @@ def test_the_teacher_view_is_the_students_crop_at_the_teachers_size():
     torch.testing.assert_close(views["teacher_image"], expected, atol=1e-5, rtol=0)
     # Upscaling the student's 32 px view loses what the 96 px crop keeps.
     upscaled = torch.nn.functional.interpolate(
-        (student * torch.tensor(CLIP_STD).view(3, 1, 1) + torch.tensor(CLIP_MEAN).view(3, 1, 1))[None]
-        * 2 - 1, size=96, mode="bicubic", align_corners=False,
-    )[0]  # fmt: skip
+        (student * torch.tensor(CLIP_STD).view(3, 1, 1) + torch.tensor(CLIP_MEAN).view(3, 1, 1))[
+            None
+        ]
+        * 2
+        - 1,
+        size=96,
+        mode="bicubic",
+        align_corners=False,
+    )[0]
     assert (upscaled - expected).abs().mean() > 0.1
 
 

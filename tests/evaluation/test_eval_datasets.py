@@ -96,8 +96,13 @@ def test_shipped_imagenet1k_class_names_and_templates(tmp_path):
     assert len(names) == 1000 and data.labels == [0, 1, 2]
     # Spot checks at known label positions, and the two duplicate pairs CLIP's list has.
     assert [names[i] for i in (0, 1, 151, 281, 398, 999)] == [
-        "tench", "goldfish", "Chihuahua", "tabby cat", "abacus", "toilet paper",
-    ]  # fmt: skip
+        "tench",
+        "goldfish",
+        "Chihuahua",
+        "tabby cat",
+        "abacus",
+        "toilet paper",
+    ]
     counts = Counter(names)
     assert {n for n, c in counts.items() if c > 1} == {"missile", "sunglasses"}
     assert len(data.templates) == 80 and len(set(data.templates)) == 80

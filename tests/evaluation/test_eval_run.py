@@ -18,12 +18,23 @@ NUM_SHAPE_CLASSES = 30
 def run_dir(shapes_corpus, tmp_path_factory):
     cfg = build_config(
         overrides=dict(
-            train_data=str(shapes_corpus / "train.csv"), val_data=str(shapes_corpus / "val.csv"),
-            zeroshot_data="digits", val_frequency=2, model="cpu-micro-32", batch_size=64,
-            epochs=EPOCHS, lr=2e-3, warmup=10, workers=0, seed=0, progress=False,
-            logs=str(tmp_path_factory.mktemp("eval-logs")), name="shapes", save_every_steps=0,
+            train_data=str(shapes_corpus / "train.csv"),
+            val_data=str(shapes_corpus / "val.csv"),
+            zeroshot_data="digits",
+            val_frequency=2,
+            model="cpu-micro-32",
+            batch_size=64,
+            epochs=EPOCHS,
+            lr=2e-3,
+            warmup=10,
+            workers=0,
+            seed=0,
+            progress=False,
+            logs=str(tmp_path_factory.mktemp("eval-logs")),
+            name="shapes",
+            save_every_steps=0,
         )
-    )  # fmt: skip
+    )
     return train(cfg)
 
 
@@ -83,9 +94,21 @@ def test_cli_linear_probe_on_digits_equal_for_hf_and_checkpoint_and_cached(
 ):
     out, cache = tmp_path / "lp.json", tmp_path / "features.pt"
     argv = [
-        "eval", "--model", str(run_dir / "hf"), "--task", "linear-probe", "--dataset", "digits",
-        "--out", str(out), "--feature-cache", str(cache), "--wd", "1e-4", "1e-2",
-    ]  # fmt: skip
+        "eval",
+        "--model",
+        str(run_dir / "hf"),
+        "--task",
+        "linear-probe",
+        "--dataset",
+        "digits",
+        "--out",
+        str(out),
+        "--feature-cache",
+        str(cache),
+        "--wd",
+        "1e-4",
+        "1e-2",
+    ]
     assert main(argv) == 0
     assert "linear_probe/digits/lp_acc1" in capsys.readouterr().out
     record = json.loads(out.read_text())

@@ -17,14 +17,16 @@ def test_any_positive_caption_in_the_top_k_is_a_hit():
     # Image i points at axis i. Image 0 has two captions: one far off (axis 2), one close.
     images = torch.eye(3)
     texts = F.normalize(
-        torch.tensor([
-            [0.0, 0.2, 1.0],  # caption 0, image 0: closest to image 2, not image 0
-            [1.0, 0.1, 0.0],  # caption 1, image 0
-            [0.0, 1.0, 0.0],  # caption 2, image 1
-            [0.0, 0.9, 0.2],  # caption 3, image 2: closest to image 1
-        ]),
+        torch.tensor(
+            [
+                [0.0, 0.2, 1.0],  # caption 0, image 0: closest to image 2, not image 0
+                [1.0, 0.1, 0.0],  # caption 1, image 0
+                [0.0, 1.0, 0.0],  # caption 2, image 1
+                [0.0, 0.9, 0.2],  # caption 3, image 2: closest to image 1
+            ]
+        ),
         dim=-1,
-    )  # fmt: skip
+    )
     caption_image = [0, 0, 1, 2]
     m = retrieval_metrics(images, texts, caption_image, ks=(1, 2, 3))
     # image → text: image 0's best caption is caption 1 (rank 1) ✓; image 1 → caption 2 ✓;
@@ -113,6 +115,10 @@ def test_one_caption_per_image_matches_recall_worked_by_hand():
     images, texts = unit([0, 90, 180, 270]), unit([10, 200, 95, 300])
     m = retrieval_metrics(images, texts, caption_image=[0, 1, 2, 3], ks=(1, 2, 3))
     assert m == {
-        "image_to_text_R@1": 0.5, "image_to_text_R@2": 0.75, "image_to_text_R@3": 1.0,
-        "text_to_image_R@1": 0.5, "text_to_image_R@2": 0.75, "text_to_image_R@3": 1.0,
-    }  # fmt: skip
+        "image_to_text_R@1": 0.5,
+        "image_to_text_R@2": 0.75,
+        "image_to_text_R@3": 1.0,
+        "text_to_image_R@1": 0.5,
+        "text_to_image_R@2": 0.75,
+        "text_to_image_R@3": 1.0,
+    }

@@ -9,13 +9,17 @@ from clip_ping.experiments.architectures import (
     lr_plan,
     run_architectures,
 )
-from clip_ping.experiments.demo import DemoSize, retrieval_keys
+from clip_ping.experiments.demo_data import DemoSize, retrieval_keys
 from clip_ping.models import is_exported
 
 TINY = DemoSize(
-    max_concepts=40, max_clipart=30, epochs=1, batch_size=16, model="cpu-micro-32",
+    max_concepts=40,
+    max_clipart=30,
+    epochs=1,
+    batch_size=16,
+    model="cpu-micro-32",
     probes=("digits",),
-)  # fmt: skip
+)
 STUDENTS = {"cpu-micro-32": ("ViT", 1.0), "cpu-convnext-micro-32": ("ConvNeXt", 2.0)}
 
 
@@ -38,8 +42,9 @@ def test_the_rate_is_chosen_per_student_and_method_on_val():
 def test_a_rate_at_the_edge_of_the_grid_is_named():
     chosen = {("vit", "clip"): 1e-3, ("vit", "clip-ping"): 2e-3, ("cnn", "clip"): 5e-4}
     assert edge_rates(chosen, lrs=(5e-4, 1e-3, 2e-3)) == {
-        "highest": ["vit clip-ping"], "lowest": ["cnn clip"],
-    }  # fmt: skip
+        "highest": ["vit clip-ping"],
+        "lowest": ["cnn clip"],
+    }
     assert edge_rates({("vit", "clip"): 1e-3}, lrs=(5e-4, 1e-3, 2e-3)) == {}
 
 
@@ -47,8 +52,15 @@ def test_architectures_end_to_end_on_a_tiny_corpus(tmp_path):
     out, md = tmp_path / "demo", tmp_path / "docs" / "results.md"
     md.parent.mkdir()
     md.write_text("# Results\n\nhand-written\n")
-    summary = run_architectures(out, seeds=2, markdown=md, figures=tmp_path / "docs" / "figures",
-                                students=STUDENTS, lrs=(1e-3, 2e-3), size=TINY)  # fmt: skip
+    summary = run_architectures(
+        out,
+        seeds=2,
+        markdown=md,
+        figures=tmp_path / "docs" / "figures",
+        students=STUDENTS,
+        lrs=(1e-3, 2e-3),
+        size=TINY,
+    )
     assert set(summary["final"]) == set(STUDENTS)
     for student, by_method in summary["final"].items():
         for method in ("clip", "clip-ping"):

@@ -73,8 +73,17 @@ def test_emoji_counterparts_share_a_key():
     ]
     for labels in same:
         assert len({emoji_group_key(label) for label in labels}) == 1, labels
-    different = ["flag: germany", "flag: france", "kiss mark", "man’s shoe", "woman’s hat",
-                 "keycap: 1", "keycap: 2", "person running", "person walking"]  # fmt: skip
+    different = [
+        "flag: germany",
+        "flag: france",
+        "kiss mark",
+        "man’s shoe",
+        "woman’s hat",
+        "keycap: 1",
+        "keycap: 2",
+        "person running",
+        "person walking",
+    ]
     keys = [emoji_group_key(label) for label in different]
     assert len(set(keys)) == len(keys)
     assert title_key("Candy_21") == title_key("candy 22") == "candy"
@@ -152,9 +161,13 @@ def test_the_issue_cases_are_grouped(corpus):
     for key, text in captions.items():
         if key.startswith("emoji/"):
             by_label[text.split(":")[0].split(",")[0]].add(group[key])
-    for labels in (("boy", "girl"), ("woman dancing", "man dancing"),
-                   ("pregnant man", "pregnant woman", "pregnant person"),
-                   ("men’s room", "women’s room"), ("female sign", "male sign")):  # fmt: skip
+    for labels in (
+        ("boy", "girl"),
+        ("woman dancing", "man dancing"),
+        ("pregnant man", "pregnant woman", "pregnant person"),
+        ("men’s room", "women’s room"),
+        ("female sign", "male sign"),
+    ):
         found = set().union(*(by_label[label] for label in labels))
         assert len(found) == 1, (labels, found)
 
@@ -164,8 +177,10 @@ def test_no_val_or_test_image_has_a_copy_or_near_duplicate_in_train(corpus, side
         return np.stack([edge_signature(Image.open(corpus / r["filepath"])) for r in rows])
 
     def pixels(rows):
-        return {hashlib.sha1(Image.open(corpus / r["filepath"]).tobytes()).hexdigest(): r["key"]
-                for r in rows}  # fmt: skip
+        return {
+            hashlib.sha1(Image.open(corpus / r["filepath"]).tobytes()).hexdigest(): r["key"]
+            for r in rows
+        }
 
     train = sides["train"]
     held_out = [r for name in EVAL_SETS for r in sides[name]]

@@ -20,7 +20,7 @@ from clip_ping.experiments.curve import (
     run_curve,
     seed_ratios,
 )
-from clip_ping.experiments.demo import DemoSize
+from clip_ping.experiments.demo_data import DemoSize
 from clip_ping.experiments.markdown import carry_sections, replace_section, section
 
 
@@ -80,12 +80,21 @@ def test_ratios_seed_by_seed_with_an_interval_over_log_ratios():
     assert "needs **more than 2.0× the pairs**" in ratio_read(scores, pairs, 0.5)  # never reached
     assert "no interval" in ratio_read(scores, pairs, 0.5)
     # The page says plainly when no point is ahead (here 50% and 100% are).
-    page = partial(render_curve, pairs=pairs, epochs=dict.fromkeys(pairs, 1), size=TINY,
-                   command="c", figure=Path("f.png"), markdown=Path("r.md"))  # fmt: skip
+    page = partial(
+        render_curve,
+        pairs=pairs,
+        epochs=dict.fromkeys(pairs, 1),
+        size=TINY,
+        command="c",
+        figure=Path("f.png"),
+        markdown=Path("r.md"),
+    )
     plain = "No point's difference is shown"
     assert plain not in page(scores)
-    level = {f: {"clip": s["clip"], "clip-ping": {0: s["clip"][0] + 0.01, 1: s["clip"][1] - 0.01}}
-             for f, s in scores.items()}  # fmt: skip
+    level = {
+        f: {"clip": s["clip"], "clip-ping": {0: s["clip"][0] + 0.01, 1: s["clip"][1] - 0.01}}
+        for f, s in scores.items()
+    }
     assert plain in page(level)
 
 
@@ -95,24 +104,38 @@ def test_generated_sections_replace_their_block_and_survive_a_rewrite():
     assert section(page, "curve") == "<!-- curve -->\nold curve\n<!-- /curve -->"
     page = replace_section(page, "curve", "new curve")
     assert "old curve" not in page and page.count("<!-- curve -->") == 1
-    rewritten = carry_sections("# Results, again\n", page, ("architectures", "curve"),
-                               {"architectures": "none yet", "curve": "none yet"})  # fmt: skip
+    rewritten = carry_sections(
+        "# Results, again\n",
+        page,
+        ("architectures", "curve"),
+        {"architectures": "none yet", "curve": "none yet"},
+    )
     assert section(rewritten, "curve") == "<!-- curve -->\nnew curve\n<!-- /curve -->"
     assert "none yet" in section(rewritten, "architectures")
 
 
 TINY = DemoSize(
-    max_concepts=40, max_clipart=30, epochs=1, batch_size=16, model="cpu-micro-32",
+    max_concepts=40,
+    max_clipart=30,
+    epochs=1,
+    batch_size=16,
+    model="cpu-micro-32",
     probes=("digits",),
-)  # fmt: skip
+)
 
 
 def test_curve_end_to_end_on_a_tiny_corpus(tmp_path):
     out, md = tmp_path / "demo", tmp_path / "docs" / "results.md"
     md.parent.mkdir()
     md.write_text("# Results\n\nhand-written\n")
-    summary = run_curve(out, seeds=2, markdown=md, figures=tmp_path / "docs" / "figures",
-                        fractions=(0.5, 1.0), size=TINY)  # fmt: skip
+    summary = run_curve(
+        out,
+        seeds=2,
+        markdown=md,
+        figures=tmp_path / "docs" / "figures",
+        fractions=(0.5, 1.0),
+        size=TINY,
+    )
     pairs = summary["pairs"]
     full = sum(1 for _ in open(out / "data" / "corpus" / "train.csv")) - 1
     assert pairs["1.0"] == full and full / 2 <= pairs["0.5"] < full
@@ -147,7 +170,13 @@ def test_curve_end_to_end_on_a_tiny_corpus(tmp_path):
     assert "![data efficiency](figures/data_efficiency.png)" in text
     png = tmp_path / "docs" / "figures" / "data_efficiency.png"
     assert png.read_bytes()[:4] == b"\x89PNG"
-    again = run_curve(out, seeds=2, markdown=md, figures=tmp_path / "docs" / "figures",
-                      fractions=(0.5, 1.0), size=TINY)  # fmt: skip
+    again = run_curve(
+        out,
+        seeds=2,
+        markdown=md,
+        figures=tmp_path / "docs" / "figures",
+        fractions=(0.5, 1.0),
+        size=TINY,
+    )
     assert again["scores"] == summary["scores"]  # every run reused
     assert np.isfinite(list(again["scores"]["0.5"]["clip"].values())).all()

@@ -10,13 +10,18 @@ from clip_ping.bank import Bank
 from clip_ping.cli import build_parser
 from clip_ping.data.loader import DataSpec, read_captions
 from clip_ping.evaluation.run import result_path
-from clip_ping.experiments.demo import DemoData, DemoSize, run_demo
+from clip_ping.experiments.demo import run_demo
+from clip_ping.experiments.demo_data import DemoData, DemoSize
 from clip_ping.experiments.runs import run_variants
 
 TINY = DemoSize(
-    max_concepts=40, max_clipart=30, epochs=1, batch_size=32, model="cpu-micro-32",
+    max_concepts=40,
+    max_clipart=30,
+    epochs=1,
+    batch_size=32,
+    model="cpu-micro-32",
     probes=("digits",),
-)  # fmt: skip
+)
 
 
 def test_demo_writes_summary_report_and_figures_then_reuses_its_stages(tmp_path):
@@ -60,10 +65,16 @@ def test_demo_writes_summary_report_and_figures_then_reuses_its_stages(tmp_path)
     # One result file per evaluation, named by result_path: the test sets once, after
     # training; val_google only by training's periodic evaluation (which carries its step).
     results = out / "clip-ping" / "results"
-    named = {("retrieval", "test_google"), ("retrieval", "test_twitter"),
-             ("retrieval", "test_clipart"), ("zeroshot", "unseen"), ("zeroshot", "seen"),
-             ("zeroshot", "subgroups"), ("linear-probe", "digits"),
-             ("retrieval", "val_google")}  # fmt: skip
+    named = {
+        ("retrieval", "test_google"),
+        ("retrieval", "test_twitter"),
+        ("retrieval", "test_clipart"),
+        ("zeroshot", "unseen"),
+        ("zeroshot", "seen"),
+        ("zeroshot", "subgroups"),
+        ("linear-probe", "digits"),
+        ("retrieval", "val_google"),
+    }
     assert {p.name for p in results.iterdir()} == {
         result_path(out / "clip-ping", task, name).name for task, name in named
     }

@@ -7,7 +7,7 @@ import pytest
 
 from clip_ping.cli import build_parser
 from clip_ping.experiments import results
-from clip_ping.experiments.demo import retrieval_keys
+from clip_ping.experiments.demo_data import retrieval_keys
 
 KEY = "zeroshot/unseen/acc1"
 
@@ -55,7 +55,7 @@ def _grid(shift: float, seeds: int = 3) -> dict:
 
 
 def test_results_page_has_headline_tables_and_figures(tmp_path):
-    from clip_ping.experiments.demo import FULL, DemoData
+    from clip_ping.experiments.demo_data import FULL, DemoData
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -123,8 +123,18 @@ def test_results_command_and_its_flags(capsys):
         parser.parse_args(["results", "--help"])
     assert shown.value.code == 0
     usage = capsys.readouterr().out
-    for flag in ("--seeds", "--sweep-seeds", "--sweep", "--curve", "--no-ablations", "--quick", "--out",
-                 "--assets", "--jobs", "--markdown"):  # fmt: skip
+    for flag in (
+        "--seeds",
+        "--sweep-seeds",
+        "--sweep",
+        "--curve",
+        "--no-ablations",
+        "--quick",
+        "--out",
+        "--assets",
+        "--jobs",
+        "--markdown",
+    ):
         assert flag in usage
     args = parser.parse_args(["results"])
     assert (args.seeds, args.sweep_seeds, args.no_ablations, args.sweep) == (None, 3, False, None)
@@ -135,7 +145,7 @@ def test_results_command_and_its_flags(capsys):
 
 
 def test_a_finished_run_is_reused_only_with_its_own_settings(tmp_path):
-    from clip_ping.experiments.demo import FULL, DemoData
+    from clip_ping.experiments.demo_data import FULL, DemoData
     from clip_ping.experiments.runs import _check_same_settings, train_config
     from clip_ping.training.config import save_yaml
 

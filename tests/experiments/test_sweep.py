@@ -1,6 +1,6 @@
 """The sweeps' plans, run names and tables (no training: metrics are made up)."""
 
-from clip_ping.experiments.demo import FULL, retrieval_keys
+from clip_ping.experiments.demo_data import FULL, retrieval_keys
 from clip_ping.experiments.sweep import (
     METHOD_POINTS,
     RECIPE_POINTS,
@@ -81,7 +81,7 @@ def test_a_sweep_table_from_the_runs_finished_so_far(tmp_path):
     import json
 
     from clip_ping.evaluation.run import result_path
-    from clip_ping.experiments.demo import RETRIEVAL_SOURCES
+    from clip_ping.experiments.demo_data import RETRIEVAL_SOURCES
     from clip_ping.experiments.sweep import run_sweep
 
     plan = sweep_plan("recipe", RECIPE_START, seeds=1)

@@ -262,10 +262,15 @@ def _job(spec: DataSpec, modality: str, model: Teacher) -> dict:
             f"{spec.train_data} has {num_rows:,} samples; row i must hold sample i's features"
         )
     return {
-        "format": BANK_FORMAT, "teacher": model.name, "modality": modality, "dim": model.dim,
-        "num_rows": num_rows, "fingerprint": fingerprint.digest,
-        "fingerprint_covers": fingerprint.covers, "preprocessing": model.info,
-    }  # fmt: skip
+        "format": BANK_FORMAT,
+        "teacher": model.name,
+        "modality": modality,
+        "dim": model.dim,
+        "num_rows": num_rows,
+        "fingerprint": fingerprint.digest,
+        "fingerprint_covers": fingerprint.covers,
+        "preprocessing": model.info,
+    }
 
 
 def _start(out: Path, job: dict, chunk_rows: int, rank: int) -> tuple[list[int], int, list[int]]:
@@ -296,6 +301,14 @@ def _finish(
     meta.update(versions=_versions(), wall_seconds=round(seconds, 1))
     atomic_write_text(out / META, json.dumps(meta, indent=1) + "\n")
     (out / PROGRESS).unlink(missing_ok=True)
+
+
+def _progress_bar(modality: str, num_rows: int, chunk_rows: int, todo: list[int]) -> tqdm:
+    """A bar over the bank's rows, starting at those of the chunks already done."""
+    initial = num_rows - sum(min(chunk_rows, num_rows - c * chunk_rows) for c in todo)
+    return tqdm(
+        total=num_rows, initial=initial, unit="rows", desc=f"{modality} bank", smoothing=0.1
+    )
 
 
 def build_bank(
@@ -339,15 +352,16 @@ def build_bank(
 
     read = _Reader(spec, modality, model)
     stream = _ChunkStream(
-        read, todo[rank::world], chunk_rows, num_rows, batch_size, model.preprocess,
-        model.collate, sort_text=modality == "text" and getattr(model, "path", None) is None,
-    )  # fmt: skip
-    bar = None
-    if rank == 0 and progress:
-        initial = num_rows - sum(min(chunk_rows, num_rows - c * chunk_rows) for c in todo)
-        bar = tqdm(
-            total=num_rows, initial=initial, unit="rows", desc=f"{modality} bank", smoothing=0.1
-        )
+        read,
+        todo[rank::world],
+        chunk_rows,
+        num_rows,
+        batch_size,
+        model.preprocess,
+        model.collate,
+        sort_text=modality == "text" and getattr(model, "path", None) is None,
+    )
+    bar = _progress_bar(modality, num_rows, chunk_rows, todo) if rank == 0 and progress else None
     finished = _extract(model, stream, workers, bar, spec.on_bad_sample)
     features = np.load(out / FEATURES, mmap_mode="r+") if rank == 0 else None
     for _ in range(math.ceil(len(todo) / world)):

@@ -19,8 +19,12 @@ Rows listed in ``exclude`` (a bank's skipped bad samples) are never returned as 
 the exact search masks them; FAISS results that contain one are redone exactly.
 
 Examples:
-    >>> result = mine_neighbors(bank.features, k=10, backend="auto")
-    >>> result.neighbors.shape, result.similarities.dtype   # (N, 10), float16
+    >>> import numpy as np
+    >>> from clip_ping.bank.mine import mine_neighbors
+    >>> features = np.eye(3, 4, dtype=np.float16)[[0, 0, 1, 1, 2]]  # rows 0-1 and 2-3 alike
+    >>> result = mine_neighbors(features, k=1, backend="exact", device="cpu", progress=False)
+    >>> result.neighbors.ravel().tolist(), result.similarities.dtype
+    ([1, 0, 3, 2, ...], dtype('float16'))
 """
 
 from __future__ import annotations
@@ -389,9 +393,7 @@ def mine_bank(
         largest = int(np.unique(exclude_groups, return_counts=True)[1].max())
         result = mine_neighbors(bank.features, k + largest - 1, **options)
         result = drop_same_group(result, exclude_groups, k)
-    write_neighbor_table(
-        bank, result.neighbors, result.similarities, backend=result.backend,
-        seconds=round(result.seconds, 2), recall=result.recall, settings=result.settings,
-        excluded_rows=int(len(excluded)),
-    )  # fmt: skip
+    details = {"backend": result.backend, "seconds": round(result.seconds, 2)}
+    details.update(recall=result.recall, settings=result.settings, excluded_rows=len(excluded))
+    write_neighbor_table(bank, result.neighbors, result.similarities, **details)
     return result

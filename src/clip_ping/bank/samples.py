@@ -2,9 +2,15 @@
 fingerprint (what a bank of it depends on, recorded at build time, checked before use).
 
 Examples:
+    >>> from clip_ping.bank.samples import SampleReader, dataset_fingerprint
+    >>> from clip_ping.data.loader import DataSpec
+    >>> from clip_ping.data.shapes import build_shapes
+    >>> _ = build_shapes("shapes", num_train=8, num_val=4, image_size=16)
     >>> spec = DataSpec("shapes/train.csv")
-    >>> dataset_fingerprint(spec, "text")  # Fingerprint(digest='3e80...', num_samples=1536)
-    >>> next(SampleReader(spec).read(0, 1, "text"))  # (0, 'a large orange triangle ...')
+    >>> dataset_fingerprint(spec, "text").num_samples
+    8
+    >>> next(SampleReader(spec).read(0, 1, "text"))
+    (0, 'at the bottom there is a large red triangle')
 """
 
 from __future__ import annotations
@@ -38,9 +44,12 @@ class Fingerprint(NamedTuple):
 
 def _open_csv(spec: DataSpec) -> CsvDataset:
     return CsvDataset(
-        spec.train_data, spec.csv_img_key, spec.csv_caption_key, spec.csv_separator,
+        spec.train_data,
+        spec.csv_img_key,
+        spec.csv_caption_key,
+        spec.csv_separator,
         on_bad_sample="skip",  # SampleReader applies the policy itself
-    )  # fmt: skip
+    )
 
 
 def _file_stamp(path: Path) -> str:

@@ -16,9 +16,22 @@ A bank is a folder; row i of every array is sample i of the training data (its s
 are listed in ``meta.json`` under ``"skipped"`` (:attr:`Bank.skipped`).
 
 Examples:
-    >>> bank = Bank("banks/image")
-    >>> bank.teacher_spec.image_size, bank.features.shape  # (64, (N, 1280))
+    >>> import numpy as np
+    >>> from clip_ping.bank import Bank, build_bank, mine_bank
+    >>> from clip_ping.data.loader import DataSpec
+    >>> from clip_ping.data.shapes import build_shapes
+    >>> _ = build_shapes("shapes", num_train=6, num_val=2, image_size=16)
+    >>> np.save("features.npy", np.eye(3, 4, dtype=np.float32)[[0, 0, 1, 1, 2, 2]])
+    >>> spec = DataSpec("shapes/train.csv")
+    >>> _ = build_bank(spec, "text", "bank", teacher="npy:features.npy", workers=0, progress=False)
+    >>> _ = mine_bank("bank", k=1, backend="exact", device="cpu", progress=False)
+    >>> bank = Bank("bank")
+    >>> bank.check_dataset(spec, dim=4)  # the bank is of this data: no error
+    >>> bank.teacher_spec.modality, bank.features.shape, bank.features.dtype
+    ('text', (6, 4), dtype('float16'))
     >>> neighbors, similarities = bank.neighbors()  # (N, K) int32, (N, K) float16
+    >>> neighbors.ravel().tolist()
+    [1, 0, 3, 2, 5, 4]
 """
 
 from __future__ import annotations
@@ -56,10 +69,6 @@ class TeacherSpec:
     fields come from its ``"preprocessing"`` entry (the teacher's ``info``) and are None
     where that teacher records no such field. Fields this version does not know are kept in
     ``extra``, so ``spec.preprocessing`` gives back the entry it was read from.
-
-    Examples:
-        >>> spec = Bank("banks/image").teacher_spec
-        >>> spec.name, spec.image_size, spec.online_image_size  # efficientnet-lite0, 64, 64
     """
 
     name: str
@@ -163,13 +172,7 @@ def has_neighbor_table(folder: str | Path) -> bool:
 
 
 class Bank:
-    """A finished bank folder, memory-mapped: ``bank.features`` is ``(N, D)`` float16.
-
-    Examples:
-        >>> bank = Bank("banks/image")
-        >>> bank.check_dataset(DataSpec("shapes/train.csv"), dim=1280)
-        >>> bank.features[17]  # sample 17's teacher feature, (1280,)
-    """
+    """A finished bank folder, memory-mapped: ``bank.features`` is ``(N, D)`` float16."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -286,8 +289,10 @@ class Bank:
                 "%s was built by an earlier clip-ping: its fingerprint covers only the %s, "
                 "so data files rewritten since cannot be detected. Rebuild it to have them "
                 "checked too: delete it and rerun clip-ping bank build --out %s",
-                self.path, fingerprint.covers, self.path,
-            )  # fmt: skip
+                self.path,
+                fingerprint.covers,
+                self.path,
+            )
 
     @property
     def has_neighbors(self) -> bool:

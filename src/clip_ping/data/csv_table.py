@@ -20,8 +20,12 @@ A UTF-8 byte-order mark, which Excel and pandas write, is accepted. Integer colu
 value that is not an integer.
 
 Examples:
-    >>> table = read_csv_table("shapes/train.csv", required={"filepath": "--csv-img-key"})
-    >>> table.column("filepath")[:2], table.lines[:2]  # (['images/0.png', ...], [2, 3])
+    >>> from pathlib import Path
+    >>> from clip_ping.data.csv_table import read_csv_table
+    >>> _ = Path("pairs.csv").write_text("filepath,title\\na.png,a cat\\nb.png,a dog\\n")
+    >>> table = read_csv_table("pairs.csv", required={"filepath": "--csv-img-key"})
+    >>> table.column("filepath"), list(table.lines)  # each row's line in the file
+    (['a.png', 'b.png'], [2, 3])
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ Layout written under ``out_dir``::
     corpus.json               parameters and file names; written last = corpus complete
 
 Examples:
-    >>> info = build_shapes("/tmp/shapes", num_train=200, num_val=50, image_size=32)
+    >>> from clip_ping.data.shapes import build_shapes
+    >>> info = build_shapes("shapes", num_train=20, num_val=10, image_size=16)
     >>> info["num_classes"]
     30
 """
@@ -92,8 +93,9 @@ def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, fl
         return points
     if shape == "cross":
         a, b = r, r * 0.35
-        offsets = [(-b, -a), (b, -a), (b, -b), (a, -b), (a, b), (b, b),
-                   (b, a), (-b, a), (-b, b), (-a, b), (-a, -b), (-b, -b)]  # fmt: skip
+        offsets = [(-b, -a), (b, -a), (b, -b)]  # the top arm, clockwise; then a quarter turn
+        for _ in range(3):  # at a time for the right, bottom and left arms
+            offsets += [(-dy, dx) for dx, dy in offsets[-3:]]
         return [(cx + dx, cy + dy) for dx, dy in offsets]
     raise ValueError(f"unknown shape {shape!r}; choose from {SHAPES}")
 

@@ -9,8 +9,14 @@ needs (labels and class names for zero-shot, captions for retrieval), and
 :func:`meaningless_score` says when a perfect score would mean nothing.
 
 Examples:
-    >>> data = check_images(load_eval_dataset("shapes/val.csv", preprocess), "skip", 0.01)
-    >>> check_task(data, "zeroshot"); meaningless_score(data, "zeroshot")  # None: fine
+    >>> from clip_ping.data.shapes import build_shapes
+    >>> from clip_ping.evaluation.checks import check_images, check_task, meaningless_score
+    >>> from clip_ping.evaluation.datasets import load_eval_dataset
+    >>> _ = build_shapes("shapes", num_train=8, num_val=60, image_size=16)
+    >>> data = load_eval_dataset("shapes/val.csv", lambda image: image)
+    >>> data = check_images(data, "skip", 0.01)  # every image decodes: the same set
+    >>> check_task(data, "retrieval"), meaningless_score(data, "retrieval")  # None: fine
+    (None, None)
 """
 
 from __future__ import annotations

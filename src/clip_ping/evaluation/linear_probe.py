@@ -24,9 +24,12 @@ every model.
 the chosen value does not change meaning with the number of training samples.
 
 Examples:
-    >>> result = linear_probe(train_x, train_y, test_x, test_y)  # (N, D) features, (N,) labels
-    >>> sorted(result)
-    ['lp_acc1', 'lp_mean_per_class_recall', 'val_acc1', 'weight_decay']
+    >>> import numpy as np
+    >>> from clip_ping.evaluation.linear_probe import linear_probe
+    >>> x, y = np.eye(2, 4, dtype=np.float32)[[0, 1] * 10], np.array([0, 1] * 10)
+    >>> result = linear_probe(x, y, x, y, weight_decays=(1e-3,))  # (N, D) features, (N,) labels
+    >>> sorted(result), result["lp_acc1"]
+    (['lp_acc1', 'lp_mean_per_class_recall', 'val_acc1', 'weight_decay'], 1.0)
 """
 
 from __future__ import annotations

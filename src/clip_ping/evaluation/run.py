@@ -94,9 +94,12 @@ def retrieval(
         )
     texts = encode_texts(model, tokenizer, captions, batch_size, device)
     return retrieval_metrics(
-        image_features, texts, caption_image, max_block_elements=max_block_elements,
+        image_features,
+        texts,
+        caption_image,
+        max_block_elements=max_block_elements,
         caption_text=ids if merge_identical_captions else None,
-    )  # fmt: skip
+    )
 
 
 def evaluate_dataset(
@@ -121,9 +124,13 @@ def evaluate_dataset(
         results["zeroshot"] = zeroshot(model, tokenizer, data, features, **options)
     if "retrieval" in tasks:
         results["retrieval"] = retrieval(
-            model, tokenizer, data, features, **options,
+            model,
+            tokenizer,
+            data,
+            features,
+            **options,
             merge_identical_captions=merge_identical_captions,
-        )  # fmt: skip
+        )
     return {task: results[task] for task in tasks}
 
 
@@ -196,9 +203,12 @@ def run_eval(
     device = resolve_device(device)
     model, preprocess, tokenizer = load(model_path, device=device)
     options = dict(
-        classnames=classnames, templates=templates, csv_img_key=csv_img_key,
-        csv_caption_key=csv_caption_key, csv_separator=csv_separator,
-    )  # fmt: skip
+        classnames=classnames,
+        templates=templates,
+        csv_img_key=csv_img_key,
+        csv_caption_key=csv_caption_key,
+        csv_separator=csv_separator,
+    )
     report: dict = {"skipped_images": 0, "warnings": []}
     check = dict(task=task, on_bad_sample=on_bad_sample, max_bad_share=max_bad_share)
     data = _checked(
@@ -216,9 +226,12 @@ def run_eval(
         train = _checked(train, report, **check)
         features = probe_features(model, train, data, feature_cache, **encode)
         result = linear_probe(
-            features["train"], train.require_labels("linear probe"),
-            features["test"], data.require_labels("linear probe"), weight_decays,
-        )  # fmt: skip
+            features["train"],
+            train.require_labels("linear probe"),
+            features["test"],
+            data.require_labels("linear probe"),
+            weight_decays,
+        )
         extra = {k: result.pop(k) for k in NOT_METRICS}
         extra.update(train_dataset=train.name, train_size=len(train), weight_decays=weight_decays)
         metrics = result
@@ -251,7 +264,7 @@ def _checked(
 
 
 def result_record(task: str, dataset: str, model: str, metrics: dict[str, float]) -> dict:
-    """CLIP_benchmark's fields plus the run-log metric names (DESIGN.md §4)."""
+    """CLIP_benchmark's fields plus the run-log metric names (docs/design.md: metric names)."""
     benchmark_task, prefix = TASKS[task]
     return {
         "dataset": dataset,
@@ -332,9 +345,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=typed(int, Range(1)), default=256)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument(
-        "--workers", type=typed(int, Range(0)), default=0,
+        "--workers",
+        type=typed(int, Range(0)),
+        default=0,
         help="data loader workers (at most what the machine can run)",
-    )  # fmt: skip
+    )
 
     data_flags = ("csv_img_key", "csv_caption_key", "csv_separator")
     data_flags += ("on_bad_sample", "max_bad_share")  # bad images: as in training
@@ -360,14 +375,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> dict:
     """Run ``clip-ping eval`` from parsed flags and print the metrics."""
     record = run_eval(
-        args.model, args.task, args.dataset, out=args.out, train_dataset=args.train_dataset,
-        classnames=args.classnames, templates=args.templates, batch_size=args.batch_size,
-        device=args.device, workers=args.workers, csv_img_key=args.csv_img_key,
-        csv_caption_key=args.csv_caption_key, csv_separator=args.csv_separator,
-        weight_decays=tuple(args.wd), feature_cache=args.feature_cache,
+        args.model,
+        args.task,
+        args.dataset,
+        out=args.out,
+        train_dataset=args.train_dataset,
+        classnames=args.classnames,
+        templates=args.templates,
+        batch_size=args.batch_size,
+        device=args.device,
+        workers=args.workers,
+        csv_img_key=args.csv_img_key,
+        csv_caption_key=args.csv_caption_key,
+        csv_separator=args.csv_separator,
+        weight_decays=tuple(args.wd),
+        feature_cache=args.feature_cache,
         merge_identical_captions=args.merge_identical_captions,
-        on_bad_sample=args.on_bad_sample, max_bad_share=args.max_bad_share,
-    )  # fmt: skip
+        on_bad_sample=args.on_bad_sample,
+        max_bad_share=args.max_bad_share,
+    )
     print(json.dumps(record["metric_names"], indent=2))
     if args.out:
         print(f"result: {args.out}")

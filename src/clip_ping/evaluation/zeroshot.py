@@ -5,7 +5,8 @@ e.g. "a photo of a {}."), renormalised; an image is assigned the class with the 
 cosine similarity. Ties count against the image (see :mod:`.ranking`).
 
 Examples:
-    >>> classes = class_embeddings(model, tokenizer, ["red circle", "blue star"])  # (2, D)
+    >>> import torch
+    >>> from clip_ping.evaluation.zeroshot import zero_shot_metrics
     >>> zero_shot_metrics(torch.eye(3)[[0, 1, 1]], torch.eye(3), labels=[0, 1, 2])
     {'acc1': 0.6666666865348816, 'acc5': 1.0, 'mean_per_class_recall': 0.6666666865348816}
 """

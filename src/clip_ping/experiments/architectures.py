@@ -55,7 +55,7 @@ def lr_plan(size, students=STUDENTS, lrs=LRS):
 
 def choose_lrs(plan, metrics) -> dict[tuple[str, str], float]:
     """The best rate on val of each (student, method)."""
-    from .demo import mean_recall
+    from .demo_data import mean_recall
 
     best: dict[tuple[str, str], tuple[float, float]] = {}
     for student, method, lr, run in plan:
@@ -77,13 +77,21 @@ def edge_rates(chosen: dict[tuple[str, str], float], lrs=LRS) -> dict[str, list[
 
 
 def run_architectures(
-    out: str | Path = "runs/demo", seeds: int = 3, quick: bool = False, jobs: int | None = None,
-    assets: str | None = None, markdown: str | Path = "docs/results.md",
-    figures: str | Path = "docs/figures", students=STUDENTS, lrs=LRS, size=None,
-) -> dict:  # fmt: skip
+    out: str | Path = "runs/demo",
+    seeds: int = 3,
+    quick: bool = False,
+    jobs: int | None = None,
+    assets: str | None = None,
+    markdown: str | Path = "docs/results.md",
+    figures: str | Path = "docs/figures",
+    students=STUDENTS,
+    lrs=LRS,
+    size=None,
+) -> dict:
     """Choose every student's rate on val, train the final seeds, write the section
     (``students``, ``lrs``, ``size``: others than the demo's, for tests)."""
-    from .demo import FULL, QUICK, prepare_data
+    from .demo import prepare_data
+    from .demo_data import FULL, QUICK
     from .markdown import write_section
     from .runs import Planned, run_variants
     from .sweep import run_slug
@@ -112,9 +120,11 @@ def run_architectures(
     summary = {
         "command": command,
         "lrs": {f"{s}/{m}": lr for (s, m), lr in chosen.items()},
-        "final": {s: {m: {str(k): v for k, v in r.items()} for m, r in by.items()}
-                  for s, by in scores.items()},
-    }  # fmt: skip
+        "final": {
+            s: {m: {str(k): v for k, v in r.items()} for m, r in by.items()}
+            for s, by in scores.items()
+        },
+    }
     atomic_write_text(out / "architectures.json", json.dumps(summary, indent=2) + "\n")
     print(f"\nper-architecture comparison: {markdown} (section 'architectures'), {figure}")
     return summary
@@ -152,27 +162,38 @@ def render_architectures(
             f"{said} |"
         )
     seeds = len(next(iter(forest.values())))
-    plot_intervals(forest, figure, title=f"CLIP-PING − CLIP per student, {seeds} seeds, 95% "
-                   "intervals", xlabel="test mean recall difference")  # fmt: skip
+    plot_intervals(
+        forest,
+        figure,
+        title=f"CLIP-PING − CLIP per student, {seeds} seeds, 95% intervals",
+        xlabel="test mean recall difference",
+    )
     rel = os.path.relpath(figure, markdown.parent)
     where = f"The gain holds (interval above 0) for {', '.join(held) or 'no student'}"
     where += f"; not shown for {', '.join(not_held)}." if not_held else "."
     for edge, pairs in edge_rates(chosen, lrs).items():
-        where += (f" The {edge} rate of the grid won for {', '.join(pairs)}: their best rate may "
-                  "lie outside it.")  # fmt: skip
-    return "\n".join([
-        "## Other students (test)",
-        "",
-        f"Produced by `{command}`. The same data, splits and text tower; each student trains "
-        f"within the ViT recipe's wall-clock budget ({size.epochs} epochs of the ViT, scaled "
-        "by each tower's measured training speed, docs/models.md). Each student's learning "
-        f"rate, for each method alike, was chosen on val among {', '.join(f'{x:g}' for x in lrs)} "
-        f"(seed 0); then {seeds} seeds at that rate, read once on test. Headline: test mean "
-        "recall (18 retrieval metrics).",
-        "",
-        *rows,
-        "",
-        where,
-        "",
-        f"![per student]({rel})",
-    ]) + "\n"  # fmt: skip
+        where += (
+            f" The {edge} rate of the grid won for {', '.join(pairs)}: their best rate may "
+            "lie outside it."
+        )
+    return (
+        "\n".join(
+            [
+                "## Other students (test)",
+                "",
+                f"Produced by `{command}`. The same data, splits and text tower; each student trains "
+                f"within the ViT recipe's wall-clock budget ({size.epochs} epochs of the ViT, scaled "
+                "by each tower's measured training speed, docs/models.md). Each student's learning "
+                f"rate, for each method alike, was chosen on val among {', '.join(f'{x:g}' for x in lrs)} "
+                f"(seed 0); then {seeds} seeds at that rate, read once on test. Headline: test mean "
+                "recall (18 retrieval metrics).",
+                "",
+                *rows,
+                "",
+                where,
+                "",
+                f"![per student]({rel})",
+            ]
+        )
+        + "\n"
+    )

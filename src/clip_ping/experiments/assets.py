@@ -23,20 +23,19 @@ class Source:
     url: str
 
 
-SOURCES = {
-    s.package: s
-    for s in (
-        Source("emoji-datasource-google", "npm", "16.0.0", "Apache-2.0 (Noto Emoji images)",
-               "https://github.com/iamcal/emoji-data"),
-        Source("emoji-datasource-twitter", "npm", "16.0.0", "CC-BY-4.0 (Twemoji images)",
-               "https://github.com/iamcal/emoji-data"),
-        Source("openmoji", "npm", "17.0.0", "CC-BY-SA-4.0", "https://openmoji.org"),
-        Source("emojibase-data", "npm", "17.0.0", "MIT (data from Unicode CLDR, Unicode License)",
-               "https://emojibase.dev"),
-        Source("openclipart-svg", "debian", "", "public domain (CC0)", "https://openclipart.org"),
-        Source("openclipart-png", "debian", "", "public domain (CC0)", "https://openclipart.org"),
-    )
-}  # fmt: skip
+_EMOJI_DATA = "https://github.com/iamcal/emoji-data"
+_CLDR = "MIT (data from Unicode CLDR, Unicode License)"
+_CC0 = "public domain (CC0)"
+# package: (manager, version, licence, url)
+_TABLE = {
+    "emoji-datasource-google": ("npm", "16.0.0", "Apache-2.0 (Noto Emoji images)", _EMOJI_DATA),
+    "emoji-datasource-twitter": ("npm", "16.0.0", "CC-BY-4.0 (Twemoji images)", _EMOJI_DATA),
+    "openmoji": ("npm", "17.0.0", "CC-BY-SA-4.0", "https://openmoji.org"),
+    "emojibase-data": ("npm", "17.0.0", _CLDR, "https://emojibase.dev"),
+    "openclipart-svg": ("debian", "", _CC0, "https://openclipart.org"),
+    "openclipart-png": ("debian", "", _CC0, "https://openclipart.org"),
+}
+SOURCES = {package: Source(package, *row) for package, row in _TABLE.items()}
 
 
 def resolve_assets(assets: str | os.PathLike | None = None) -> Path:

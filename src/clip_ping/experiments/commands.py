@@ -21,27 +21,53 @@ def _results(args: argparse.Namespace) -> None:
         from .sweep import run_sweep
 
         markdown = "docs/method.md" if args.markdown == "docs/results.md" else args.markdown
-        run_sweep(args.sweep, args.out, args.sweep_seeds, args.jobs, args.assets, markdown,
-                  finished_only=args.finished_only, points=args.sweep_points)  # fmt: skip
+        run_sweep(
+            args.sweep,
+            args.out,
+            args.sweep_seeds,
+            args.jobs,
+            args.assets,
+            markdown,
+            finished_only=args.finished_only,
+            points=args.sweep_points,
+        )
         return
     if args.architectures:
         from .architectures import run_architectures
 
-        run_architectures(args.out, seeds=args.seeds or 3, quick=args.quick, jobs=args.jobs,
-                          assets=args.assets, markdown=args.markdown)  # fmt: skip
+        run_architectures(
+            args.out,
+            seeds=args.seeds or 3,
+            quick=args.quick,
+            jobs=args.jobs,
+            assets=args.assets,
+            markdown=args.markdown,
+        )
         return
     if args.curve:
         from .curve import run_curve
 
-        run_curve(args.out, seeds=args.seeds or 3, quick=args.quick, jobs=args.jobs,
-                  assets=args.assets, markdown=args.markdown)  # fmt: skip
+        run_curve(
+            args.out,
+            seeds=args.seeds or 3,
+            quick=args.quick,
+            jobs=args.jobs,
+            assets=args.assets,
+            markdown=args.markdown,
+        )
         return
     from .results import run_results
 
     run_results(
-        args.out, seeds=args.seeds or 5, sweep_seeds=args.sweep_seeds, ablations=not args.no_ablations,
-        quick=args.quick, markdown=args.markdown, assets=args.assets, jobs=args.jobs,
-    )  # fmt: skip
+        args.out,
+        seeds=args.seeds or 5,
+        sweep_seeds=args.sweep_seeds,
+        ablations=not args.no_ablations,
+        quick=args.quick,
+        markdown=args.markdown,
+        assets=args.assets,
+        jobs=args.jobs,
+    )
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -78,9 +104,11 @@ def add_experiment_commands(commands: argparse._SubParsersAction) -> None:
     )
     _add_demo_flags(results)
     results.add_argument(
-        "--seeds", type=COUNT, default=None,
+        "--seeds",
+        type=COUNT,
+        default=None,
         help="CLIP and CLIP-PING runs per method: final runs (5); per student or curve point (3)",
-    )  # fmt: skip
+    )
     results.add_argument(
         "--no-ablations", action="store_true", help="only the final runs, not the method sweep"
     )
@@ -92,24 +120,30 @@ def add_experiment_commands(commands: argparse._SubParsersAction) -> None:
         "and write the table into docs/method.md",
     )
     results.add_argument(
-        "--architectures", action="store_true",
+        "--architectures",
+        action="store_true",
         help="instead: CLIP vs CLIP-PING for a ViT, a ConvNeXt and a MobileViT student, each "
         "one's lr chosen on val; its section of docs/results.md",
-    )  # fmt: skip
+    )
     results.add_argument(
-        "--curve", action="store_true",
+        "--curve",
+        action="store_true",
         help="instead: the data-efficiency curve (10/25/50/100%% of the training groups), "
         "its section of docs/results.md",
-    )  # fmt: skip
+    )
     results.add_argument(
-        "--finished-only", action="store_true",
+        "--finished-only",
+        action="store_true",
         help="with --sweep: train nothing, write the table of the runs finished so far",
-    )  # fmt: skip
+    )
     results.add_argument(
-        "--sweep-points", nargs="+", default=None, metavar="POINT",
+        "--sweep-points",
+        nargs="+",
+        default=None,
+        metavar="POINT",
         help="with --sweep: train only these points (names as in the table), e.g. more seeds "
         "for the leaders; the table shows every point's finished runs",
-    )  # fmt: skip
+    )
     results.add_argument(
         "--sweep-seeds", type=COUNT, default=3, help="seeds per sweep point and ablation (3)"
     )

@@ -41,8 +41,12 @@ class Row:
     label: str | None = None  # an emoji concept's label, or a drawing's title
 
     def csv_row(self) -> dict:
-        return {"filepath": self.image, "title": self.caption, "key": self.key,
-                "source": self.source}  # fmt: skip
+        return {
+            "filepath": self.image,
+            "title": self.caption,
+            "key": self.key,
+            "source": self.source,
+        }
 
 
 def unit_hash(seed: int, purpose: str, name: str) -> float:

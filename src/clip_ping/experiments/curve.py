@@ -12,7 +12,7 @@ small model needs).
   tables, built from its own CSV: the neighbours of a pair are found among the subset's
   pairs only, so the teachers never offer a pair the student cannot see.
 - **The same number of optimisation steps** at every point, those of the recipe on all the
-  data (:data:`.demo.FULL`): a subset trains for proportionally more epochs. With the same
+  data (:data:`.demo_data.FULL`): a subset trains for proportionally more epochs. With the same
   epochs instead, the 10% point would take 40 steps, fewer than the warm-up, and the curve
   would measure a shorter schedule as much as less data. Same steps asks the question the
   claim is about: with compute to spare, how many pairs does each method need?
@@ -88,9 +88,10 @@ def _write_if_changed(path: Path, text: str) -> None:
 
 
 def subset_data(data, fraction: float, keys: set[str], out: Path):
-    """A :class:`.demo.DemoData` whose training CSV holds the rows of ``keys`` (image paths
+    """A :class:`.demo_data.DemoData` whose training CSV holds the rows of ``keys`` (image paths
     relative to it) and whose banks and neighbour tables are built on those rows alone."""
-    from .demo import DemoData, prepare_banks
+    from .demo import prepare_banks
+    from .demo_data import DemoData
 
     folder = out / point_name(fraction)
     folder.mkdir(parents=True, exist_ok=True)
@@ -216,14 +217,21 @@ def _group_of(corpus: Path) -> dict[str, str]:
 
 
 def run_curve(
-    out: str | Path = "runs/demo", seeds: int = 3, quick: bool = False, jobs: int | None = None,
-    assets: str | None = None, markdown: str | Path = "docs/results.md",
-    figures: str | Path = "docs/figures", fractions=FRACTIONS, size=None,
-) -> dict:  # fmt: skip
+    out: str | Path = "runs/demo",
+    seeds: int = 3,
+    quick: bool = False,
+    jobs: int | None = None,
+    assets: str | None = None,
+    markdown: str | Path = "docs/results.md",
+    figures: str | Path = "docs/figures",
+    fractions=FRACTIONS,
+    size=None,
+) -> dict:
     """Train and evaluate every point of the curve (cached like every run), then write its
     section of ``markdown`` and its figure (``size``: another recipe than the demo's, for
     tests)."""
-    from .demo import FULL, QUICK, mean_recall, prepare_data
+    from .demo import prepare_data
+    from .demo_data import FULL, QUICK, mean_recall
     from .markdown import write_section
     from .runs import run_variants
 
@@ -253,9 +261,12 @@ def run_curve(
     figure = plot_curve(scores, pairs, Path(figures) / "data_efficiency.png")
     body = render_curve(scores, pairs, epochs, size, command, figure, Path(markdown))
     write_section(markdown, "curve", body)
-    summary = {"command": command, "pairs": {str(f): n for f, n in pairs.items()},
-               "epochs": {str(f): e for f, e in epochs.items()},
-               "scores": {str(f): s for f, s in scores.items()}}  # fmt: skip
+    summary = {
+        "command": command,
+        "pairs": {str(f): n for f, n in pairs.items()},
+        "epochs": {str(f): e for f, e in epochs.items()},
+        "scores": {str(f): s for f, s in scores.items()},
+    }
     atomic_write_text(out / "curve.json", json.dumps(summary, indent=2) + "\n")
     print(f"\ndata-efficiency curve: {markdown} (section 'curve'), {figure}")
     return summary
@@ -281,8 +292,11 @@ def plot_curve(scores, pairs: dict[float, int], out: Path) -> Path:
     ax.set_xticks(x, [f"{n:,}\n({f:.0%})" for n, f in zip(x, fractions, strict=True)])
     ax.minorticks_off()
     seeds = len(scores[fractions[0]]["clip"])
-    ax.set(xlabel="training pairs", ylabel="test mean recall",
-           title=f"data efficiency: mean of {seeds} seeds, 95% intervals")  # fmt: skip
+    ax.set(
+        xlabel="training pairs",
+        ylabel="test mean recall",
+        title=f"data efficiency: mean of {seeds} seeds, 95% intervals",
+    )
     ax.grid(alpha=0.3)
     ax.legend()
     return save_figure(fig, out)
@@ -314,20 +328,25 @@ def render_curve(scores, pairs, epochs, size, command, figure: Path, markdown: P
             "the mean curves and are not a demonstrated saving of data."
         )
     rel = os.path.relpath(figure, markdown.parent)
-    return "\n".join([
-        "## Data efficiency (test)",
-        "",
-        f"Produced by `{command}`. CLIP and CLIP-PING on nested subsets of the training "
-        f"groups, {seeds} seeds each (the same seeds at every point), test mean recall. Every "
-        f"point takes the same number of optimisation steps as {size.epochs} epochs on all the "
-        "data, so a subset trains for more epochs; the banks and neighbour tables of a subset "
-        "are built from that subset alone. The 100% point is the results page's final runs, "
-        f"their first {seeds} seeds (the page's headline reads all of its seeds). The ratio "
-        "reads CLIP's mean curve, interpolated in log(pairs), at CLIP-PING's mean score.",
-        "",
-        *rows,
-        "",
-        *reads,
-        "",
-        f"![data efficiency]({rel})",
-    ]) + "\n"  # fmt: skip
+    return (
+        "\n".join(
+            [
+                "## Data efficiency (test)",
+                "",
+                f"Produced by `{command}`. CLIP and CLIP-PING on nested subsets of the training "
+                f"groups, {seeds} seeds each (the same seeds at every point), test mean recall. Every "
+                f"point takes the same number of optimisation steps as {size.epochs} epochs on all the "
+                "data, so a subset trains for more epochs; the banks and neighbour tables of a subset "
+                "are built from that subset alone. The 100% point is the results page's final runs, "
+                f"their first {seeds} seeds (the page's headline reads all of its seeds). The ratio "
+                "reads CLIP's mean curve, interpolated in log(pairs), at CLIP-PING's mean score.",
+                "",
+                *rows,
+                "",
+                *reads,
+                "",
+                f"![data efficiency]({rel})",
+            ]
+        )
+        + "\n"
+    )

@@ -15,7 +15,7 @@ Stages, each cached (a second call reuses what is finished, and a killed call re
    initial weights and batch order): only the objective differs;
 5. every run evaluated: zero-shot on OpenMoji (concept names; subgroups), retrieval on
    held-out concepts and clip-art, linear probe on MNIST-5k and scikit-learn digits;
-6. ``summary.json`` (DESIGN.md §4 metric names) and ``report.md`` with figures.
+6. ``summary.json`` (the metric names of docs/design.md) and ``report.md`` with figures.
 
 The runs themselves (train, evaluate, side by side) are :mod:`.runs`; the results page
 (:mod:`.results`) uses the same data and runs for its seeds and ablations.
@@ -26,109 +26,23 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from ..io import atomic_write_text
 from ..models import is_exported
+from .demo_data import FULL, QUICK, DemoData, DemoSize, mean_recall
 
 # Teacher input: emoji are 64 px and clip-art 128 px; 128 px costs a third of 224 px and the
 # neighbours look as sensible on the contact sheet.
 IMAGE_TEACHER_SIZE = 128
 NEIGHBOR_K = 5
-STUDENT = "cpu-mini-32"
-
-
-@dataclass(frozen=True)
-class DemoSize:
-    """How much of the corpus and how long to train."""
-
-    max_concepts: int | None  # emoji concepts kept (None: all)
-    max_clipart: int | None  # clip-art images kept (None: all)
-    epochs: int
-    batch_size: int = 128
-    lr: float = 1e-3
-    warmup: int = 50
-    aug_scale_min: float = 0.9  # random resized crop: smallest share of the area
-    model: str = STUDENT
-    probes: tuple[str, ...] = ("mnist5k", "digits")  # linear-probe datasets (built-ins)
-
-
-# The recipe chosen on val by the recipe sweep (:mod:`.sweep`, docs/method.md): warm-up 200
-# with 8 or 10 epochs led for both methods and tied over two seeds (mean of the two methods'
-# val mean recall 0.1888 vs 0.1894, seed std ~0.01); 8 is the cheaper of the tie.
-FULL = DemoSize(max_concepts=None, max_clipart=None, epochs=8, warmup=200)
-QUICK = DemoSize(max_concepts=300, max_clipart=600, epochs=5, batch_size=64, probes=("digits",))
-
 DEMO_RUNS = ("clip", "clip-ping")
-RETRIEVAL_SOURCES = ("google", "twitter", "clipart")  # one retrieval set each, per split
-ZEROSHOT_SETS = ("unseen", "seen", "subgroups")
-
-
-def retrieval_keys(split: str = "test") -> list[str]:
-    """The retrieval metrics of a split: R@1, 5, 10 both ways on each of its sets."""
-    return [
-        f"retrieval/{split}_{source}/{direction}_R@{k}"
-        for source in RETRIEVAL_SOURCES
-        for direction in ("image_to_text", "text_to_image")
-        for k in (1, 5, 10)
-    ]
-
-
-def mean_recall(metrics: dict[str, float], split: str = "test") -> float:
-    """A method's one number: the mean of :func:`retrieval_keys` (18 recalls)."""
-    missing = [key for key in retrieval_keys(split) if key not in metrics]
-    if missing:
-        raise KeyError(f"{len(missing)} {split} retrieval metrics missing, e.g. {missing[0]}")
-    return sum(metrics[key] for key in retrieval_keys(split)) / len(retrieval_keys(split))
 
 
 def _stage(name: str):
     print(f"\n== {name} ==", flush=True)
     return time.perf_counter()
-
-
-@dataclass
-class DemoData:
-    """Where a demo's corpus, banks and evaluation sets are."""
-
-    corpus: Path
-    banks: Path
-    train_file: Path | None = None  # another training CSV (a subset): the corpus's by default
-
-    @property
-    def train(self) -> Path:
-        return self.train_file or self.corpus / "train.csv"
-
-    def bank(self, modality: str, variant: str = "default") -> Path:
-        return self.banks / (modality if variant == "default" else f"{modality}-{variant}")
-
-    def split_rows(self) -> dict[str, int]:
-        """The row count of each split of the corpus (``train.csv``: ...), from ``corpus.json``."""
-        return dict(json.loads((self.corpus / "corpus.json").read_text())["splits"])
-
-    def train_rows(self) -> int:
-        """Training pairs: the corpus's, or those of the other training CSV."""
-        if self.train_file is None:
-            return self.split_rows()["train.csv"]
-        import csv
-
-        with open(self.train_file, newline="", encoding="utf-8") as f:
-            return sum(1 for _ in csv.reader(f)) - 1
-
-    def eval_jobs(self, probes: tuple[str, ...], split: str = "test") -> list[tuple[str, str]]:
-        """(task, dataset) pairs a run is evaluated on: retrieval on the ``split``'s sets; for
-        ``test`` also zero-shot on OpenMoji and the linear probes; ``all``: val and test."""
-        if split == "all":
-            return self.eval_jobs(probes, "val") + self.eval_jobs(probes, "test")
-        if split not in ("val", "test"):
-            raise ValueError(f"split {split!r}: choose val, test or all")
-        c = self.corpus
-        jobs = [("retrieval", str(c / f"{split}_{source}.csv")) for source in RETRIEVAL_SOURCES]
-        if split == "test":
-            jobs += [("zeroshot", str(c / "zeroshot" / n / "test.csv")) for n in ZEROSHOT_SETS]
-            jobs += [("linear-probe", name) for name in probes]
-        return jobs
 
 
 def prepare_data(out: Path, size: DemoSize, assets: str | None = None) -> DemoData:

@@ -40,10 +40,9 @@ of people (the person, man, woman, child, baby, older person and prince emoji wi
 gestures, linked by gender and age, near-duplicate heads, and drawings named like them) and
 266 of country flags (one layout, near-duplicate edge maps); both landed in train.
 
-Examples:
-    >>> info = build_demo_corpus("/tmp/demo", max_concepts=60, max_clipart=40)
-    >>> info["counts"]["train_rows"] > 0
-    True
+Built from the packages ``make assets`` fetches (so not offline on a fresh checkout)::
+
+    clip-ping data demo --out data/demo --max-concepts 60 --max-clipart 40
 """
 
 from __future__ import annotations
@@ -60,13 +59,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
-from tqdm import tqdm
 
-from ..data.transforms import to_rgb
 from ..io import atomic_write_text
 from .assets import SOURCES, package_dir, package_version, resolve_assets
-from .clipart import CLIPART_IMAGE_SIZE, load_clipart
+from .clipart import load_clipart
 from .corpus_splits import (
     EVAL_SOURCES,
     SPLITS,
@@ -78,8 +74,9 @@ from .corpus_splits import (
     split_of,
     unit_hash,
 )
+from .demo_images import convert_images, corpus_rows, openmoji_image
 from .emoji import EMOJI_IMAGE_SIZE, EMOJI_STYLES, load_concepts
-from .groups import NEAR_DUPLICATE_THRESHOLD, SIGNATURE_SIZE, edge_signature
+from .groups import NEAR_DUPLICATE_THRESHOLD
 
 FORMAT = "clip-ping-demo-corpus"
 FORMAT_VERSION = 3  # 1: two splits of concepts and drawings; 2: before the same-name rule
@@ -87,7 +84,6 @@ CSV_COLUMNS = ["filepath", "title", "key", "source"]
 EVAL_SETS = tuple(f"{split}_{source}" for split in SPLITS[1:] for source in EVAL_SOURCES)
 ZEROSHOT_SETS = ("unseen", "seen", "subgroups")
 MIN_SUBGROUP_IMAGES = 5
-BLANK_STD = 2.0  # pixel std (0-255) below which a converted image is blank and dropped
 TEMPLATES = ("an emoji of {}.", "a {} emoji.", "{}.", "an icon of {}.")
 CAPTION_RECIPE = (
     "emoji: lowercased CLDR label (emojibase; emoji.json name where missing), then the CLDR "
@@ -114,38 +110,6 @@ def _subset(items: list, name: Callable[[Any], str], limit: int | None, seed: in
         return items
     ranked = sorted(items, key=lambda item: unit_hash(seed, "subset", name(item)))[:limit]
     return sorted(ranked, key=name)
-
-
-def _fit_on_white(image: Image.Image, size: int) -> Image.Image:
-    """RGB ``size``×``size``: scaled to fit, centred, alpha composited on white."""
-    if image.size == (size, size):
-        return to_rgb(image)
-    # Scale first (Pillow resizes RGBA premultiplied, so edges do not darken), then
-    # composite: a 1,100 px drawing is composited at 128 px, ~10x faster.
-    image = image.convert("RGBA")
-    scale = size / max(image.size)
-    w, h = (max(1, round(side * scale)) for side in image.size)
-    image = image.resize((w, h), Image.Resampling.LANCZOS, reducing_gap=3.0)
-    canvas = Image.new("RGB", (size, size), (255, 255, 255))
-    canvas.paste(to_rgb(image), ((size - w) // 2, (size - h) // 2))
-    return canvas
-
-
-def _convert(source: Path, target: Path, size: int) -> Image.Image:
-    """Write ``source`` fitted on white at ``size`` to ``target``; the fitted image."""
-    if source.suffix == ".svg":
-        import cairosvg  # only OpenMoji and a few huge clip-art renders need a rasteriser
-
-        # The width alone keeps the drawing's aspect ratio; _fit_on_white fits the height.
-        png = cairosvg.svg2png(url=str(source), output_width=size)
-        image = Image.open(io.BytesIO(png))
-    else:
-        image = Image.open(source)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with image:
-        fitted = _fit_on_white(image, size)
-    fitted.save(target, compress_level=1)  # fast; the folder is scratch
-    return fitted
 
 
 def _write_csv(path: Path, rows: list[dict], columns: list[str] = CSV_COLUMNS) -> int:
@@ -231,7 +195,57 @@ def build_demo_corpus(
     started = time.perf_counter()
     root = resolve_assets(assets)
     folders = {package: package_dir(root, package) for package in SOURCES}
+    concepts, dropped_variants, drawings, dropped_clipart = _load_sources(
+        folders, max_concepts, max_clipart, seed
+    )
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    rows, jobs = corpus_rows(concepts, drawings, folders)
+    openmoji = [(c, c.openmoji) for c in concepts if c.openmoji and c.openmoji.is_file()]
+    jobs += [(svg, openmoji_image(svg), EMOJI_IMAGE_SIZE) for _, svg in openmoji]
+    signatures, blank = convert_images(jobs, len(rows), tmp)
+    if blank:
+        dropped_clipart["blank image"] += sum(rows[i].kind == "clipart" for i in blank)
+        dropped_variants += sum(rows[i].kind != "clipart" for i in blank)
+        keep = np.setdiff1d(np.arange(len(rows)), blank)
+        rows, signatures = [rows[i] for i in keep], signatures[keep]
+    groups, links = link_groups(rows, signatures)
+    split = {group: split_of(group, seed) for group in groups}
+    counts, left_out = _write_splits(tmp, rows, groups, split)
+    zeroshot = _write_zeroshot_sets(tmp, rows, groups, split, openmoji)
+    group_split = Counter(split.values())
+    group_kinds = Counter(
+        (split[g], "clipart" if r.kind == "clipart" else "emoji")
+        for r, g in zip(rows, groups, strict=True)
+    )
+    counts.update(
+        {
+            "concepts": len(concepts),
+            "emoji_images_per_style": sum(len(c.variants) for c in concepts),
+            "emoji_variants_dropped": dropped_variants,
+            "openmoji_images": len(openmoji),
+            # Drops are counted over the whole package, before --max-clipart subsets the rest.
+            "clipart_kept": sum(r.kind == "clipart" for r in rows),
+            "clipart_dropped": sum(dropped_clipart.values()),
+            "clipart_dropped_by_reason": dict(sorted(dropped_clipart.items())),
+            "groups": {s: group_split[s] for s in SPLITS},
+            "rows_by_split_and_kind": {f"{s}/{k}": n for (s, k), n in sorted(group_kinds.items())},
+            "group_links": dict(links),
+            "eval_rows_left_out": left_out,
+            **{f"zeroshot_{n}_classes": z["classes"] for n, z in zeroshot.items()},
+        }
+    )
+    source_counts = _source_counts(counts, len(openmoji), len(concepts), len(drawings))
+    meta = _corpus_meta(root, options, counts, zeroshot, source_counts)
+    meta["build_seconds"] = round(time.perf_counter() - started, 1)
+    atomic_write_text(tmp / "corpus.json", json.dumps(meta, indent=2) + "\n")  # last: complete
+    _swap_in(tmp, out)
+    return {**_files(out), "counts": counts, "cached": False}
 
+
+def _load_sources(folders: dict[str, Path], max_concepts, max_clipart, seed: int) -> tuple:
+    """The emoji concepts and clip-art drawings kept (subsets of at most ``max_concepts`` and
+    ``max_clipart``), with the emoji variants and drawings dropped while loading."""
     concepts, dropped_variants = load_concepts(
         {style: folders[f"emoji-datasource-{style}"] for style in EMOJI_STYLES},
         folders["emojibase-data"],
@@ -240,41 +254,28 @@ def build_demo_corpus(
     concepts = _subset(concepts, lambda c: c.base, max_concepts, seed)
     drawings, dropped_clipart = load_clipart(folders["openclipart-svg"], folders["openclipart-png"])
     drawings = _subset(drawings, lambda d: d.key, max_clipart, seed)
+    return concepts, dropped_variants, drawings, dropped_clipart
 
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    rows, jobs = _rows(concepts, drawings, folders)
-    openmoji = [(c, c.openmoji) for c in concepts if c.openmoji and c.openmoji.is_file()]
-    jobs += [(svg, _openmoji_image(svg), EMOJI_IMAGE_SIZE) for _, svg in openmoji]
-    signatures = np.zeros((len(rows), SIGNATURE_SIZE**2), dtype=np.float32)
-    blank = []
-    for i, (source, image, size) in enumerate(
-        tqdm(jobs, desc="demo corpus images", unit="img", mininterval=1)
-    ):
-        fitted = _convert(source, tmp / image, size)
-        if i < len(rows):  # the training and evaluation images (not OpenMoji)
-            signatures[i] = edge_signature(fitted)
-            if np.asarray(fitted).std() < BLANK_STD:  # white on white: nothing to see
-                blank.append(i)
-                (tmp / image).unlink()
-    if blank:
-        dropped_clipart["blank image"] += sum(rows[i].kind == "clipart" for i in blank)
-        dropped_variants += sum(rows[i].kind != "clipart" for i in blank)
-        keep = np.setdiff1d(np.arange(len(rows)), blank)
-        rows, signatures = [rows[i] for i in keep], signatures[keep]
-    groups, links = link_groups(rows, signatures)
-    split = {group: split_of(group, seed) for group in groups}
-    counts: dict = {"train_rows": _write_csv(
-        tmp / "train.csv", [r.csv_row() for r, g in zip(rows, groups, strict=True) if split[g] == "train"]
-    )}  # fmt: skip
+
+def _write_splits(tmp: Path, rows: list[Row], groups: list, split: dict) -> tuple[dict, Any]:
+    """``train.csv``, the evaluation sets and ``groups.csv``; the row counts of the first two
+    and the evaluation rows left out."""
+    pairs = list(zip(rows, groups, strict=True))
+    train = [r.csv_row() for r, g in pairs if split[g] == "train"]
+    counts: dict = {"train_rows": _write_csv(tmp / "train.csv", train)}
     eval_sets, left_out = evaluation_sets(rows, groups, split)
     for name, members in eval_sets.items():
         counts[f"{name}_rows"] = _write_csv(tmp / f"{name}.csv", [r.csv_row() for r in members])
     _write_csv(
         tmp / "groups.csv",
-        [{"key": r.key, "group": g, "split": split[g]} for r, g in zip(rows, groups, strict=True)],
+        [{"key": r.key, "group": g, "split": split[g]} for r, g in pairs],
         columns=["key", "group", "split"],
     )
+    return counts, left_out
+
+
+def _write_zeroshot_sets(tmp: Path, rows: list[Row], groups: list, split: dict, openmoji) -> dict:
+    """The three OpenMoji zero-shot sets (module docstring); each one's image and class count."""
     side_of_concept = {r.concept: split[g] for r, g in zip(rows, groups, strict=True) if r.concept}
     zeroshot_items = {
         "unseen": [c for c, _ in openmoji if side_of_concept[c.base] == "test"],
@@ -282,71 +283,29 @@ def build_demo_corpus(
     }
     zeroshot = {
         name: _write_zeroshot(
-            tmp / "zeroshot" / name, [(_openmoji_image(c.openmoji), c.label) for c in items]
+            tmp / "zeroshot" / name, [(openmoji_image(c.openmoji), c.label) for c in items]
         )
         for name, items in zeroshot_items.items()
     }
-    subgroups = [(_openmoji_image(c.openmoji), c.subgroup.replace("-", " ")) for c, _ in openmoji]
+    subgroups = [(openmoji_image(c.openmoji), c.subgroup.replace("-", " ")) for c, _ in openmoji]
     sizes = Counter(name for _, name in subgroups)
     zeroshot["subgroups"] = _write_zeroshot(
         tmp / "zeroshot" / "subgroups", [i for i in subgroups if sizes[i[1]] >= MIN_SUBGROUP_IMAGES]
     )
-    group_split = Counter(split.values())
-    group_kinds = Counter(
-        (split[g], "clipart" if r.kind == "clipart" else "emoji")
-        for r, g in zip(rows, groups, strict=True)
-    )
-    counts.update({
-        "concepts": len(concepts), "emoji_images_per_style": sum(len(c.variants) for c in concepts),
-        "emoji_variants_dropped": dropped_variants, "openmoji_images": len(openmoji),
-        # Drops are counted over the whole package, before --max-clipart subsets the rest.
-        "clipart_kept": sum(r.kind == "clipart" for r in rows),
-        "clipart_dropped": sum(dropped_clipart.values()),
-        "clipart_dropped_by_reason": dict(sorted(dropped_clipart.items())),
-        "groups": {s: group_split[s] for s in SPLITS},
-        "rows_by_split_and_kind": {f"{s}/{k}": n for (s, k), n in sorted(group_kinds.items())},
-        "group_links": dict(links), "eval_rows_left_out": left_out,
-        **{f"zeroshot_{n}_classes": z["classes"] for n, z in zeroshot.items()},
-    })  # fmt: skip
-    source_counts = {
-        "emoji-datasource-google": counts["emoji_images_per_style"],
-        "emoji-datasource-twitter": counts["emoji_images_per_style"],
-        "openmoji": len(openmoji), "emojibase-data": len(concepts),
-        "openclipart-svg": len(drawings), "openclipart-png": len(drawings),
-    }  # fmt: skip
-    meta = _corpus_meta(root, options, counts, zeroshot, source_counts)
-    meta["build_seconds"] = round(time.perf_counter() - started, 1)
-    atomic_write_text(tmp / "corpus.json", json.dumps(meta, indent=2) + "\n")  # last: complete
-    _swap_in(tmp, out)
-    return {**_files(out), "counts": counts, "cached": False}
+    return zeroshot
 
 
-def _openmoji_image(svg: Path) -> Path:
-    return Path("images", "openmoji", f"{svg.stem.lower()}.png")
-
-
-def _rows(concepts, drawings, folders: dict[str, Path]) -> tuple[list[Row], list[tuple]]:
-    """Every training or evaluation row, and its image conversion (source, image, size)."""
-    rows, jobs = [], []
-    for concept in concepts:
-        for style in EMOJI_STYLES:
-            images = folders[f"emoji-datasource-{style}"] / "img" / style / str(EMOJI_IMAGE_SIZE)
-            for variant in concept.variants:
-                image = Path("images", "emoji", style, f"{variant.stem}.png")
-                jobs.append((images / f"{variant.stem}.png", image, EMOJI_IMAGE_SIZE))
-                rows.append(Row(
-                    key=f"emoji/{style}/{variant.stem}", image=image.as_posix(),
-                    caption=variant.caption, source=f"emoji-datasource-{style}", kind=style,
-                    concept=concept.base, label=concept.label,
-                ))  # fmt: skip
-    for drawing in drawings:
-        image = Path("images", f"{drawing.key}.png")
-        jobs.append((drawing.image, image, CLIPART_IMAGE_SIZE))
-        rows.append(Row(
-            key=drawing.key, image=image.as_posix(), caption=drawing.caption,
-            source="openclipart", kind="clipart", label=drawing.title,
-        ))  # fmt: skip
-    return rows, jobs
+def _source_counts(counts: dict, openmoji: int, concepts: int, drawings: int) -> dict[str, int]:
+    """How many items of each source package the corpus uses."""
+    emoji = counts["emoji_images_per_style"]
+    return {
+        "emoji-datasource-google": emoji,
+        "emoji-datasource-twitter": emoji,
+        "openmoji": openmoji,
+        "emojibase-data": concepts,
+        "openclipart-svg": drawings,
+        "openclipart-png": drawings,
+    }
 
 
 def _corpus_meta(root: Path, options: dict, counts: dict, zeroshot: dict, source_counts: dict):
@@ -365,7 +324,7 @@ def _corpus_meta(root: Path, options: dict, counts: dict, zeroshot: dict, source
                 "count": source_counts[s.package],
             }
             for s in SOURCES.values()
-        ],  # fmt: skip
+        ],
         "splits": {
             **{f"{n}.csv": counts[f"{n}_rows"] for n in ("train", *EVAL_SETS)},
             **{f"zeroshot/{n}/test.csv": z["images"] for n, z in zeroshot.items()},

@@ -43,10 +43,9 @@ SIGNATURE_SIZE = 32  # pooled edge map side: 1,024 numbers per image
 
 # Gender and age words read as one word; "and"/"two" then fall away ("two women holding
 # hands", "woman and man holding hands" and "people holding hands" agree).
-_PERSON_WORDS = {
-    "man", "woman", "men", "women", "person", "people", "boy", "girl", "child", "adult",
-    "baby", "male", "female",
-}  # fmt: skip
+_PERSON_WORDS = set(
+    "man woman men women person people boy girl child adult baby male female".split()
+)
 _WORD_MAP = {
     **dict.fromkeys(_PERSON_WORDS, "person"),
     **dict.fromkeys(("man's", "woman's", "men's", "women's"), "person's"),

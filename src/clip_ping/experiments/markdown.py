@@ -54,7 +54,9 @@ def carry_sections(new: str, old: str, names: tuple[str, ...], missing: dict[str
     has none."""
     for name in names:
         block = section(old, name)
-        new = replace_section(new, name, missing[name]) if block is None else (
-            new.rstrip("\n") + "\n\n" + block + "\n"
-        )  # fmt: skip
+        new = (
+            replace_section(new, name, missing[name])
+            if block is None
+            else (new.rstrip("\n") + "\n\n" + block + "\n")
+        )
     return new

@@ -25,7 +25,7 @@ from ..io import atomic_write_text
 from .figures import plot_bars, pyplot, save_figure
 
 EVAL_PREFIXES = ("zeroshot", "retrieval", "linear_probe")
-# The metrics a short table shows first, when a run has them (DESIGN.md §4 names).
+# The metrics a short table shows first, when a run has them (named as in docs/design.md).
 HEADLINE_SUFFIXES = ("/acc1", "/acc5", "_R@1", "_R@5", "/lp_acc1")
 
 

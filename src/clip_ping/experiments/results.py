@@ -1,17 +1,17 @@
 """CLIP vs CLIP-PING on the demo corpus's test sets, with paired 95% intervals, and every
-setting of CLIP-PING on val → ``docs/results.md`` (DESIGN.md §6).
+setting of CLIP-PING on val → ``docs/results.md`` (docs/design.md: benchmark protocol).
 
     clip-ping results --seeds 5 --sweep-seeds 3    # make results: the command of the page
     clip-ping results --sweep recipe               # the recipe sweep on val (docs/method.md)
 
 - **Final runs.** CLIP and CLIP-PING with the recipe and defaults chosen on val
-  (:data:`.demo.FULL`, :mod:`.sweep`), ``--seeds`` seeds each. A seed fixes the initial
+  (:data:`.demo_data.FULL`, :mod:`.sweep`), ``--seeds`` seeds each. A seed fixes the initial
   weights and the batch order, so a CLIP and a CLIP-PING run of one seed differ only in
   their objective. Each is evaluated once on the test sets (and on val, for the ablations).
 - **Statistics.** Per metric: mean ± std over seeds, and the paired difference CLIP-PING −
   CLIP with its 95% confidence interval (paired t over seeds). "Ahead" only where the
   interval excludes 0. A method's one number is its mean recall over the 18 test retrieval
-  metrics (:func:`.demo.mean_recall`).
+  metrics (:func:`.demo_data.mean_recall`).
 - **Ablations** are the method sweep (:data:`.sweep.METHOD_POINTS`) on val, ``--sweep-seeds``
   seeds each, each against the defaults by the val mean recall, paired over seeds.
 
@@ -75,7 +75,7 @@ def _interval_cell(diffs: Sequence[float]) -> str:
 
 def with_mean_recall(runs: Runs, split: str) -> Runs:
     """``runs`` with the split's mean recall added as ``mean_recall/<split>``."""
-    from .demo import mean_recall
+    from .demo_data import mean_recall
 
     return {s: {**m, f"mean_recall/{split}": mean_recall(m, split)} for s, m in runs.items()}
 
@@ -193,7 +193,8 @@ def run_results(
     """Train and evaluate the final runs (``seeds`` each, test and val) and, with
     ``ablations``, the method sweep on val (``sweep_seeds`` each); write ``markdown``, and
     the headline rows into ``readme``'s ``results`` section when it has one."""
-    from .demo import FULL, QUICK, prepare_data
+    from .demo import prepare_data
+    from .demo_data import FULL, QUICK
     from .runs import Planned, run_variants
     from .sweep import run_slug, sweep_plan
 
@@ -248,13 +249,16 @@ def keep_sections(text: str, markdown: Path) -> str:
 
 def readme_rows(final: dict[str, Runs], summary: dict, markdown: Path) -> str:
     """README's excerpt of the page: the headline and the R@1 and zero-shot top-1 rows."""
-    from .demo import RETRIEVAL_SOURCES, ZEROSHOT_SETS
+    from .demo_data import RETRIEVAL_SOURCES, ZEROSHOT_SETS
 
     clip = with_mean_recall(final["clip"], "test")
     ping = with_mean_recall(final["clip-ping"], "test")
     keys = ["mean_recall/test"]
-    keys += [f"retrieval/test_{s}/{d}_R@1" for s in RETRIEVAL_SOURCES
-             for d in ("image_to_text", "text_to_image")]  # fmt: skip
+    keys += [
+        f"retrieval/test_{s}/{d}_R@1"
+        for s in RETRIEVAL_SOURCES
+        for d in ("image_to_text", "text_to_image")
+    ]
     keys += [f"zeroshot/{z}/acc1" for z in ZEROSHOT_SETS]
     keys = [k for k in keys if all(k in m for m in (*clip.values(), *ping.values()))]
     return (
@@ -272,29 +276,19 @@ def result_keys(metrics: dict[str, float]) -> list[str]:
 
 
 def render_results(
-    final: dict[str, Runs], points: dict[str, Runs], summary: dict, data, markdown: Path,
+    final: dict[str, Runs],
+    points: dict[str, Runs],
+    summary: dict,
+    data,
+    markdown: Path,
     figures: Path,
-) -> str:  # fmt: skip
+) -> str:
     clip = with_mean_recall(with_mean_recall(final["clip"], "test"), "val")
     ping = with_mean_recall(with_mean_recall(final["clip-ping"], "test"), "val")
     keys = result_keys(ping[min(ping)])
     forest = {k: paired_diffs(ping, clip, k) for k in keys}
-    plots = [
-        plot_intervals(
-            forest,
-            figures / "results_clip_vs_ping.png",
-            xlabel="CLIP-PING − CLIP (test)",
-            title=f"paired differences over {len(clip)} seeds, 95% intervals",
-        )  # fmt: skip
-    ]
     points = {p: with_mean_recall(r, "val") for p, r in points.items()}
-    if len(points) > 1:
-        rows = {p: paired_diffs(r, points["defaults"], "mean_recall/val") for p, r in points.items()
-                if p != "defaults"}  # fmt: skip
-        plots.append(plot_intervals(
-            rows, figures / "results_ablations.png", xlabel="− defaults (val mean recall)",
-            title="CLIP-PING's settings on val, 95% intervals",
-        ))  # fmt: skip
+    plots = _plot_results(forest, points, len(clip), figures)
     rel = [Path(os.path.relpath(p, markdown.parent)) for p in plots]
     headline = paired_diffs(ping, clip, "mean_recall/test")
     mean, low, high = t_interval(headline)
@@ -334,18 +328,51 @@ def render_results(
         "",
     ]
     if len(points) > 1:
-        lines += [
-            "## CLIP-PING's settings (val)",
-            "",
-            "Each row changes one setting of CLIP-PING's defaults and is scored by the val "
-            "mean recall, paired over seeds with the defaults and with CLIP. `self-targets` "
-            "is the control for the neighbours: the same heads and terms with each anchor's "
-            "own teacher features as targets (distillation without neighbours).",
-            "",
-            ablation_table(points, clip),
-            f"![ablations]({rel[-1]})",
-            "",
-            control_answer(points, clip),
-            "",
-        ]
+        lines += _settings_section(points, clip, rel[-1])
     return "\n".join(lines)
+
+
+def _plot_results(forest: dict, points: dict[str, Runs], seeds: int, figures: Path) -> list[Path]:
+    """The figure of CLIP-PING − CLIP per metric, and of each setting − the defaults when
+    there are settings; their paths."""
+    plots = [
+        plot_intervals(
+            forest,
+            figures / "results_clip_vs_ping.png",
+            xlabel="CLIP-PING − CLIP (test)",
+            title=f"paired differences over {seeds} seeds, 95% intervals",
+        )
+    ]
+    if len(points) > 1:
+        rows = {
+            p: paired_diffs(r, points["defaults"], "mean_recall/val")
+            for p, r in points.items()
+            if p != "defaults"
+        }
+        plots.append(
+            plot_intervals(
+                rows,
+                figures / "results_ablations.png",
+                xlabel="− defaults (val mean recall)",
+                title="CLIP-PING's settings on val, 95% intervals",
+            )
+        )
+    return plots
+
+
+def _settings_section(points: dict[str, Runs], clip: Runs, figure: Path) -> list[str]:
+    """The page's section on CLIP-PING's settings, scored on val."""
+    return [
+        "## CLIP-PING's settings (val)",
+        "",
+        "Each row changes one setting of CLIP-PING's defaults and is scored by the val "
+        "mean recall, paired over seeds with the defaults and with CLIP. `self-targets` "
+        "is the control for the neighbours: the same heads and terms with each anchor's "
+        "own teacher features as targets (distillation without neighbours).",
+        "",
+        ablation_table(points, clip),
+        f"![ablations]({figure})",
+        "",
+        control_answer(points, clip),
+        "",
+    ]

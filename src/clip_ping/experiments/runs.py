@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from ..models import is_exported
 
 if TYPE_CHECKING:
-    from .demo import DemoData, DemoSize
+    from .demo_data import DemoData, DemoSize
 
 # Training overrides of each variant (on top of the shared settings). "clip-ping" is the
 # default method; the others change one thing each.
@@ -51,9 +51,14 @@ class Planned(NamedTuple):
 
 
 def train_config(
-    data: DemoData, size: DemoSize, variant: str, seed: int, logs: Path, name: str,
+    data: DemoData,
+    size: DemoSize,
+    variant: str,
+    seed: int,
+    logs: Path,
+    name: str,
     extra: dict | None = None,
-):  # fmt: skip
+):
     """The resolved training config of ``variant``: the recipe of ``size``, the variant's
     overrides, then ``extra``. Training evaluates on ``val_google`` only (never a test set)."""
     from ..training.config import build_config
@@ -61,14 +66,26 @@ def train_config(
     overrides = {**VARIANTS[variant], **(extra or {})}
     banks = overrides.pop("banks", "default")
     settings = dict(
-        train_data=str(data.train), val_data=str(data.corpus / "val_google.csv"),
-        model=size.model, batch_size=size.batch_size, epochs=size.epochs, lr=size.lr,
-        warmup=size.warmup, aug_scale_min=size.aug_scale_min, wd=0.1, seed=seed, logs=str(logs), name=name, resume="latest",
-        workers=0, save_every_steps=100, log_every_steps=10,
+        train_data=str(data.train),
+        val_data=str(data.corpus / "val_google.csv"),
+        model=size.model,
+        batch_size=size.batch_size,
+        epochs=size.epochs,
+        lr=size.lr,
+        warmup=size.warmup,
+        aug_scale_min=size.aug_scale_min,
+        wd=0.1,
+        seed=seed,
+        logs=str(logs),
+        name=name,
+        resume="latest",
+        workers=0,
+        save_every_steps=100,
+        log_every_steps=10,
         # latest.pt only: a sweep trains dozens of runs, and a checkpoint per epoch holds
         # the optimiser too (~95 MB for cpu-mini-32), ~0.8 GB a run.
         save_frequency=0,
-    )  # fmt: skip
+    )
     if overrides.get("loss") == "clip-ping":
         settings.update(
             image_bank=str(data.bank("image", banks)), text_bank=str(data.bank("text", banks))
@@ -221,8 +238,11 @@ def run_variants(
         for run in plan
     }
     threads = max(1, cores // jobs)
-    print(f"{len(plan)} runs, {jobs} at a time with {threads} thread(s) each; "
-          f"their output: {logs}/<run>/console.log", flush=True)  # fmt: skip
+    print(
+        f"{len(plan)} runs, {jobs} at a time with {threads} thread(s) each; "
+        f"their output: {logs}/<run>/console.log",
+        flush=True,
+    )
     results: dict[str, dict[str, float]] = {}
     context = get_context("spawn")  # a fresh interpreter: no inherited torch thread pools
     with (

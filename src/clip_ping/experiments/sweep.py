@@ -1,14 +1,15 @@
-"""Sweeps on val: how the demo's recipe and CLIP-PING's defaults were chosen (DESIGN.md §6).
+"""Sweeps on val: how the demo's recipe and CLIP-PING's defaults were chosen (docs/design.md:
+benchmark protocol).
 
     clip-ping results --sweep recipe    # CLIP and CLIP-PING alike: lr, epochs, batch, ...
     clip-ping results --sweep method    # CLIP-PING's own settings on top of the recipe
 
 Every point is trained with the same seeds and scored by its **val** mean recall
-(:func:`.demo.mean_recall` on ``val_{google,twitter,clipart}``); test sets are never read
+(:func:`.demo_data.mean_recall` on ``val_{google,twitter,clipart}``); test sets are never read
 here. The recipe sweep gives the CLIP baseline exactly the points CLIP-PING gets: first one
 setting changed at a time from the starting recipe (:data:`RECIPE_START`), then
 combinations of the settings that helped both. The method sweep changes CLIP-PING's own
-settings one at a time on top of the chosen recipe (:data:`.demo.FULL`). A run folder is
+settings one at a time on top of the chosen recipe (:data:`.demo_data.FULL`). A run folder is
 named by its complete settings (:func:`run_slug`), so a point reached again from another
 starting recipe reuses the finished run, and an interrupted sweep resumes.
 """
@@ -20,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..models import is_exported
-from .demo import DemoSize, mean_recall
+from .demo_data import DemoSize, mean_recall
 from .runs import VARIANTS, Planned
 
 # The recipe the recipe sweep starts from: the demo's until 2026-11-29.
@@ -70,11 +71,21 @@ METHOD_POINTS: dict[str, dict] = {
 SWEEPS = {"recipe": RECIPE_POINTS, "method": METHOD_POINTS}
 RECIPE_KEYS = ("model", "epochs", "batch_size", "lr", "warmup", "aug_scale_min")
 _SHORT = {
-    "epochs": "e", "batch_size": "b", "lr": "lr", "warmup": "w", "aug_scale_min": "crop",
-    "nn_weight": "nn", "xnn_weight": "xnn", "neighbor_k": "k", "aux_temperature": "tau",
-    "neighbor_warmup": "nw", "neighbor_target": "", "neighbor_source": "", "banks": "",
+    "epochs": "e",
+    "batch_size": "b",
+    "lr": "lr",
+    "warmup": "w",
+    "aug_scale_min": "crop",
+    "nn_weight": "nn",
+    "xnn_weight": "xnn",
+    "neighbor_k": "k",
+    "aux_temperature": "tau",
+    "neighbor_warmup": "nw",
+    "neighbor_target": "",
+    "neighbor_source": "",
+    "banks": "",
     "neighbor_self": "self-",
-}  # fmt: skip
+}
 
 
 def recipe_of(size: DemoSize, settings: dict) -> dict:
@@ -89,8 +100,10 @@ def run_slug(variant: str, size: DemoSize, settings: dict, seed: int) -> str:
     parts = [variant, recipe["model"]]
     parts += [f"{_SHORT[k]}{recipe[k]:g}" for k in RECIPE_KEYS[1:]]
     extra = {k: v for k, v in settings.items() if k not in RECIPE_KEYS}
-    parts += [f"{_SHORT[k]}{v:g}" if isinstance(v, float | int) else f"{_SHORT[k]}{v}"
-              for k, v in sorted(extra.items())]  # fmt: skip
+    parts += [
+        f"{_SHORT[k]}{v:g}" if isinstance(v, float | int) else f"{_SHORT[k]}{v}"
+        for k, v in sorted(extra.items())
+    ]
     return "_".join(parts) + f"_s{seed}"
 
 
@@ -104,8 +117,10 @@ def sweep_plan(
     unknown = [p for p in points or () if p not in SWEEPS[sweep]]
     if unknown:
         names = "; ".join(f"'{p}'" for p in SWEEPS[sweep])
-        raise ValueError(f"--sweep-points {unknown[0]!r} is not a point of the {sweep} sweep; "
-                         f"its points are: {names}")  # fmt: skip
+        raise ValueError(
+            f"--sweep-points {unknown[0]!r} is not a point of the {sweep} sweep; "
+            f"its points are: {names}"
+        )
     methods = ("clip", "clip-ping") if sweep == "recipe" else ("clip-ping",)
     plan = []
     for point, settings in SWEEPS[sweep].items():
@@ -157,16 +172,22 @@ def sweep_table(
 
 
 def run_sweep(
-    sweep: str, out: str | Path = "runs/demo", seeds: int = 2, jobs: int | None = None,
-    assets: str | None = None, markdown: str | Path | None = "docs/method.md",
-    finished_only: bool = False, points: Sequence[str] | None = None,
-) -> str:  # fmt: skip
+    sweep: str,
+    out: str | Path = "runs/demo",
+    seeds: int = 2,
+    jobs: int | None = None,
+    assets: str | None = None,
+    markdown: str | Path | None = "docs/method.md",
+    finished_only: bool = False,
+    points: Sequence[str] | None = None,
+) -> str:
     """Train and evaluate every run of the sweep on val; its table, also written into
     ``markdown`` between ``<!-- sweep:NAME -->`` and ``<!-- /sweep:NAME -->``.
     ``finished_only``: train nothing, tabulate the runs finished so far (a sweep that spans
     days can be read while it runs). ``points``: train only these points; the table still
     shows every point's finished runs."""
-    from .demo import FULL, prepare_data
+    from .demo import prepare_data
+    from .demo_data import FULL
     from .markdown import write_section
     from .runs import run_variants
 

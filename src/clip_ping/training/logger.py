@@ -76,8 +76,13 @@ def read_metrics_for_resume(path: Path) -> list[tuple[str, dict]]:
         if isinstance(record, dict):
             records.append((line, record))
         elif number == len(lines):
-            log.warning("%s: dropped its last line, cut short when the run was stopped "
-                        "(%d characters: %.60r)", path, len(line), line)  # fmt: skip
+            log.warning(
+                "%s: dropped its last line, cut short when the run was stopped "
+                "(%d characters: %.60r)",
+                path,
+                len(line),
+                line,
+            )
         else:
             raise ValueError(
                 f"{path} line {number} is not a JSON object ({line[:60]!r}); repair or delete "

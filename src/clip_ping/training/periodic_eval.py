@@ -35,10 +35,12 @@ def load_eval_sets(cfg: TrainConfig, preprocess) -> list[EvalJob]:
     from ..evaluation.datasets import load_eval_dataset
 
     options = dict(
-        classnames=cfg.zeroshot_classnames, templates=cfg.zeroshot_templates,
-        csv_img_key=cfg.csv_img_key, csv_caption_key=cfg.csv_caption_key,
+        classnames=cfg.zeroshot_classnames,
+        templates=cfg.zeroshot_templates,
+        csv_img_key=cfg.csv_img_key,
+        csv_caption_key=cfg.csv_caption_key,
         csv_separator=cfg.csv_separator,
-    )  # fmt: skip
+    )
     jobs = []
     if cfg.val_data:
         val = load_eval_dataset(cfg.val_data, preprocess, **options)
@@ -64,9 +66,15 @@ def load_eval_sets(cfg: TrainConfig, preprocess) -> list[EvalJob]:
 
 
 def evaluate_during_training(
-    model, tokenizer, cfg: TrainConfig, device, metrics: MetricsLog, step: int, epoch: int,
+    model,
+    tokenizer,
+    cfg: TrainConfig,
+    device,
+    metrics: MetricsLog,
+    step: int,
+    epoch: int,
     eval_sets: list[EvalJob],
-) -> dict[str, float]:  # fmt: skip
+) -> dict[str, float]:
     """Evaluate ``model`` on the run's held-out data (from :func:`load_eval_sets`); return
     the logged values."""
     from ..evaluation.run import evaluate_dataset, result_path, result_record

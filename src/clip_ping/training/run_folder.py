@@ -94,9 +94,10 @@ def _claim(cfg: TrainConfig) -> tuple[RunFolder, RunLock]:
             path = _new_folder(logs, datetime.now())
     except OSError as exc:
         raise os_error(
-            exc, f"cannot create the run folder in {logs} ({exc.strerror}); "
+            exc,
+            f"cannot create the run folder in {logs} ({exc.strerror}); "
             f"{how_to_fix_write(exc, logs)}, or choose another --logs",
-        ) from exc  # fmt: skip
+        ) from exc
     lock = RunLock(path)
     notes = lock.acquire()
     try:
@@ -161,9 +162,10 @@ def _prepare(path: Path, checkpoints: Path) -> None:
         probe.unlink()
     except OSError as exc:
         raise os_error(
-            exc, f"cannot write checkpoints into {checkpoints} ({exc.strerror}); "
+            exc,
+            f"cannot write checkpoints into {checkpoints} ({exc.strerror}); "
             f"{how_to_fix_write(exc, checkpoints)}, or choose another --logs or --name",
-        ) from exc  # fmt: skip
+        ) from exc
     for folder in (path, checkpoints):
         for stale in folder.glob(f".*{TEMPORARY_SUFFIX}"):
             if stale.is_dir():
@@ -182,10 +184,12 @@ class RunLock:
         self.path = folder / LOCK_FILE
         pid = os.getpid()
         self.owner = {
-            "pid": pid, "host": socket.gethostname(), "process_start": _process_start(pid),
+            "pid": pid,
+            "host": socket.gethostname(),
+            "process_start": _process_start(pid),
             "since": datetime.now().isoformat(timespec="seconds"),
             "command": " ".join(sys.argv)[:300],
-        }  # fmt: skip
+        }
         self.held = False
 
     def acquire(self) -> tuple[str, ...]:
@@ -224,9 +228,10 @@ class RunLock:
         except OSError as exc:
             folder = self.path.parent
             raise os_error(
-                exc, f"cannot write in the run folder {folder} ({exc.strerror}); "
+                exc,
+                f"cannot write in the run folder {folder} ({exc.strerror}); "
                 f"{how_to_fix_write(exc, folder)}, or choose another --logs or --name",
-            ) from exc  # fmt: skip
+            ) from exc
         with os.fdopen(fd, "w") as f:
             f.write(json.dumps(self.owner) + "\n")
 
