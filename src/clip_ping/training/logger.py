@@ -89,3 +89,22 @@ def read_metrics_for_resume(path: Path) -> list[tuple[str, dict]]:
                 "that line, then resume again"
             )
     return records
+
+
+def resume_record(resume_from, progress, changes: dict) -> dict:
+    """Log where a resumed run continues (``progress``: its checkpoint's ``Progress``) and
+    what changed; the record of it for the run folder's ``resumes.jsonl``."""
+    log.info(
+        "resumed from %s at step %d (epoch %d, batch %d)",
+        *(resume_from, progress.step, progress.epoch, progress.batch),
+    )
+    for name, change in changes.items():
+        flag = name.replace("_", "-")
+        log.info("--%s was %s, now %s on this resume", flag, change["was"], change["now"])
+    return {
+        "from": str(resume_from),
+        "step": progress.step,
+        "epoch": progress.epoch,
+        "batch": progress.batch,
+        "changed": changes,
+    }

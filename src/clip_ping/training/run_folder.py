@@ -37,7 +37,6 @@ import yaml
 from ..distributed import share_from_main
 from ..io import TEMPORARY_SUFFIX, how_to_fix_write, os_error
 from .config import TrainConfig, save_yaml
-from .logger import log
 
 LOCK_FILE = "run.lock"
 CONFIG_FILE = "config.yaml"
@@ -380,22 +379,3 @@ def run_settings(run_dir: str | os.PathLike) -> dict[str, Any]:
                 continue  # a torn line: its resume changed nothing recorded
             settings.update({key: change["now"] for key, change in changed.items()})
     return settings
-
-
-def resume_record(resume_from, progress, changes: dict) -> dict:
-    """Log where a resumed run continues (``progress``: its checkpoint's ``Progress``) and
-    what changed; the record of it for :func:`record_start`."""
-    log.info(
-        "resumed from %s at step %d (epoch %d, batch %d)",
-        *(resume_from, progress.step, progress.epoch, progress.batch),
-    )
-    for name, change in changes.items():
-        flag = name.replace("_", "-")
-        log.info("--%s was %s, now %s on this resume", flag, change["was"], change["now"])
-    return {
-        "from": str(resume_from),
-        "step": progress.step,
-        "epoch": progress.epoch,
-        "batch": progress.batch,
-        "changed": changes,
-    }

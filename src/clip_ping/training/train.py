@@ -35,10 +35,10 @@ from ..models import create_model, export_hf, get_model_spec
 from ..tokenizer import Tokenizer, get_tokenizer
 from .checkpoint import Checkpointer, Progress, open_resume_checkpoint, restore, seed_everything
 from .config import TrainConfig
-from .logger import MetricsLog, log, setup_logging
+from .logger import MetricsLog, log, resume_record, setup_logging
 from .model_card import write_model_card
 from .periodic_eval import EvalJob, evaluate_during_training, load_eval_sets
-from .run_folder import RunFolder, claim_run_folder, record_start, resume_record
+from .run_folder import RunFolder, claim_run_folder, record_start
 from .schedule import (
     autocast_context,
     cosine_lr,
