@@ -15,25 +15,39 @@ from ..io import atomic_write_text
 from ..models import load_export
 from .run_folder import run_settings
 
-SETTINGS = (  # (config key, what the card calls it)
-    ("model", "student"), ("train_data", "training data"), ("epochs", "epochs"),
-    ("batch_size", "batch size per process"), ("accum_freq", "accumulated micro-batches"),
-    ("lr", "peak learning rate"), ("wd", "weight decay"), ("warmup", "warm-up steps"),
-    ("precision", "precision"), ("seed", "seed"), ("loss", "objective"),
-)  # fmt: skip
-NEIGHBOR_SETTINGS = (
-    ("image_bank", "image bank"), ("text_bank", "text bank"), ("nn_weight", "λ_NN"),
-    ("xnn_weight", "λ_XNN"), ("neighbor_k", "neighbours drawn among top-K"),
-    ("neighbor_target", "neighbour targets"), ("neighbor_source", "neighbour source"),
-)  # fmt: skip
+# What the card calls each setting of the run's config (config key → label).
+SETTINGS = {
+    "model": "student",
+    "train_data": "training data",
+    "epochs": "epochs",
+    "batch_size": "batch size per process",
+    "accum_freq": "accumulated micro-batches",
+    "lr": "peak learning rate",
+    "wd": "weight decay",
+    "warmup": "warm-up steps",
+    "precision": "precision",
+    "seed": "seed",
+    "loss": "objective",
+}
+NEIGHBOR_SETTINGS = {
+    "image_bank": "image bank",
+    "text_bank": "text bank",
+    "nn_weight": "λ_NN",
+    "xnn_weight": "λ_XNN",
+    "neighbor_k": "neighbours drawn among top-K",
+    "neighbor_target": "neighbour targets",
+    "neighbor_source": "neighbour source",
+}
+TAGS = ["clip", "clip-ping", "contrastive-learning", "image-text-retrieval"]
 
 
 def _front_matter(model) -> str:
+    """The card's metadata; the student's class says what is specific to its kind of tower
+    (the pipeline that loads its export, if any, and its tags)."""
     meta = {"library_name": "transformers"}
-    if model.tower == "vit":  # a CLIPModel: transformers' zero-shot pipeline loads it
-        meta["pipeline_tag"] = "zero-shot-image-classification"
-    meta["tags"] = ["clip", "clip-ping", "contrastive-learning", "image-text-retrieval"]
-    meta["tags"] += [model.tower]
+    if model.pipeline_tag:
+        meta["pipeline_tag"] = model.pipeline_tag
+    meta["tags"] = TAGS + model.card_tags()
     return "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n"
 
 
@@ -52,9 +66,11 @@ def _description(cfg: dict, model) -> list[str]:
 
 
 def _settings_table(cfg: dict) -> list[str]:
-    rows = SETTINGS + (NEIGHBOR_SETTINGS if cfg["loss"] == "clip-ping" else ())
+    rows = {**SETTINGS, **(NEIGHBOR_SETTINGS if cfg["loss"] == "clip-ping" else {})}
     lines = ["| setting | value |", "|---|---|"]
-    lines += [f"| {label} | `{cfg[key]}` |" for key, label in rows if cfg.get(key) is not None]
+    lines += [
+        f"| {label} | `{cfg[key]}` |" for key, label in rows.items() if cfg.get(key) is not None
+    ]
     return lines
 
 
