@@ -25,7 +25,7 @@ STAGES = [
         ],
     ),
     ("data", ["clip_ping.data"]),
-    ("teachers", ["clip_ping.teachers"]),
+    ("teachers", ["clip_ping.efficientnet_fold", "clip_ping.teachers"]),
     ("bank", ["clip_ping.bank"]),
     (
         "student",

@@ -13,7 +13,14 @@ from PIL import Image
 
 from clip_ping.data.datasets import CsvDataset
 from clip_ping.data.transforms import EvalTransform, stack_channels_last
-from clip_ping.teachers import create_teacher, fold_for_inference, minilm_path
+from clip_ping.teachers import (
+    TEACHER_KINDS,
+    Teacher,
+    TeacherKind,
+    create_teacher,
+    fold_for_inference,
+    minilm_path,
+)
 
 CAPTIONS = [
     "a small red circle on the left",
@@ -103,9 +110,13 @@ def test_hf_vision_teacher_from_local_folder(tmp_path):
     from transformers import ViTConfig, ViTImageProcessor, ViTModel
 
     config = ViTConfig(
-        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-        image_size=32, patch_size=8,
-    )  # fmt: skip
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+    )
     torch.manual_seed(0)
     ViTModel(config).save_pretrained(tmp_path)
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path)
@@ -127,9 +138,12 @@ def test_hf_text_teacher_mean_pools(tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
     tokenizer.save_pretrained(tmp_path)
     config = BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1,
-        num_attention_heads=2, intermediate_size=32,
-    )  # fmt: skip
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+    )
     torch.manual_seed(0)
     BertModel(config).save_pretrained(tmp_path)
 
@@ -170,3 +184,45 @@ def test_npy_teacher_passes_rows_through(tmp_path):
             bad.write_bytes(content)
         with pytest.raises(ValueError, match=rf"--teacher npy:.*{name} is not a numeric \.npy"):
             create_teacher(f"npy:{bad}", "image")
+
+
+ALL_KINDS = (
+    "use efficientnet-lite0 (image), minilm (text), hf:<model name or folder>, "
+    "sentence-transformers:<folder> or npy:<file.npy>"
+)
+
+
+@pytest.mark.parametrize(
+    "name", ["resnet-9000", "hf:", "npy:", "minilm:extra", "efficientnet-lite0:x", "hf"]
+)
+def test_a_teacher_name_must_fit_a_kind_and_the_error_lists_them(name):
+    """Named kinds take no target, prefixed kinds need one; the error names every kind."""
+    with pytest.raises(ValueError) as error:
+        create_teacher(name, "text")
+    assert str(error.value) == f"unknown teacher {name!r}; {ALL_KINDS}"
+
+
+class _Constant(Teacher):
+    """A toy teacher kind: every caption's features are the same ``dim`` ones."""
+
+    modality = "text"
+
+    def __init__(self, dim: int):
+        self.name, self.dim, self.info = f"ones:{dim}", dim, {}
+        self.preprocess, self.collate = str, list
+
+    def forward(self, batch):
+        return torch.ones(len(batch), self.dim)
+
+
+def test_a_new_teacher_kind_plugs_in_with_one_registry_line(monkeypatch):
+    build = lambda target, modality, image_size, device: _Constant(int(target))  # noqa: E731
+    monkeypatch.setitem(TEACHER_KINDS, "ones", TeacherKind(build, "ones:<dim>", takes_target=True))
+    teacher = create_teacher("ones:3", "text")
+    assert teacher.name == "ones:3" and _encode(teacher, CAPTIONS).shape == (3, 3)
+    with pytest.raises(ValueError, match=r"embeds texts, but --modality is image"):
+        create_teacher("ones:3", "image")
+    with pytest.raises(ValueError, match=r"applies to --teacher efficientnet-lite0 only"):
+        create_teacher("ones:3", "text", image_size=64)
+    with pytest.raises(ValueError, match=r"unknown teacher 'ones'.*npy:<file.npy> or ones:<dim>$"):
+        create_teacher("ones", "text")

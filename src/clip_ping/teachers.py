@@ -9,7 +9,7 @@ runs in the main process:
 - ``encode(batch)``: → ``(B, D)`` float32, L2-normalised, on the CPU; frozen (eval mode,
   inference mode, no gradients).
 
-Names (``create_teacher``):
+Names (``create_teacher``; each kind is one entry of :data:`TEACHER_KINDS`):
 
 ==================================  ========  ==============================================
 ``efficientnet-lite0``              image     offline default; ImageNet EfficientNet-Lite0,
@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from .data.transforms import EvalTransform, stack_channels_last
+from .efficientnet_fold import fold_for_inference
 
 MODALITIES = ("image", "text")
 DEFAULT_TEACHERS = {"image": "efficientnet-lite0", "text": "minilm"}
@@ -88,43 +89,6 @@ def _stack(items: list[torch.Tensor]) -> torch.Tensor:
 def _pooled(output: Any) -> torch.Tensor:
     """A tensor from ``get_*_features`` (transformers 4) or its output object (transformers 5)."""
     return output if isinstance(output, torch.Tensor) else output.pooler_output
-
-
-# (convolution, batch norm) attribute pairs of efficientnet_lite_pytorch's modules: the
-# stem and head of the network, and the three convolutions of each MBConv block.
-_CONV_BN_PAIRS = (
-    ("_conv_stem", "_bn0"), ("_conv_head", "_bn1"),
-    ("_expand_conv", "_bn0"), ("_depthwise_conv", "_bn1"), ("_project_conv", "_bn2"),
-)  # fmt: skip
-
-
-@torch.no_grad()
-def fold_for_inference(model: torch.nn.Module) -> torch.nn.Module:
-    """The same frozen network with fewer operations per forward: each batch norm folded
-    into the convolution before it (scale the weights, add a bias), and "same" padding that
-    is symmetric done by the convolution itself instead of a separate padding copy. Outputs
-    equal the unfolded network's up to float rounding; on 2 CPU cores the forward is ~1.5×
-    faster (benchmarks/bank_extract.py). Only for eval: the running statistics are baked in.
-    """
-    for module in model.modules():
-        for conv_name, bn_name in _CONV_BN_PAIRS:
-            conv, bn = getattr(module, conv_name, None), getattr(module, bn_name, None)
-            if not isinstance(conv, torch.nn.Conv2d) or not isinstance(bn, torch.nn.BatchNorm2d):
-                continue
-            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-            bias = bn.bias - bn.running_mean * scale
-            if conv.bias is not None:
-                bias = bias + conv.bias * scale
-            conv.weight.mul_(scale.view(-1, 1, 1, 1))
-            conv.bias = torch.nn.Parameter(bias, requires_grad=False)
-            setattr(module, bn_name, torch.nn.Identity())
-        pad = getattr(module, "static_padding", None)
-        if isinstance(pad, torch.nn.ZeroPad2d):
-            left, right, top, bottom = pad.padding
-            if left == right and top == bottom:
-                module.padding = (top, left)
-                module.static_padding = torch.nn.Identity()
-    return model
 
 
 class EfficientNetLite0(Teacher):
@@ -340,6 +304,69 @@ def _stack_rows(rows: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.stack(rows).astype(np.float32))
 
 
+# -------------------------------------------------------------------- the registry
+
+
+@dataclass(frozen=True)
+class TeacherKind:
+    """One kind of teacher name: how ``--teacher`` spells it and how it is built.
+
+    ``build(target, modality, image_size, device)`` returns the teacher; ``target`` is what
+    follows ``KIND:`` for a kind that ``takes_target`` (a model name, folder or file), else
+    ``""``. ``usage`` is how the errors name the kind; ``image_size``: whether it takes
+    ``--image-size`` (None is passed when that is not given).
+    """
+
+    build: Callable[[str, str, int | None, str], Teacher]
+    usage: str
+    takes_target: bool = False
+    image_size: bool = False
+
+
+def _efficientnet(target: str, modality: str, image_size: int | None, device: str) -> Teacher:
+    return EfficientNetLite0(image_size or EFFICIENTNET_IMAGE_SIZE, device)
+
+
+def _minilm(target: str, modality: str, image_size: int | None, device: str) -> Teacher:
+    return HFTextTeacher(minilm_path(), name="minilm", device=device)
+
+
+def _hf(target: str, modality: str, image_size: int | None, device: str) -> Teacher:
+    cls = HFImageTeacher if modality == "image" else HFTextTeacher
+    return cls(target, device=device)
+
+
+def _sentence_transformers(
+    target: str, modality: str, image_size: int | None, device: str
+) -> Teacher:
+    return SentenceTransformerTeacher(target, device=device)
+
+
+def _npy(target: str, modality: str, image_size: int | None, device: str) -> Teacher:
+    return NpyFeatures(target, modality)
+
+
+# Teacher names: ``KIND`` alone, or ``KIND:<target>`` for kinds that take a target.
+TEACHER_KINDS: dict[str, TeacherKind] = {
+    "efficientnet-lite0": TeacherKind(_efficientnet, "efficientnet-lite0 (image)", image_size=True),
+    "minilm": TeacherKind(_minilm, "minilm (text)"),
+    "hf": TeacherKind(_hf, "hf:<model name or folder>", takes_target=True),
+    "sentence-transformers": TeacherKind(
+        _sentence_transformers, "sentence-transformers:<folder>", takes_target=True
+    ),
+    "npy": TeacherKind(_npy, "npy:<file.npy>", takes_target=True),
+}
+
+
+def teacher_kind(name: str) -> tuple[TeacherKind | None, str]:
+    """(the kind of the teacher name ``name``, its target), or (None, "") if none fits: a
+    kind that takes a target needs one (``hf:`` alone is no name), the others take none."""
+    kind, colon, target = name.partition(":")
+    entry = TEACHER_KINDS.get(kind)
+    fits = entry is not None and (bool(target) if entry.takes_target else not colon)
+    return (entry, target) if fits else (None, "")
+
+
 def create_teacher(
     name: str | None, modality: str, image_size: int | None = None, device: str = "cpu"
 ) -> Teacher:
@@ -351,28 +378,17 @@ def create_teacher(
     if modality not in MODALITIES:
         raise ValueError(f"--modality {modality!r}: choose image or text")
     name = name or DEFAULT_TEACHERS[modality]
-    if image_size is not None and name != "efficientnet-lite0":
+    entry, target = teacher_kind(name)
+    if image_size is not None and not (entry and entry.image_size):
+        sized = ", ".join(k for k, e in TEACHER_KINDS.items() if e.image_size)
         raise ValueError(
-            f"--image-size applies to --teacher efficientnet-lite0 only, not {name} (hf: "
+            f"--image-size applies to --teacher {sized} only, not {name} (hf: "
             "models resize as their saved image processor says)"
         )
-    kind, _, target = name.partition(":")
-    if name == "efficientnet-lite0":
-        teacher: Teacher = EfficientNetLite0(image_size or EFFICIENTNET_IMAGE_SIZE, device)
-    elif name == "minilm":
-        teacher = HFTextTeacher(minilm_path(), name="minilm", device=device)
-    elif kind == "npy" and target:
-        return NpyFeatures(target, modality)
-    elif kind == "hf" and target:
-        cls = HFImageTeacher if modality == "image" else HFTextTeacher
-        teacher = cls(target, device=device)
-    elif kind == "sentence-transformers" and target:
-        teacher = SentenceTransformerTeacher(target, device=device)
-    else:
-        raise ValueError(
-            f"unknown teacher {name!r}; use efficientnet-lite0 (image), minilm (text), "
-            "hf:<model name or folder>, sentence-transformers:<folder> or npy:<file.npy>"
-        )
+    if entry is None:
+        *others, last = [kind.usage for kind in TEACHER_KINDS.values()]
+        raise ValueError(f"unknown teacher {name!r}; use {', '.join(others)} or {last}")
+    teacher = entry.build(target, modality, image_size, device)
     if teacher.modality != modality:
         raise ValueError(
             f"teacher {name} embeds {teacher.modality}s, but --modality is {modality}; use "

@@ -1,12 +1,14 @@
 """Students on disk: the ``hf/`` export, checkpoint records, and ``clip_ping.load``.
 
-Two export layouts, one per kind of image tower (see ``vit.py`` and ``towers.py``):
+Each kind of image tower writes and reads its own layout (its class in
+:data:`~clip_ping.models.registry.TOWERS`); today there are two:
 
 - ViT: a ``transformers.CLIPModel`` directory (``config.json`` at its top);
-- other towers: ``dual_encoder.json`` beside ``vision/`` (AutoModel), ``text/``
+- transformers backbones: ``dual_encoder.json`` beside ``vision/`` (AutoModel), ``text/``
   (CLIPTextModelWithProjection) and ``visual_projection.safetensors``.
 
-Both carry the image processor and the tokenizer, and both load without clip-ping.
+Both carry the image processor and the tokenizer, and both load without clip-ping. The
+code here asks the registry which class a checkpoint record or an export folder belongs to.
 """
 
 from __future__ import annotations
@@ -20,15 +22,11 @@ from torch import nn
 from ..data.transforms import EvalTransform
 from ..io import atomic_directory, os_error
 from ..tokenizer import Tokenizer
+from .registry import export_class, export_layouts, holds_export, record_class, tower_class
 from .student import Student
-from .towers import EXPORT_FILE, TowerStudent
-from .vit import ClipStudent
 
 STUDENT_PREFIX = "model."  # the student's keys in a checkpoint's TrainingTask state
-
-
-def student_class(tower: str) -> type[Student]:
-    return ClipStudent if tower == "vit" else TowerStudent
+student_class = tower_class  # its earlier name
 
 
 def export_hf(model: Student, tokenizer: Tokenizer, out_dir: str | os.PathLike) -> Path:
@@ -41,29 +39,16 @@ def export_hf(model: Student, tokenizer: Tokenizer, out_dir: str | os.PathLike) 
     return out_dir
 
 
-def export_kind(hf_dir: str | os.PathLike) -> type[Student] | None:
-    """The student class whose export ``hf_dir`` holds, or None if it holds none."""
-    hf_dir = Path(hf_dir)
-    if (hf_dir / EXPORT_FILE).is_file():
-        return TowerStudent
-    if (hf_dir / "config.json").is_file():
-        return ClipStudent
-    return None
-
-
 def is_exported(run_dir: str | os.PathLike) -> bool:
     """Whether the run folder ``run_dir`` holds a finished export (``hf/``)."""
-    return export_kind(Path(run_dir) / "hf") is not None
+    return holds_export(Path(run_dir) / "hf")
 
 
 def load_export(hf_dir: str | os.PathLike) -> tuple[Student, Tokenizer]:
-    """The student and tokenizer of an export folder (either layout)."""
-    kind = export_kind(hf_dir)
+    """The student and tokenizer of an export folder (any kind's layout)."""
+    kind = export_class(hf_dir)
     if kind is None:
-        raise FileNotFoundError(
-            f"{hf_dir} holds no clip-ping export: expected config.json (a CLIPModel) or "
-            f"{EXPORT_FILE} (another image tower)"
-        )
+        raise FileNotFoundError(f"{hf_dir} holds no clip-ping export: expected {export_layouts()}")
     return kind.from_export(Path(hf_dir))
 
 
@@ -98,20 +83,24 @@ def model_from_checkpoint(state: dict, source: str = "the checkpoint") -> tuple[
             f"{source} holds no student (keys {_some(state)}); it was not written by clip-ping "
             "training, or was altered"
         )
-    tower = record.get("tower", "vit")
-    configs = ["clip_config"] if tower == "vit" else ["vision_config", "text_config"]
+    try:
+        kind = record_class(record)
+    except ValueError as exc:
+        raise DamagedCheckpointError(
+            f"{source}: {exc}; it was written by a later clip-ping, or altered"
+        ) from exc
     if not (
-        all(isinstance(record.get(key), dict) for key in configs)
+        all(isinstance(record.get(key), dict) for key in kind.record_keys)
         and isinstance(record.get("tokenizer"), str)
     ):
         raise DamagedCheckpointError(
-            f"{source}: the student's record lacks its {', '.join(configs)} or tokenizer; "
-            "it was altered"
+            f"{source}: the student's record lacks its {', '.join(kind.record_keys)} or "
+            "tokenizer; it was altered"
         )
     try:
-        text = record["clip_config"]["text_config"] if tower == "vit" else record["text_config"]
+        text = kind.record_text_config(record)
         tokenizer = Tokenizer.from_str(record["tokenizer"], text["max_position_embeddings"])
-        model = student_class(tower).from_record(record, tokenizer)
+        model = kind.from_record(record, tokenizer)
     except Exception as exc:
         raise DamagedCheckpointError(
             f"{source}: the student's record does not build a model ({first_line(exc)}); "
@@ -169,9 +158,10 @@ def load_checkpoint_file(path: str | os.PathLike) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except OSError as exc:
         raise os_error(
-            exc, f"could not read checkpoint {path} ({exc.strerror or exc}); the file may be "
+            exc,
+            f"could not read checkpoint {path} ({exc.strerror or exc}); the file may be "
             "intact: fix the cause (its permissions, the storage) and try again",
-        ) from exc  # fmt: skip
+        ) from exc
     except MemoryError as exc:
         raise MemoryError(f"not enough memory to load checkpoint {path}") from exc
     except Exception as exc:  # the zip reader, the unpickler, weights_only's refusal
@@ -209,7 +199,7 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu"):
     path = Path(path)
     if path.is_dir() and is_exported(path):
         model, tokenizer = load_export(path / "hf")
-    elif path.is_dir() and export_kind(path):
+    elif path.is_dir() and holds_export(path):
         model, tokenizer = load_export(path)
     elif path.is_dir() and (path / "checkpoints" / "latest.pt").is_file():
         latest = path / "checkpoints" / "latest.pt"

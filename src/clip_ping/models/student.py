@@ -3,13 +3,16 @@
 A student has an image tower and a text tower, each followed by a linear projection into
 the shared ``embed_dim``-d space, and a learnable logit scale ``exp(theta)``. Subclasses say
 how their towers embed (``image_features``, ``text_features``), where theta lives, how they
-are written to disk (``record``, ``export``) and read back (``from_record``, ``from_export``).
+are written to disk (``record``, ``export``) and read back (``from_record``, ``from_export``),
+and what the model card says of them. Each subclass is one kind of image tower, registered
+under its ``tower`` name in :mod:`.registry`.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -42,14 +45,28 @@ def text_tower_config(spec, tokenizer: Tokenizer) -> dict:
 class Student(nn.Module):
     """Base of the students: ``encode_image``, ``encode_text``, ``forward``, logit scale.
 
-    Subclasses set ``tower`` (the image tower's kind, recorded in checkpoints) and
+    A subclass is one kind of image tower. Its class attributes say what is specific to
+    it: ``tower`` (its kind, recorded in checkpoints and exports, the key of
+    :data:`~clip_ping.models.registry.TOWERS`), ``record_keys`` (the configs its checkpoint
+    record holds besides ``tower`` and ``tokenizer``), ``export_marker`` (the file at the top
+    of its export folder) and ``export_layout`` (that layout in words, for errors), and
+    ``pipeline_tag`` (the Hugging Face pipeline that loads its export, if any). Instances set
     ``pad_id`` (masked out of text attention).
     """
 
-    tower: str
+    tower: ClassVar[str]
+    record_keys: ClassVar[tuple[str, ...]]
+    export_marker: ClassVar[str]
+    export_layout: ClassVar[str]
+    pipeline_tag: ClassVar[str | None] = None
     pad_id: int
 
     # -- what a subclass provides -----------------------------------------------------------
+
+    @classmethod
+    def create(cls, spec, tokenizer: Tokenizer) -> Student:
+        """A freshly initialised student of ``spec`` for ``tokenizer``'s vocabulary."""
+        raise NotImplementedError
 
     @property
     def image_size(self) -> int:
@@ -75,8 +92,18 @@ class Student(nn.Module):
         """The towers in words, for the model card."""
         raise NotImplementedError
 
+    def card_tags(self) -> list[str]:
+        """The model card's tags of this kind of student (besides clip-ping's own)."""
+        return [self.tower]
+
     def record(self) -> dict:
-        """The transformers configs that rebuild this student (stored in checkpoints)."""
+        """``tower`` and the configs (``record_keys``) that rebuild this student (stored in
+        checkpoints)."""
+        raise NotImplementedError
+
+    @classmethod
+    def record_text_config(cls, record: dict) -> dict:
+        """The text tower's config (a dict) in a checkpoint ``record`` of this kind."""
         raise NotImplementedError
 
     @classmethod
@@ -87,6 +114,11 @@ class Student(nn.Module):
         """Write weights, configs, the image processor and ``tokenizer`` to the empty
         folder ``out_dir``."""
         raise NotImplementedError
+
+    @classmethod
+    def export_tower(cls, hf_dir: Path) -> str:
+        """The tower kind of the export ``hf_dir``, which holds ``export_marker``."""
+        return cls.tower
 
     @classmethod
     def from_export(cls, hf_dir: Path) -> tuple[Student, Tokenizer]:

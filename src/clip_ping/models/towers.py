@@ -1,9 +1,9 @@
-"""Students with a convolutional or hybrid image tower, from transformers' vision models.
+"""Students whose image tower is a transformers vision backbone: the shared part.
 
-The image tower is a transformers vision backbone (``ConvNextModel``, ``MobileViTModel``);
-its pooled output, flattened, goes through a linear projection (no bias) into the joint
-space. The text tower is the ViT students' causal CLIP text transformer with its
-projection, a ``CLIPTextModelWithProjection``.
+The image tower is a transformers vision backbone (``ConvNextModel`` in ``convnext.py``,
+``MobileViTModel`` in ``mobilevit.py``); its pooled output, flattened, goes through a linear
+projection (no bias) into the joint space. The text tower is the ViT students' causal CLIP
+text transformer with its projection, a ``CLIPTextModelWithProjection``.
 
 transformers has no class that pairs such an image tower with a text tower
 (``VisionTextDualEncoderModel`` needs ``hidden_size`` on the vision config, which these
@@ -20,10 +20,9 @@ configs lack), so the export is three standard pieces side by side::
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -38,79 +37,28 @@ VISION_DIR, TEXT_DIR = "vision", "text"
 PROJECTION_FILE = "visual_projection.safetensors"
 
 
-def _joined(values) -> str:
+def joined(values) -> str:
+    """``[2, 2, 6]`` → ``"2-2-6"`` (widths and depths in the towers' descriptions)."""
     return "-".join(str(v) for v in values)
 
 
-def _keep_transformers_init(vision: nn.Module) -> None:
-    """transformers' own initialisation is already the family's reference one (ConvNeXt:
-    weights from N(0, 0.02), LayerNorm scales 1, layer scale 1e-6)."""
-
-
-def _conv_batch_norm_init(vision: nn.Module) -> None:
-    """Convolutions from He's normal (fan-out) and BatchNorm scales 1, shifts 0, as
-    MobileViT's reference code and MobileNetV2 start.
-
-    transformers initialises MobileViT for pretrained weights to be loaded over it: its
-    BatchNorm scales come from N(0, 0.02) like its weights, which from scratch shrinks the
-    signal about 50x at every normalisation, so the images' embeddings collapse to one and
-    the tower does not learn."""
-    for module in vision.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_out")
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.reset_parameters()
-
-
-@dataclass(frozen=True)
-class Family:
-    """An image-tower family: a transformers ``model_type`` a student can use."""
-
-    title: str
-    design: str
-    pooled_width: Callable[[Any], int]  # config → width of the backbone's pooler_output
-    shape: Callable[[Any], str]  # config → its widths and depths in words
-    init_from_scratch: Callable[[nn.Module], None]  # a fresh tower's weights, in place
-
-
-FAMILIES: dict[str, Family] = {
-    "convnext": Family(
-        "ConvNeXt", "convolutional",
-        lambda c: c.hidden_sizes[-1],
-        lambda c: f"stages of {_joined(c.depths)} blocks, widths {_joined(c.hidden_sizes)}, "
-        f"patch-{c.patch_size} stem",
-        _keep_transformers_init,
-    ),
-    "mobilevit": Family(
-        "MobileViT", "hybrid: MobileNetV2 convolutions with transformer blocks",
-        lambda c: c.neck_hidden_sizes[-1],
-        lambda c: f"convolution widths {_joined(c.neck_hidden_sizes)}, transformer widths "
-        f"{_joined(c.hidden_sizes)}",
-        _conv_batch_norm_init,
-    ),
-}  # fmt: skip
-
-
-def family(tower: str) -> Family:
-    if tower not in FAMILIES:
-        raise ValueError(
-            f"image tower '{tower}' is not supported; clip-ping students use one of "
-            f"{', '.join(['vit', *FAMILIES])}"
-        )
-    return FAMILIES[tower]
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TowerSpec:
     """Shape of a student whose image tower is a transformers vision backbone.
 
-    ``vision`` holds the family's config arguments (e.g. ``ConvNextConfig``'s ``depths``);
-    the text tower is given as in :class:`~clip_ping.models.vit.ModelSpec`.
+    ``tower`` is the backbone's transformers ``model_type``, a kind of
+    :data:`~clip_ping.models.registry.TOWERS`; ``vision`` holds its config's arguments (e.g.
+    ``ConvNextConfig``'s ``depths``); the text tower is given as in
+    :class:`~clip_ping.models.vit.ViTSpec`.
+
+    Examples:
+        >>> from clip_ping.models import TowerSpec
+        >>> spec = TowerSpec(tower="convnext", image_size=32, vision=dict(depths=[1, 1, 1, 1]))
+        >>> spec.text_width, spec.context_length
+        (128, 77)
     """
 
-    tower: str  # the image tower's transformers model_type, a key of FAMILIES
+    tower: str
     image_size: int
     vision: dict = field(hash=False)
     text_width: int = 128
@@ -124,24 +72,57 @@ class TowerSpec:
 class TowerStudent(Student):
     """Image backbone + projection, CLIP text tower, logit scale (open_clip's interface).
 
+    The base of one kind of student per backbone family (``convnext.py``,
+    ``mobilevit.py``): a subclass sets ``tower`` (the backbone's transformers
+    ``model_type``), ``title`` and ``design`` (the family in words), and says how wide the
+    backbone's pooled output is (``pooled_width``), its shape in words (``shape``) and how a
+    fresh backbone is initialised (``init_from_scratch``).
+
     Args:
         vision: a transformers vision backbone whose output has ``pooler_output``.
         text: a ``CLIPTextModelWithProjection``; its ``projection_dim`` is ``embed_dim``.
         pad_id: padding token id, masked out of text attention.
 
     Examples:
+        >>> import torch
+        >>> from clip_ping.models import create_model
         >>> model, tokenizer = create_model("cpu-convnext-micro-32")
         >>> model.encode_image(torch.randn(2, 3, 32, 32), normalize=True).shape
         torch.Size([2, 64])
     """
 
+    record_keys = ("vision_config", "text_config")
+    export_marker = EXPORT_FILE
+    export_layout = f"{EXPORT_FILE} (another image tower)"
+    title: ClassVar[str]  # the family's name, e.g. "ConvNeXt"
+    design: ClassVar[str]  # its kind of network in words, e.g. "convolutional"
+
+    @staticmethod
+    def pooled_width(config) -> int:
+        """The width of the backbone's ``pooler_output`` under ``config``."""
+        raise NotImplementedError
+
+    @staticmethod
+    def shape(config) -> str:
+        """The backbone's widths and depths under ``config``, in words."""
+        raise NotImplementedError
+
+    @staticmethod
+    def init_from_scratch(vision: nn.Module) -> None:
+        """Set a fresh backbone's weights, in place. By default transformers' own
+        initialisation stays: it is the reference one of most families."""
+
     def __init__(self, vision, text, pad_id: int):
         super().__init__()
-        self.tower = vision.config.model_type
+        if vision.config.model_type != self.tower:
+            raise ValueError(
+                f"{type(self).__name__} takes a {self.tower} backbone, not a "
+                f"{vision.config.model_type} one"
+            )
         self.vision = vision
         self.text = text
         self.pad_id = pad_id
-        width = family(self.tower).pooled_width(vision.config)
+        width = self.pooled_width(vision.config)
         self.visual_projection = nn.Linear(width, text.config.projection_dim, bias=False)
         nn.init.normal_(self.visual_projection.weight, std=width**-0.5)  # as CLIPModel's
         self.log_scale = nn.Parameter(torch.tensor(INITIAL_LOGIT_SCALE))
@@ -150,10 +131,9 @@ class TowerStudent(Student):
     def create(cls, spec: TowerSpec, tokenizer: Tokenizer) -> TowerStudent:
         from transformers import CONFIG_MAPPING, AutoModel
 
-        tower = family(spec.tower)
-        config = CONFIG_MAPPING[spec.tower](**spec.vision, image_size=spec.image_size)
+        config = CONFIG_MAPPING[cls.tower](**spec.vision, image_size=spec.image_size)
         vision = AutoModel.from_config(config)
-        tower.init_from_scratch(vision)
+        cls.init_from_scratch(vision)
         return cls(vision, _text_tower(spec, tokenizer), tokenizer.pad_id)
 
     @property
@@ -175,9 +155,9 @@ class TowerStudent(Student):
         return self.log_scale
 
     def describe(self) -> str:
-        tower, text = family(self.tower), self.text.config
+        text = self.text.config
         return (
-            f"{tower.title} image tower ({tower.design}; {tower.shape(self.vision.config)}) on "
+            f"{self.title} image tower ({self.design}; {self.shape(self.vision.config)}) on "
             f"{self.image_size} px images, text transformer of {text.num_hidden_layers} layers "
             f"× {text.hidden_size} over {text.max_position_embeddings} tokens, "
             f"{self.embed_dim}-d joint embedding"
@@ -191,12 +171,15 @@ class TowerStudent(Student):
         }
 
     @classmethod
+    def record_text_config(cls, record: dict) -> dict:
+        return record["text_config"]
+
+    @classmethod
     def from_record(cls, record: dict, tokenizer: Tokenizer) -> TowerStudent:
         from transformers import CONFIG_MAPPING, AutoModel, CLIPTextConfig
         from transformers import CLIPTextModelWithProjection as TextTower
 
-        family(record["tower"])
-        vision = CONFIG_MAPPING[record["tower"]].from_dict(record["vision_config"])
+        vision = CONFIG_MAPPING[cls.tower].from_dict(record["vision_config"])
         text = TextTower(CLIPTextConfig.from_dict(record["text_config"]))
         return cls(AutoModel.from_config(vision), text, tokenizer.pad_id)
 
@@ -224,12 +207,16 @@ class TowerStudent(Student):
         (out_dir / EXPORT_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
 
     @classmethod
+    def export_tower(cls, hf_dir: Path) -> str:
+        return str(_manifest(hf_dir).get("tower"))
+
+    @classmethod
     def from_export(cls, hf_dir: Path) -> tuple[TowerStudent, Tokenizer]:
         from safetensors.torch import load_file
         from transformers import AutoModel
         from transformers import CLIPTextModelWithProjection as TextTower
 
-        manifest = json.loads((hf_dir / EXPORT_FILE).read_text())
+        manifest = _manifest(hf_dir)
         if manifest.get("format") != EXPORT_FORMAT:
             raise ValueError(
                 f"{hf_dir / EXPORT_FILE} has format {manifest.get('format')!r}, this clip-ping "
@@ -265,6 +252,13 @@ class TowerStudent(Student):
             "image = vision(pixel_values=pixels).pooler_output.flatten(1) @ projection.T",
             "text = text_tower(**tokens).text_embeds",
         ]
+
+
+def _manifest(hf_dir: Path) -> dict:
+    manifest = json.loads((hf_dir / EXPORT_FILE).read_text())
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{hf_dir / EXPORT_FILE} holds no clip-ping export manifest")
+    return manifest
 
 
 def _text_tower(spec: TowerSpec, tokenizer: Tokenizer):

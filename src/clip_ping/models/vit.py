@@ -6,7 +6,7 @@ Because the weights *are* a CLIPModel, the export is a directory that
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -16,9 +16,17 @@ from ..tokenizer import Tokenizer, get_tokenizer
 from .student import Student, text_tower_config
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """Shape of a ViT student: a ViT image tower and a causal text transformer."""
+@dataclass(frozen=True, kw_only=True)
+class ViTSpec:
+    """Shape of a ViT student: a ViT image tower and a causal text transformer.
+
+    Examples:
+        >>> from clip_ping.models import ViTSpec
+        >>> spec = ViTSpec(image_size=32, patch_size=8, vision_width=64, vision_layers=2,
+        ...     vision_heads=2, text_width=64, text_layers=2, text_heads=2, embed_dim=64)
+        >>> spec.tower, spec.context_length
+        ('vit', 77)
+    """
 
     image_size: int
     patch_size: int
@@ -31,10 +39,13 @@ class ModelSpec:
     embed_dim: int
     context_length: int = 77
     mlp_ratio: int = 4
-    tower: str = "vit"
+    tower: str = field(default="vit", init=False)  # ClipStudent.tower
 
 
-def clip_config(spec: ModelSpec, tokenizer: Tokenizer):
+ModelSpec = ViTSpec  # its earlier name
+
+
+def clip_config(spec: ViTSpec, tokenizer: Tokenizer):
     """The ``transformers.CLIPConfig`` of ``spec`` for ``tokenizer``'s vocabulary."""
     from transformers import CLIPConfig
 
@@ -78,12 +89,17 @@ class ClipStudent(Student):
     the embeddings of ``CLIPModel.get_image_features``/``get_text_features``.
 
     Examples:
+        >>> from clip_ping.models import create_model
         >>> model, tokenizer = create_model("cpu-micro-32")
         >>> model.encode_text(tokenizer(["a red circle"]), normalize=True).shape
         torch.Size([1, 64])
     """
 
     tower = "vit"
+    record_keys = ("clip_config",)
+    export_marker = "config.json"
+    export_layout = "config.json (a CLIPModel)"
+    pipeline_tag = "zero-shot-image-classification"  # transformers' pipeline loads a CLIPModel
 
     def __init__(self, clip, pad_id: int):
         from .vit_fast import fuse_activations, pooled_path_supported
@@ -94,7 +110,7 @@ class ClipStudent(Student):
         self.pooled_only = pooled_path_supported()
 
     @classmethod
-    def create(cls, spec: ModelSpec, tokenizer: Tokenizer) -> ClipStudent:
+    def create(cls, spec: ViTSpec, tokenizer: Tokenizer) -> ClipStudent:
         from transformers import CLIPModel
 
         return cls(CLIPModel(clip_config(spec, tokenizer)), tokenizer.pad_id)
@@ -136,6 +152,10 @@ class ClipStudent(Student):
 
     def record(self) -> dict:
         return {"tower": self.tower, "clip_config": self.clip.config.to_dict()}
+
+    @classmethod
+    def record_text_config(cls, record: dict) -> dict:
+        return record["clip_config"]["text_config"]
 
     @classmethod
     def from_record(cls, record: dict, tokenizer: Tokenizer) -> ClipStudent:

@@ -19,10 +19,16 @@ Parameters, their names and the config are untouched: checkpoints, ``save_pretra
 ``get_text_features`` give the same embeddings (tests/models/test_vit_fast.py).
 
 Examples:
+    >>> import torch
     >>> from transformers import CLIPConfig, CLIPModel
-    >>> clip = fuse_activations(CLIPModel(CLIPConfig()))
-    >>> image_features(clip, torch.randn(2, 3, 224, 224)).shape
-    torch.Size([2, 512])
+    >>> from clip_ping.models.vit_fast import fuse_activations, image_features
+    >>> tower = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    ...     num_attention_heads=2)
+    >>> config = CLIPConfig(projection_dim=16, text_config=tower,
+    ...     vision_config=dict(tower, image_size=32, patch_size=8))
+    >>> clip = fuse_activations(CLIPModel(config))
+    >>> image_features(clip, torch.randn(2, 3, 32, 32)).shape
+    torch.Size([2, 16])
 """
 
 from __future__ import annotations
@@ -106,10 +112,10 @@ def pooled_block(
     query = attention.q_proj(normed[rows, index]).view(batch, heads, 1, head_dim)
     keys = attention.k_proj(normed).view(batch, length, heads, head_dim).transpose(1, 2)
     values = attention.v_proj(normed).view(batch, length, heads, head_dim).transpose(1, 2)
+    dropout = attention.dropout if attention.training else 0.0
     attended = F.scaled_dot_product_attention(
-        query, keys, values, attn_mask=key_mask, scale=attention.scale,
-        dropout_p=attention.dropout if attention.training else 0.0,
-    )  # fmt: skip
+        query, keys, values, attn_mask=key_mask, scale=attention.scale, dropout_p=dropout
+    )
     pooled = hidden[rows, index] + attention.out_proj(attended.reshape(batch, width))
     return pooled + layer.mlp(layer.layer_norm2(pooled))
 

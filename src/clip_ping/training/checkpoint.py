@@ -54,10 +54,18 @@ log = logging.getLogger("clip_ping")
 CHECKPOINT_FORMAT = "clip-ping-checkpoint/2"
 # The keys every checkpoint of this format has, and their types.
 CHECKPOINT_KEYS = {
-    "student": dict, "task": dict, "optimizer": dict, "scaler": dict, "rng": dict,
-    "step": int, "epoch": int, "batch": int, "nonfinite_steps": int, "bad_samples": dict,
+    "student": dict,
+    "task": dict,
+    "optimizer": dict,
+    "scaler": dict,
+    "rng": dict,
+    "step": int,
+    "epoch": int,
+    "batch": int,
+    "nonfinite_steps": int,
+    "bad_samples": dict,
     "config": dict,
-}  # fmt: skip
+}
 EPOCH_FILE = re.compile(r"epoch_(\d+)\.pt")
 
 
@@ -129,9 +137,16 @@ class Checkpointer:
         return self.dir / "latest.pt"
 
     def save(
-        self, *, cfg: TrainConfig, task, tokenizer, optimizer, scaler, progress: Progress,
+        self,
+        *,
+        cfg: TrainConfig,
+        task,
+        tokenizer,
+        optimizer,
+        scaler,
+        progress: Progress,
         bad_samples,
-    ) -> None:  # fmt: skip
+    ) -> None:
         if not self.is_main:
             return
         state = {
@@ -155,11 +170,12 @@ class Checkpointer:
                 else "is absent"
             )
             raise os_error(
-                exc, f"could not write the step-{progress.step} checkpoint {self.latest} "
+                exc,
+                f"could not write the step-{progress.step} checkpoint {self.latest} "
                 f"({exc.strerror or exc}); the previous checkpoint {kept}. "
                 f"{how_to_fix_write(exc, self.dir).capitalize()}, then continue with "
                 "--resume latest",
-            ) from exc  # fmt: skip
+            ) from exc
         self.last_saved_step = progress.step
 
     def keep_epoch(self, epoch: int) -> None:

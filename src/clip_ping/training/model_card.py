@@ -16,27 +16,30 @@ from ..losses import method_terms
 from ..models import load_export
 from .run_folder import run_settings
 
-SETTINGS = (  # (config key, what the card calls it)
-    ("model", "student"),
-    ("train_data", "training data"),
-    ("epochs", "epochs"),
-    ("batch_size", "batch size per process"),
-    ("accum_freq", "accumulated micro-batches"),
-    ("lr", "peak learning rate"),
-    ("wd", "weight decay"),
-    ("warmup", "warm-up steps"),
-    ("precision", "precision"),
-    ("seed", "seed"),
-    ("loss", "objective"),
-)
+# What the card calls each setting of the run's config (config key → label).
+SETTINGS = {
+    "model": "student",
+    "train_data": "training data",
+    "epochs": "epochs",
+    "batch_size": "batch size per process",
+    "accum_freq": "accumulated micro-batches",
+    "lr": "peak learning rate",
+    "wd": "weight decay",
+    "warmup": "warm-up steps",
+    "precision": "precision",
+    "seed": "seed",
+    "loss": "objective",
+}
+TAGS = ["clip", "clip-ping", "contrastive-learning", "image-text-retrieval"]
 
 
 def _front_matter(model) -> str:
+    """The card's metadata; the student's class says what is specific to its kind of tower
+    (the pipeline that loads its export, if any, and its tags)."""
     meta = {"library_name": "transformers"}
-    if model.tower == "vit":  # a CLIPModel: transformers' zero-shot pipeline loads it
-        meta["pipeline_tag"] = "zero-shot-image-classification"
-    meta["tags"] = ["clip", "clip-ping", "contrastive-learning", "image-text-retrieval"]
-    meta["tags"] += [model.tower]
+    if model.pipeline_tag:
+        meta["pipeline_tag"] = model.pipeline_tag
+    meta["tags"] = TAGS + model.card_tags()
     return "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n"
 
 
@@ -50,9 +53,11 @@ def _description(cfg: dict, model) -> list[str]:
 
 
 def _settings_table(cfg: dict) -> list[str]:
-    rows = SETTINGS + tuple(row for term in method_terms(cfg["loss"]) for row in term.settings)
+    rows = {**SETTINGS, **{k: v for term in method_terms(cfg["loss"]) for k, v in term.settings}}
     lines = ["| setting | value |", "|---|---|"]
-    lines += [f"| {label} | `{cfg[key]}` |" for key, label in rows if cfg.get(key) is not None]
+    lines += [
+        f"| {label} | `{cfg[key]}` |" for key, label in rows.items() if cfg.get(key) is not None
+    ]
     return lines
 
 
