@@ -118,8 +118,8 @@ def test_dataset_type_resolution():
     assert DataSpec("x/{000..009}.tar").resolved_type() == "webdataset"
     assert DataSpec("a.tar::b.tar").resolved_type() == "webdataset"
     assert DataSpec("x/train.csv", dataset_type="webdataset").resolved_type() == "webdataset"
-    with pytest.raises(ValueError, match="--dataset-type 'parquet'"):
-        DataSpec("x.csv", dataset_type="parquet").resolved_type()
+    with pytest.raises(ValueError, match="--dataset-type='parquet': choose one of csv, webdataset"):
+        DataSpec("x.csv", dataset_type="parquet")
 
 
 def test_errors_name_the_problem(corpus, tokenizer, tmp_path):
