@@ -53,7 +53,7 @@ def test_legacy_eos_id_pools_at_the_largest_token_id():
 
 def test_pooled_towers_give_transformers_gradients():
     model, tokenizer = create_model("cpu-micro-32", seed=0)
-    images = torch.randn(4, 3, 32, 32)
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     tokens = tokenizer(["a red circle", "a blue square", "a star", "two green hearts"])
     grads = {}
     for pooled_only in (True, False):
@@ -65,8 +65,9 @@ def test_pooled_towers_give_transformers_gradients():
         ].backward()
         grads[pooled_only] = {n: p.grad.clone() for n, p in model.named_parameters()}
     for name, grad in grads[False].items():
-        # k_proj's bias has no effect on softmax attention: its gradient is rounding noise
-        tolerance = dict(atol=1e-8, rtol=0) if "k_proj.bias" in name else {}
+        # k_proj's bias has no effect on softmax attention: its gradient is zero up to
+        # rounding noise, ~1e-8 here and CPU-dependent (other gradients are ~1e-3 and up)
+        tolerance = dict(atol=1e-7, rtol=0) if "k_proj.bias" in name else {}
         torch.testing.assert_close(grads[True][name], grad, **tolerance, msg=name)
 
 
