@@ -66,7 +66,7 @@ def test_pooled_towers_give_transformers_gradients():
         grads[pooled_only] = {n: p.grad.clone() for n, p in model.named_parameters()}
     for name, grad in grads[False].items():
         # k_proj's bias has no effect on softmax attention: its gradient is zero up to
-        # rounding noise, ~1e-8 here and CPU-dependent (other gradients are ~1e-3 and up)
+        # rounding noise, ~1e-8 here and CPU-dependent
         tolerance = dict(atol=1e-7, rtol=0) if "k_proj.bias" in name else {}
         torch.testing.assert_close(grads[True][name], grad, **tolerance, msg=name)
 
