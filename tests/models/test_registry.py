@@ -53,7 +53,7 @@ PARAMETERS = {
 
 def test_the_zoo_is_the_documented_sizes():
     assert set(MODEL_SPECS) == set(PARAMETERS)
-    assert list(TOWERS) == ["vit", "convnext", "mobilevit"]
+    assert list(TOWERS) == ["vit", "convnext", "mobilevit", "locked"]
 
 
 @pytest.mark.parametrize("name", sorted(MODEL_SPECS))

@@ -113,8 +113,10 @@ def run_architectures(
         scores.setdefault(student, {}).setdefault(method, {})[run.seed] = metrics[run.name]
     command = f"clip-ping results --architectures --seeds {seeds}" + (" --quick" if quick else "")
     figure = Path(figures) / "architectures.png"
+    from .ceiling import read_ceiling
+
     body = render_architectures(
-        scores, chosen, students, lrs, size, command, figure, Path(markdown)
+        scores, chosen, students, lrs, size, command, figure, Path(markdown), read_ceiling(out)
     )
     write_section(markdown, "architectures", body)
     summary = {
@@ -131,19 +133,26 @@ def run_architectures(
 
 
 def render_architectures(
-    scores, chosen, students, lrs, size, command, figure: Path, markdown: Path
+    scores, chosen, students, lrs, size, command, figure: Path, markdown: Path, ceiling=None
 ) -> str:
     from ..models import create_model
+    from .ceiling import fraction_cell
     from .results import _interval_cell, mean_std, paired_diffs, plot_intervals, verdict
     from .results import with_mean_recall as with_mr
 
     key = "mean_recall/test"
     rows = [
         "| student | tower | parameters | epochs | lr CLIP / CLIP-PING | CLIP | CLIP-PING | "
-        "CLIP-PING − CLIP [95% CI] | verdict |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+        "CLIP-PING − CLIP [95% CI] | verdict | fraction of the ceiling CLIP / CLIP-PING |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     forest, held, not_held = {}, [], []
+
+    def shares(clip, ping) -> str:
+        if not ceiling:
+            return "—"
+        return f"{fraction_cell(clip, ceiling)} / {fraction_cell(ping, ceiling)}"
+
     for student, by_method in scores.items():
         clip, ping = with_mr(by_method["clip"], "test"), with_mr(by_method["clip-ping"], "test")
         diffs = paired_diffs(ping, clip, key)
@@ -159,9 +168,15 @@ def render_architectures(
             f"| `{student}` | {family} | {params:.2f}M | {epochs} | "
             f"{chosen[(student, 'clip')]:g} / {chosen[(student, 'clip-ping')]:g} | "
             f"{c[0]:.4f} ± {c[1]:.4f} | {p[0]:.4f} ± {p[1]:.4f} | {_interval_cell(diffs)} | "
-            f"{said} |"
+            f"{said} | {shares(clip, ping)} |"
         )
     seeds = len(next(iter(forest.values())))
+    ceiling_note = (
+        " Fractions: each student's test mean recall over the teachers' ceiling's (the same "
+        "teachers and data; its section below), per seed."
+        if ceiling
+        else " Fractions of the teachers' ceiling appear once `make ceiling` has run."
+    )
     plot_intervals(
         forest,
         figure,
@@ -186,7 +201,7 @@ def render_architectures(
                 "by each tower's measured training speed, docs/models.md). Each student's learning "
                 f"rate, for each method alike, was chosen on val among {', '.join(f'{x:g}' for x in lrs)} "
                 f"(seed 0); then {seeds} seeds at that rate, read once on test. Headline: test mean "
-                "recall (18 retrieval metrics).",
+                "recall (18 retrieval metrics)." + ceiling_note,
                 "",
                 *rows,
                 "",

@@ -32,6 +32,16 @@ def _results(args: argparse.Namespace) -> None:
             points=args.sweep_points,
         )
         return
+    if args.frontier:
+        from .frontier import run_frontier
+
+        run_frontier(args.out, args.markdown)
+        return
+    if args.ceiling:
+        from .ceiling import run_ceiling
+
+        run_ceiling(args.out, args.seeds or 5, args.jobs, args.assets, args.markdown)
+        return
     if args.architectures:
         from .architectures import run_architectures
 
@@ -114,10 +124,22 @@ def add_experiment_commands(commands: argparse._SubParsersAction) -> None:
     )
     results.add_argument(
         "--sweep",
-        choices=("recipe", "method"),
+        choices=("recipe", "method", "ceiling"),
         default=None,
-        help="instead: sweep the recipe (CLIP and CLIP-PING) or CLIP-PING's settings on val, "
-        "and write the table into docs/method.md",
+        help="instead: sweep the recipe (CLIP and CLIP-PING), CLIP-PING's settings or the "
+        "teachers' ceiling's recipe on val, and write the table into docs/method.md",
+    )
+    results.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="instead: the teachers' ceiling (frozen teachers, trained heads) over seeds on "
+        "test and each student's fraction of it; its section of docs/results.md",
+    )
+    results.add_argument(
+        "--frontier",
+        action="store_true",
+        help="instead: the accuracy-cost table and figure from the finished runs and "
+        "docs/data/model_costs.json (benchmarks/model_costs.py); trains nothing",
     )
     results.add_argument(
         "--architectures",

@@ -224,7 +224,11 @@ def run_results(
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
     atomic_write_text(out / "results.json", json.dumps(summary, indent=2) + "\n")
-    text = render_results(by_variant, points, summary, data, Path(markdown), Path(figures))
+    from .ceiling import read_ceiling
+
+    text = render_results(
+        by_variant, points, summary, data, Path(markdown), Path(figures), read_ceiling(out)
+    )
     atomic_write_text(markdown, keep_sections(text, Path(markdown)))
     if readme is not None and has_section(Path(readme), "results"):
         write_section(readme, "results", readme_rows(by_variant, summary, Path(markdown)))
@@ -234,8 +238,10 @@ def run_results(
 
 # Sections of the page that other commands write (:mod:`.markdown`), kept when it is rewritten.
 OTHER_SECTIONS = {
+    "ceiling": "## The teachers' ceiling (test)\n\nNot produced yet: `make ceiling`.",
     "architectures": "## Other students (test)\n\nNot produced yet: `make architectures`.",
     "curve": "## Data efficiency (test)\n\nNot produced yet: `make curve`.",
+    "frontier": "## Accuracy and cost (test)\n\nNot produced yet: `make frontier`.",
 }
 
 
@@ -282,6 +288,7 @@ def render_results(
     data,
     markdown: Path,
     figures: Path,
+    ceiling: Runs | None = None,
 ) -> str:
     clip = with_mean_recall(with_mean_recall(final["clip"], "test"), "val")
     ping = with_mean_recall(with_mean_recall(final["clip-ping"], "test"), "val")
@@ -316,6 +323,7 @@ def render_results(
         f"**{verdict(headline)}**.",
         "",
         headline_table(clip, ping, keys),
+        *_ceiling_line(final, ceiling),
         f"![CLIP vs CLIP-PING]({rel[0]})",
         "",
         f"Ahead (interval above 0) on {len(ahead)} of {len(keys)} metrics"
@@ -330,6 +338,23 @@ def render_results(
     if len(points) > 1:
         lines += _settings_section(points, clip, rel[-1])
     return "\n".join(lines)
+
+
+def _ceiling_line(final: dict[str, Runs], ceiling: Runs | None) -> list[str]:
+    """The students' fractions of the teachers' ceiling, when its runs are finished."""
+    if not ceiling:
+        return []
+    from .ceiling import fraction_cell
+
+    shares = ", ".join(
+        f"{name} {fraction_cell(final[variant], ceiling)}"
+        for variant, name in (("clip", "CLIP"), ("clip-ping", "CLIP-PING"))
+    )
+    return [
+        f"Fraction of the teachers' ceiling (test mean recall over the frozen teachers with "
+        f"trained heads, per seed, 95% interval; its section below): {shares}.",
+        "",
+    ]
 
 
 def _plot_results(forest: dict, points: dict[str, Runs], seeds: int, figures: Path) -> list[Path]:

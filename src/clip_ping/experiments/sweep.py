@@ -68,7 +68,36 @@ METHOD_POINTS: dict[str, dict] = {
     "no same-caption neighbours": {"banks": "no-same-caption"},
     "active source": {"neighbor_source": "active"},
 }
-SWEEPS = {"recipe": RECIPE_POINTS, "method": METHOD_POINTS}
+# The teachers' ceiling (the locked teachers, models/locked.py): its own recipe on val. It
+# trains in seconds per epoch, so epochs, lr and the head are swept together; warm-up is
+# short (3 epochs are 171 steps).
+CEILING_POINTS: dict[str, dict] = {
+    "linear, 3 epochs, lr 1e-3": {"model": "locked-teachers", "epochs": 3, "warmup": 20},
+    "linear, 3 epochs, lr 3e-3": {
+        "model": "locked-teachers",
+        "epochs": 3,
+        "warmup": 20,
+        "lr": 3e-3,
+    },
+    "linear, 8 epochs, lr 1e-3": {"model": "locked-teachers", "epochs": 8, "warmup": 20},
+    "linear, 8 epochs, lr 3e-4": {
+        "model": "locked-teachers",
+        "epochs": 8,
+        "warmup": 20,
+        "lr": 3e-4,
+    },
+    "linear, 20 epochs, lr 1e-3": {"model": "locked-teachers", "epochs": 20, "warmup": 20},
+    "MLP, 3 epochs, lr 1e-3": {"model": "locked-teachers-mlp", "epochs": 3, "warmup": 20},
+    "MLP, 8 epochs, lr 3e-4": {
+        "model": "locked-teachers-mlp",
+        "epochs": 8,
+        "warmup": 20,
+        "lr": 3e-4,
+    },
+}
+SWEEPS = {"recipe": RECIPE_POINTS, "method": METHOD_POINTS, "ceiling": CEILING_POINTS}
+# The methods each sweep trains at every point (a variant of .runs.VARIANTS).
+SWEEP_METHODS = {"recipe": ("clip", "clip-ping"), "method": ("clip-ping",), "ceiling": ("ceiling",)}
 RECIPE_KEYS = ("model", "epochs", "batch_size", "lr", "warmup", "aug_scale_min")
 _SHORT = {
     "epochs": "e",
@@ -121,7 +150,7 @@ def sweep_plan(
             f"--sweep-points {unknown[0]!r} is not a point of the {sweep} sweep; "
             f"its points are: {names}"
         )
-    methods = ("clip", "clip-ping") if sweep == "recipe" else ("clip-ping",)
+    methods = SWEEP_METHODS[sweep]
     plan = []
     for point, settings in SWEEPS[sweep].items():
         if points and point not in points:

@@ -7,7 +7,9 @@ kind of text tower (a causal CLIP text transformer). The image tower is one of t
 
 - ``vit`` (``vit.py``): the student is a ``transformers.CLIPModel``;
 - a transformers vision backbone (``towers.py``), pooled and projected: ``convnext``
-  (``convnext.py``, convolutional) or ``mobilevit`` (``mobilevit.py``, hybrid).
+  (``convnext.py``, convolutional) or ``mobilevit`` (``mobilevit.py``, hybrid);
+- ``locked`` (``locked.py``): the frozen teachers themselves with trained heads, the ceiling
+  a student is measured against.
 
 The named sizes are :data:`~clip_ping.models.registry.MODEL_SPECS` (``list_models()``);
 docs/extending.md adds a kind of tower.
@@ -30,6 +32,7 @@ from .export import (
     student_class,
     student_record,
 )
+from .locked import LockedSpec, LockedTeachers
 from .mobilevit import MobileViTStudent
 from .registry import (
     FAMILIES,
@@ -53,6 +56,8 @@ __all__ = [
     "ClipStudent",
     "ConvNextStudent",
     "DamagedCheckpointError",
+    "LockedSpec",
+    "LockedTeachers",
     "MobileViTStudent",
     "ModelSpec",
     "Student",

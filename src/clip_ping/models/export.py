@@ -19,7 +19,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..data.transforms import EvalTransform
 from ..io import atomic_directory, os_error
 from ..tokenizer import Tokenizer
 from .registry import export_class, export_layouts, holds_export, record_class, tower_class
@@ -212,4 +211,4 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu"):
             "checkpoints/latest.pt), a checkpoint .pt file, or an exported hf/ folder"
         )
     model = model.to(device).eval()
-    return model, EvalTransform(model.image_size), tokenizer
+    return model, model.preprocess(), tokenizer

@@ -14,11 +14,13 @@ and parameter counts in docs/models.md):
 - ``cpu-micro-32``, ``cpu-mini-32``, ``cpu-small-64`` (ViT, patch 8),
   ``cpu-convnext-micro-32``, ``cpu-convnext-mini-32``, ``cpu-mobilevit-micro-32``,
   ``cpu-mobilevit-mini-64``: 32-64 px, for laptops, the demo corpus and tests.
+- ``locked-teachers``, ``locked-teachers-mlp``: the frozen teachers of the run's banks with
+  trained linear (or MLP) heads, the ceiling of the students that learn from them.
 
 Examples:
     >>> from clip_ping.models import TOWERS, get_model_spec, tower_class
     >>> list(TOWERS)
-    ['vit', 'convnext', 'mobilevit']
+    ['vit', 'convnext', 'mobilevit', 'locked']
     >>> tower_class(get_model_spec("cpu-convnext-mini-32").tower).__name__
     'ConvNextStudent'
 """
@@ -32,6 +34,7 @@ import torch
 
 from ..tokenizer import Tokenizer, get_tokenizer
 from .convnext import ConvNextStudent
+from .locked import LockedSpec, LockedTeachers
 from .mobilevit import MobileViTStudent
 from .student import Student
 from .towers import TowerSpec, TowerStudent
@@ -41,6 +44,7 @@ TOWERS: dict[str, type[Student]] = {
     ClipStudent.tower: ClipStudent,
     ConvNextStudent.tower: ConvNextStudent,
     MobileViTStudent.tower: MobileViTStudent,
+    LockedTeachers.tower: LockedTeachers,
 }
 # Checkpoint records written before other towers existed name none: they are ViTs.
 UNNAMED_TOWER = ClipStudent.tower
@@ -211,32 +215,47 @@ MODEL_SPECS: dict[str, ViTSpec | TowerSpec] = {
     ),
 }
 
+# Not students: the frozen teachers of the run's banks with trained heads, the ceiling of
+# any student that learns from them (models/locked.py). Trained on the bank features.
+LOCKED_SPECS: dict[str, LockedSpec] = {
+    "locked-teachers": LockedSpec(head="linear"),
+    "locked-teachers-mlp": LockedSpec(head="mlp"),
+}
+
 
 def list_models() -> list[str]:
-    """Names accepted by :func:`create_model` and ``--model``."""
-    return sorted(MODEL_SPECS)
+    """Names accepted by :func:`create_model` and ``--model`` (the students' sizes, then
+    the locked teachers)."""
+    return sorted(MODEL_SPECS) + sorted(LOCKED_SPECS)
 
 
-def get_model_spec(name: str) -> ViTSpec | TowerSpec:
-    if name not in MODEL_SPECS:
+def get_model_spec(name: str) -> ViTSpec | TowerSpec | LockedSpec:
+    if name not in MODEL_SPECS and name not in LOCKED_SPECS:
         raise ValueError(
             f"unknown model '{name}'; choose one of {', '.join(list_models())} "
             "(clip_ping.list_models())"
         )
-    return MODEL_SPECS[name]
+    return MODEL_SPECS.get(name) or LOCKED_SPECS[name]
 
 
 def create_model(
-    name: str, tokenizer: Tokenizer | None = None, seed: int | None = None
+    name: str,
+    tokenizer: Tokenizer | None = None,
+    seed: int | None = None,
+    spec: ViTSpec | TowerSpec | LockedSpec | None = None,
 ) -> tuple[Student, Tokenizer]:
-    """A freshly initialised student ``name`` and its tokenizer (default: the offline
-    MiniLM WordPiece, truncated to the model's context length)."""
-    spec = get_model_spec(name)
+    """A freshly initialised student ``name`` (or of ``spec``) and its tokenizer (default:
+    the offline MiniLM WordPiece, truncated to the model's context length). The locked
+    teachers tokenize as their text teacher and ignore ``tokenizer``."""
+    spec = spec or get_model_spec(name)
+    if seed is not None:
+        torch.manual_seed(seed)
+    if isinstance(spec, LockedSpec):
+        model = LockedTeachers.create(spec)
+        return model, model.tokenizer
     tokenizer = tokenizer or get_tokenizer(context_length=spec.context_length)
     if tokenizer.context_length != spec.context_length:
         tokenizer = Tokenizer.from_str(tokenizer.to_str(), spec.context_length)
-    if seed is not None:
-        torch.manual_seed(seed)
     return tower_class(spec.tower).create(spec, tokenizer), tokenizer
 
 

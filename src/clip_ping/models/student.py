@@ -59,6 +59,9 @@ class Student(nn.Module):
     export_marker: ClassVar[str]
     export_layout: ClassVar[str]
     pipeline_tag: ClassVar[str | None] = None
+    #: whether training feeds the model its teachers' bank rows instead of pixels and
+    #: tokens (then it has ``forward_features(image_rows, text_rows)``)
+    trains_on_bank_features: ClassVar[bool] = False
     pad_id: int
 
     # -- what a subclass provides -----------------------------------------------------------
@@ -75,6 +78,12 @@ class Student(nn.Module):
     @property
     def embed_dim(self) -> int:
         raise NotImplementedError
+
+    def preprocess(self):
+        """``preprocess(PIL.Image) -> (3, H, W)`` tensor, as inference wants it."""
+        from ..data.transforms import EvalTransform
+
+        return EvalTransform(self.image_size)
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` → ``(B, embed_dim)`` projected, not normalised."""

@@ -247,6 +247,10 @@ class TrainConfig:
         warnings = []
         read = {key for term in method_terms(self.loss) for key, _ in term.settings}
         others = {key for term in TERMS.values() for key, _ in term.settings} - read
+        from ..models.registry import LOCKED_SPECS
+
+        if self.model in LOCKED_SPECS:  # it trains on the banks' rows
+            others -= {"image_bank", "text_bank"}
         if unused := [name for name in changed if name in others]:
             warnings.append(
                 f"{flags(unused)} set, but --loss {self.loss} does not use them: ignored"

@@ -49,6 +49,7 @@ from ..guidance import NeighborGuidance, NeighborTransform
 from ..losses import LossTerm, NeighborTargets, TermContext, TermInputs, method_terms, total
 from ..memory import StudentMemory
 from .config import TrainConfig
+from .features import BankFeatures, FeatureStep, check_feature_training
 from .schedule import neighbor_ramp
 
 
@@ -168,6 +169,9 @@ class TrainingTask(nn.Module):
         guidance: draws neighbours and reads their targets; needed when a term reads
             ``targets``.
         neighbor_warmup: steps over which the guidance weights ramp up to 1 (0: none).
+        inputs: for a model trained on its teachers' bank rows (the locked teachers), the
+            loader transform that reads them (:class:`~.features.BankFeatures`); the step
+            then embeds rows, not pixels and tokens.
 
     ``state_dict`` keys: ``model.*`` (the student), ``terms.<name>.*`` (the terms' heads),
     ``memory.*`` (student memory). The task is built on its devices: the student and heads
@@ -180,6 +184,7 @@ class TrainingTask(nn.Module):
         terms: dict[str, LossTerm],
         guidance: NeighborGuidance | None = None,
         neighbor_warmup: int = 0,
+        inputs: BankFeatures | None = None,
     ):
         super().__init__()
         readers = [name for name, term in terms.items() if "targets" in term.reads]
@@ -188,8 +193,12 @@ class TrainingTask(nn.Module):
                 f"terms reading neighbour targets ({readers or 'none'}) need a guidance, and "
                 "a guidance needs such a term"
             )
-        step = ContrastiveStep(model, terms)
+        if inputs is not None and guidance is not None:
+            raise ValueError("a model trained on bank rows takes no neighbour guidance")
+        step = ContrastiveStep(FeatureStep(model) if inputs else model, terms)
         self.model, self.terms, self.summed = model, step.terms, step.summed
+        self.inputs = inputs
+        self.__dict__["_embedder"] = step.model  # what the step embeds with (unwrapped)
         self.memory: StudentMemory | None = guidance.memory if guidance else None
         self.guidance, self.neighbor_warmup = guidance, neighbor_warmup
         self._set_step_module(step)
@@ -227,10 +236,13 @@ class TrainingTask(nn.Module):
         }
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
-    def data_transform(self) -> NeighborTransform | None:
+    def data_transform(self) -> NeighborTransform | BankFeatures | None:
         """What the data loader runs on each collated batch (``prepare`` of
-        :meth:`~clip_ping.data.loader.TrainData.loader`): the neighbour draw and bank reads;
-        None when there is nothing to draw there."""
+        :meth:`~clip_ping.data.loader.TrainData.loader`): the neighbour draw and bank reads
+        (or the bank rows a locked-teachers model trains on); None when there is nothing to
+        do there."""
+        if self.inputs is not None:
+            return self.inputs
         return self.guidance.transform() if self.guidance else None
 
     def targets(self, batch: dict, epoch: int, device) -> NeighborTargets | None:
@@ -280,7 +292,14 @@ class TrainingTask(nn.Module):
             targets = NeighborTargets.cat([self.targets(b, epoch, device) for b in batches])
         ramp = neighbor_ramp(step, self.neighbor_warmup)
         return accumulate_gradients(
-            self.step_module, self.model, inputs, targets, ramp, self.summed, backward, autocast
+            self.step_module,
+            self.__dict__["_embedder"],
+            inputs,
+            targets,
+            ramp,
+            self.summed,
+            backward,
+            autocast,
         )
 
     def remember(self, indices: torch.Tensor, out: dict[str, torch.Tensor]) -> None:
@@ -351,12 +370,16 @@ def create_task(cfg: TrainConfig, model, spec: DataSpec, device: torch.device) -
     """The :class:`TrainingTask` of ``cfg`` around ``model`` (already on ``device``): the
     terms of ``--loss``, and, when a term reads neighbour targets, the banks (validated
     against the training data ``spec`` before any step) and the guidance."""
-    context, guidance = TermContext(model.embed_dim), None
-    if reads_targets(cfg):
+    context, guidance, inputs = TermContext(model.embed_dim), None, None
+    if model.trains_on_bank_features:
+        check_feature_training(cfg)
+        open_banks(cfg, spec)
+        inputs = BankFeatures(cfg.image_bank, cfg.text_bank)
+    elif reads_targets(cfg):
         image_bank, text_bank = open_banks(cfg, spec)
         context = TermContext(model.embed_dim, image_bank.dim, text_bank.dim)
         guidance = create_guidance(cfg, image_bank, text_bank, model.embed_dim, device)
     terms = {
         term.name: term.from_config(cfg, context).to(device) for term in method_terms(cfg.loss)
     }
-    return TrainingTask(model, terms, guidance, cfg.neighbor_warmup)
+    return TrainingTask(model, terms, guidance, cfg.neighbor_warmup, inputs)

@@ -29,12 +29,13 @@ from tqdm import tqdm
 
 from ..data.bad_samples import BadSampleLog
 from ..data.loader import TrainData, build_train_data
-from ..data.transforms import EvalTransform, TrainTransform
+from ..data.transforms import TrainTransform
 from ..distributed import DistInfo, barrier, cleanup, init_distributed, is_distributed
-from ..models import create_model, export_hf, get_model_spec
+from ..models import LockedSpec, create_model, export_hf, get_model_spec
 from ..tokenizer import Tokenizer, get_tokenizer
 from .checkpoint import Checkpointer, Progress, open_resume_checkpoint, restore, seed_everything
 from .config import TrainConfig
+from .features import NoPixels, locked_spec
 from .logger import MetricsLog, log, resume_record, setup_logging
 from .model_card import write_model_card
 from .periodic_eval import EvalJob, evaluate_during_training, load_eval_sets
@@ -128,7 +129,7 @@ def setup(cfg: TrainConfig, info: DistInfo, folder: RunFolder) -> Run:
     model, tokenizer, data, steps_per_epoch = student_and_data(cfg, info)
     # Every evaluation set is opened and checked now, not when the first epoch ends.
     evaluating = (cfg.val_data or cfg.zeroshot_data) and cfg.val_frequency and info.is_main
-    eval_sets = load_eval_sets(cfg, EvalTransform(model.image_size)) if evaluating else []
+    eval_sets = load_eval_sets(cfg, model.preprocess()) if evaluating else []
     for warning in cfg.unused_settings():
         log.warning(warning)
     total_steps = steps_per_epoch * cfg.epochs
@@ -192,13 +193,19 @@ def setup(cfg: TrainConfig, info: DistInfo, folder: RunFolder) -> Run:
 def student_and_data(cfg: TrainConfig, info: DistInfo) -> tuple:
     """The student (on the device), its tokenizer, this rank's training data and the
     optimiser steps per epoch."""
-    context_length = get_model_spec(cfg.model).context_length
-    tokenizer = get_tokenizer(cfg.tokenizer, context_length=context_length)
-    model, tokenizer = create_model(cfg.model, tokenizer, seed=cfg.seed)
+    spec, tokenizer = get_model_spec(cfg.model), None
+    if isinstance(spec, LockedSpec):  # the teachers of the run's banks
+        spec = locked_spec(cfg, spec)
+    else:
+        tokenizer = get_tokenizer(cfg.tokenizer, context_length=spec.context_length)
+    model, tokenizer = create_model(cfg.model, tokenizer, seed=cfg.seed, spec=spec)
     model.to(info.device)
-    transform = TrainTransform(
-        model.image_size, scale=(cfg.aug_scale_min, 1.0), teacher_size=teacher_view_size(cfg)
-    )
+    if model.trains_on_bank_features:
+        transform = NoPixels()
+    else:
+        transform = TrainTransform(
+            model.image_size, scale=(cfg.aug_scale_min, 1.0), teacher_size=teacher_view_size(cfg)
+        )
     data = build_train_data(
         cfg.data_spec(), transform, tokenizer, cfg.seed, info.rank, info.world_size
     )
