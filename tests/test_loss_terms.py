@@ -6,6 +6,7 @@ import torch
 
 from clip_ping.errors import UserError
 from clip_ping.losses import TERMS, ClipLoss, LossTerm, NeighborLoss, method_terms, methods, total
+from clip_ping.losses.distill import DistillLoss
 from clip_ping.models import create_model
 from clip_ping.training.config import build_config
 from clip_ping.training.task import TrainingTask
@@ -35,10 +36,11 @@ def toy_term():
 
 
 def test_each_method_lists_its_terms_in_the_order_they_add_up():
-    assert methods() == ("clip", "clip-ping")
+    assert methods() == ("clip", "clip-ping", "distill")
     assert method_terms("clip") == [ClipLoss]
     assert method_terms("clip-ping") == [ClipLoss, NeighborLoss]
-    with pytest.raises(ValueError, match="--loss 'clip-kd': choose one of clip, clip-ping"):
+    assert method_terms("distill") == [ClipLoss, DistillLoss]
+    with pytest.raises(ValueError, match="--loss 'clip-kd': choose one of clip, clip-ping, di"):
         method_terms("clip-kd")
 
 
@@ -109,7 +111,7 @@ def test_a_terms_own_check_runs_with_the_config():
 @pytest.mark.parametrize(
     ("field", "value", "allowed"),
     [
-        ("loss", "clip-kd", "clip, clip-ping"),
+        ("loss", "clip-kd", "clip, clip-ping, distill"),
         ("neighbor_self", "all", "exclude, only, include"),
         ("neighbor_target", "teacher", "bank, memory"),
         ("neighbor_source", "online", "offline, active"),

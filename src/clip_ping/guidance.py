@@ -267,11 +267,13 @@ class NeighborGuidance:
             return
         # A step reads a few scattered rows of each file (the active source above scans
         # whole banks, so it keeps the kernel's default readahead).
-        self.image_neighbors, _ = image_bank.neighbors(random_access=True, check=check_tables)
-        self.text_neighbors, _ = text_bank.neighbors(random_access=True, check=check_tables)
         if target == "bank":
             self.image_features = image_bank.random_access_features()
             self.text_features = text_bank.random_access_features()
+        if self_targets == "only":  # every anchor is its own target: no tables needed
+            return
+        self.image_neighbors, _ = image_bank.neighbors(random_access=True, check=check_tables)
+        self.text_neighbors, _ = text_bank.neighbors(random_access=True, check=check_tables)
         for bank, table in ((image_bank, self.image_neighbors), (text_bank, self.text_neighbors)):
             if not 1 <= k <= table.shape[1]:
                 raise ValueError(

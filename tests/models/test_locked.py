@@ -1,6 +1,7 @@
 """The locked teachers: frozen teachers with trained heads, trained on the bank rows."""
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -151,3 +152,54 @@ def test_the_mlp_head_trains_too():
     out["image_features"].sum().backward()
     assert model.image_head[0].weight.grad is not None
     assert out["text_features"].shape == (8, 256)
+
+
+def test_two_processes_under_torchrun_train_the_heads_of_one(small_corpus, shapes_banks, tmp_path):
+    """torchrun with two gloo processes of 32 pairs each ends with the heads of one process
+    on the same global batches of 64 (features gathered with their gradient)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    flags = [
+        *("--model", "locked-teachers", "--train-data", str(small_corpus / "train.csv")),
+        *("--image-bank", str(shapes_banks / "image"), "--text-bank", str(shapes_banks / "text")),
+        *("--epochs", "1", "--lr", "1e-3", "--warmup", "2", "--workers", "0", "--no-progress"),
+        *("--gather-with-grad", "--logs-dir", str(tmp_path)),  # torchrun takes --logs
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cli = shutil.which("clip-ping") or str(Path(sys.executable).with_name("clip-ping"))
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    subprocess.run(
+        [
+            *torchrun,
+            "--master_port",
+            "29541",
+            cli,
+            "train",
+            *flags,
+            "--batch-size",
+            "32",
+            "--name",
+            "ddp",
+        ],
+        check=True,
+        capture_output=True,
+        env=env,
+        timeout=600,
+    )
+    subprocess.run(
+        [cli, "train", *flags, "--batch-size", "64", "--name", "one"],
+        check=True,
+        capture_output=True,
+        env=env,
+        timeout=600,
+    )
+    ddp, one = (
+        load_checkpoint_file(tmp_path / name / "checkpoints" / "latest.pt")["task"]
+        for name in ("ddp", "one")
+    )
+    assert ddp.keys() == one.keys()
+    for key in one:
+        torch.testing.assert_close(ddp[key], one[key], atol=1e-5, rtol=0)

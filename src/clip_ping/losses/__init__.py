@@ -7,7 +7,7 @@ order they add up.
 Examples:
     >>> from clip_ping.losses import method_terms, methods
     >>> methods()
-    ('clip', 'clip-ping')
+    ('clip', 'clip-ping', 'distill')
     >>> [term.name for term in method_terms("clip-ping")]
     ['clip', 'neighbor']
 """
@@ -21,6 +21,7 @@ import torch
 
 from .base import TERMS, LossTerm, TermContext, TermInputs
 from .clip import ClipLoss
+from .distill import DistillLoss
 from .neighbor import NeighborLoss, NeighborTargets, neighbor_contrast, target_keys
 
 # A term module needs no line here: importing it registers its terms.
@@ -33,6 +34,7 @@ __all__ = [
     "TermContext",
     "TermInputs",
     "ClipLoss",
+    "DistillLoss",
     "NeighborLoss",
     "NeighborTargets",
     "neighbor_contrast",

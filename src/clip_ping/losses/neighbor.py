@@ -246,6 +246,18 @@ class NeighborLoss(LossTerm):
         )
 
     @classmethod
+    def guidance_settings(cls, cfg: Any) -> dict[str, Any]:
+        """How the guidance draws this term's targets: ``k``, ``target`` (bank|memory),
+        ``source`` (offline|active) and ``self_targets`` (see
+        :class:`~clip_ping.guidance.NeighborGuidance`)."""
+        return dict(
+            k=cfg.neighbor_k,
+            target=cfg.neighbor_target,
+            source=cfg.neighbor_source,
+            self_targets=cfg.neighbor_self,
+        )
+
+    @classmethod
     def check_config(cls, cfg: Any) -> None:
         for name in ("image_bank", "text_bank"):
             if not getattr(cfg, name):

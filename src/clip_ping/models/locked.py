@@ -130,6 +130,7 @@ class LockedTeachers(Student):
     export_marker = MANIFEST
     export_layout = f"{MANIFEST} (the locked teachers)"
     trains_on_bank_features = True
+    plain_code_title = "Without clip-ping (`efficientnet_lite_pytorch` and `transformers`)"
 
     def __init__(self, image_teacher, text_teacher, spec: LockedSpec, tokenizer: Tokenizer):
         super().__init__()
@@ -214,6 +215,15 @@ class LockedTeachers(Student):
             f"{self.image_size} px) and {self.spec.text_teacher} (text, "
             f"{self.text_teacher.dim}-d), each followed by a trained {self.spec.head} head into "
             f"a {self.embed_dim}-d joint embedding"
+        )
+
+    def card_sentence(self, name: str, objective: str) -> str:
+        trained = sum(p.numel() for p in self.parameters())
+        return (
+            f"The teachers' ceiling (`{name}`): {self.describe()}. Only the heads and the logit "
+            f"scale ({trained / 1e6:.2f} M parameters) were trained, with {objective}, on the "
+            "teachers' features of the training pairs; the teachers are as their authors "
+            "trained them."
         )
 
     def card_tags(self) -> list[str]:

@@ -62,6 +62,8 @@ class Student(nn.Module):
     #: whether training feeds the model its teachers' bank rows instead of pixels and
     #: tokens (then it has ``forward_features(image_rows, text_rows)``)
     trains_on_bank_features: ClassVar[bool] = False
+    #: how the model card titles the code that loads the export without clip-ping
+    plain_code_title: ClassVar[str] = "With `transformers` alone"
     pad_id: int
 
     # -- what a subclass provides -----------------------------------------------------------
@@ -100,6 +102,14 @@ class Student(nn.Module):
     def describe(self) -> str:
         """The towers in words, for the model card."""
         raise NotImplementedError
+
+    def card_sentence(self, name: str, objective: str) -> str:
+        """The model card's first sentence: what ``name`` is and how it was trained."""
+        parameters = sum(p.numel() for p in self.parameters())
+        return (
+            f"A lightweight CLIP model (`{name}`: {parameters / 1e6:.2f} M parameters, "
+            f"{self.describe()}), trained from scratch with {objective}."
+        )
 
     def card_tags(self) -> list[str]:
         """The model card's tags of this kind of student (besides clip-ping's own)."""

@@ -140,7 +140,10 @@ class TrainConfig:
     # The choices are the methods the loss terms belong to (clip_ping.losses); each term
     # declares the settings below that it reads.
     loss: str = _f(
-        "clip", "clip | clip-ping (neighbour guidance, needs the banks)", "loss", choices=methods()
+        "clip",
+        "the objective (docs/method.md); all but clip need the banks",
+        "loss",
+        choices=methods(),
     )
     image_bank: str | None = _f(None, "image feature bank folder with neighbours", "loss")
     text_bank: str | None = _f(None, "text feature bank folder with neighbours", "loss")

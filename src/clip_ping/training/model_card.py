@@ -45,11 +45,7 @@ def _front_matter(model) -> str:
 
 def _description(cfg: dict, model) -> list[str]:
     objective = " plus ".join(term.description for term in method_terms(cfg["loss"]))
-    parameters = sum(p.numel() for p in model.parameters())
-    return [
-        f"A lightweight CLIP model (`{cfg['model']}`: {parameters / 1e6:.2f} M parameters, "
-        f"{model.describe()}), trained from scratch with {objective}.",
-    ]
+    return [model.card_sentence(cfg["model"], objective)]
 
 
 def _settings_table(cfg: dict) -> list[str]:
@@ -80,7 +76,8 @@ def _usage(run_dir: Path, model) -> list[str]:
         'text = model.encode_text(tokenizer(["a photo of a cat"]), normalize=True)',
         "```",
         "",
-        "With `transformers` alone (the same embeddings, before `normalize=True` scales them to unit length):",
+        f"{model.plain_code_title} (the same embeddings, before `normalize=True` scales them "
+        "to unit length):",
         "",
         "```python",
         *model.transformers_code(str(run_dir / "hf")),

@@ -318,7 +318,7 @@ def reads_targets(cfg: TrainConfig) -> bool:
 def teacher_view_size(cfg: TrainConfig) -> int | None:
     """The input size of the image teacher that ``--neighbor-source active`` runs on each
     crop (the training transform's ``teacher_size``); None for other runs."""
-    if not reads_targets(cfg) or cfg.neighbor_source != "active":
+    if not reads_targets(cfg) or guidance_settings(cfg)["source"] != "active":
         return None
     from ..bank import Bank
     from ..guidance import active_image_size
@@ -342,27 +342,34 @@ def open_banks(cfg: TrainConfig, spec: DataSpec):
     return banks
 
 
+def guidance_settings(cfg: TrainConfig) -> dict:
+    """How ``cfg``'s method draws its targets (its target-reading term says:
+    :meth:`~clip_ping.losses.NeighborLoss.guidance_settings`)."""
+    (term,) = [term for term in method_terms(cfg.loss) if "targets" in term.reads]
+    return term.guidance_settings(cfg)
+
+
 def create_guidance(cfg: TrainConfig, image_bank, text_bank, embed_dim: int, device):
     """The :class:`~clip_ping.guidance.NeighborGuidance` of ``cfg`` over the opened banks."""
-    memory = None
-    if cfg.neighbor_target == "memory":
+    memory, settings = None, guidance_settings(cfg)
+    if settings["target"] == "memory":
         # One row per bank row (= stable index), not per sample of an epoch, which
         # --train-num-samples may make smaller or larger. Kept in host memory: see memory.py.
         memory = StudentMemory(len(image_bank), embed_dim)
     active = None
-    if cfg.neighbor_source == "active":
+    if settings["source"] == "active":
         from ..guidance import ActiveTeachers
 
         active = ActiveTeachers(image_bank, text_bank, device)
     return NeighborGuidance(
         image_bank,
         text_bank,
-        k=cfg.neighbor_k,
-        target=cfg.neighbor_target,
+        k=settings["k"],
+        target=settings["target"],
         memory=memory,
         seed=cfg.seed,
         active=active,
-        self_targets=cfg.neighbor_self,
+        self_targets=settings["self_targets"],
     )
 
 
