@@ -16,6 +16,7 @@ from torch import nn
 from clip_ping.distributed import cleanup, init_distributed
 from clip_ping.guidance import bank_targets, memory_targets
 from clip_ping.losses import ClipLoss, NeighborLoss, total
+from clip_ping.losses.regression import FeatureRegression
 from clip_ping.memory import StudentMemory
 from clip_ping.models import create_model
 from clip_ping.training.task import ContrastiveStep, accumulate_gradients
@@ -28,11 +29,13 @@ CASES = [  # (name, neighbour target mode or None, local_loss, micro-batches per
     ("bank-local", "bank", True, 1),
     ("memory", "memory", False, 1),
     ("memory-local", "memory", True, 1),
+    ("fd", "fd", False, 1),  # feature regression onto each anchor's own bank rows
     # --accum-freq 2: each rank's slice as two micro-batches; must equal the cases above.
     ("clip-accum", None, False, 2),
     ("bank-accum", "bank", False, 2),
     ("bank-local-accum", "bank", True, 2),
     ("memory-accum", "memory", False, 2),
+    ("fd-accum", "fd", False, 2),
 ]
 
 
@@ -73,7 +76,9 @@ def main(out_path, model_name):
         model, tokenizer = create_model(model_name, seed=0)
         torch.manual_seed(1)  # the same head initialisation in every process
         terms = {"clip": ClipLoss(local_loss, gather_with_grad=True)}
-        if mode is not None:
+        if mode == "fd":
+            terms["fd"] = FeatureRegression(model.embed_dim, IMAGE_DIM, TEXT_DIM, weight=0.7)
+        elif mode is not None:
             terms["neighbor"] = NeighborLoss(
                 model.embed_dim,
                 image_bank_dim=IMAGE_DIM,
@@ -92,7 +97,10 @@ def main(out_path, model_name):
             tokenizer, model
         )
         targets = None
-        if mode is not None:
+        if mode == "fd":  # each anchor's own rows
+            ids = indices[part]
+            targets = neighbor_targets("bank", ids, ids, image_bank, text_bank, memory)
+        elif mode is not None:
             targets = neighbor_targets(
                 mode, img_nbr[part], txt_nbr[part], image_bank, text_bank, memory
             )
@@ -111,7 +119,8 @@ def main(out_path, model_name):
             )
         memory.update(indices[part], out["image_features"], out["text_features"])
         values = {k: v.detach().clone() for k, v in terms.items()}
-        if local_loss and info.world_size > 1:  # per-rank shares: average them like DDP does
+        shares = local_loss or mode == "fd"  # per-rank shares of the global mean
+        if shares and info.world_size > 1:  # average them like DDP does
             for v in values.values():
                 torch.distributed.all_reduce(v)
                 v /= info.world_size

@@ -44,8 +44,8 @@ def results(tmp_path_factory, request):
     return load("single.pt"), load("ddp.pt")
 
 
-CASES = ["clip", "clip-local", "bank", "bank-local", "memory", "memory-local"]
-ACCUMULATED = ["clip-accum", "bank-accum", "bank-local-accum", "memory-accum"]
+CASES = ["clip", "clip-local", "bank", "bank-local", "memory", "memory-local", "fd"]
+ACCUMULATED = ["clip-accum", "bank-accum", "bank-local-accum", "memory-accum", "fd-accum"]
 
 
 @pytest.mark.parametrize("case", CASES + ACCUMULATED)
@@ -71,6 +71,7 @@ def assert_same_step(single, ddp, case):
     assert any(k.startswith("terms.neighbor.heads") for k in single["grads"]) == case.startswith(
         "bank"
     )
+    assert any(k.startswith("terms.fd.heads") for k in single["grads"]) == case.startswith("fd")
     for name, grad in single["grads"].items():
         torch.testing.assert_close(ddp["grads"][name], grad, atol=1e-5, rtol=1e-4, msg=name)
     for name, value in single["memory"].items():

@@ -93,8 +93,11 @@ def micro_batches(batch: dict, parts: int) -> list[dict]:
         dict(loss="clip", image_bank=None, text_bank=None),
         dict(neighbor_target="bank"),
         dict(neighbor_target="memory"),
+        dict(loss="distill"),
+        dict(loss="fd"),
+        dict(loss="distill-fd"),
     ],
-    ids=["clip", "bank", "memory"],
+    ids=["clip", "bank", "memory", "distill", "fd", "distill-fd"],
 )
 def test_four_accumulated_micro_batches_give_the_loss_and_gradients_of_one_batch(
     small_corpus, shapes_banks, overrides

@@ -32,7 +32,7 @@ class DistillLoss(NeighborLoss):
     """Contrastive distillation from the anchor's own teacher features (module docstring)."""
 
     name = "distill"
-    methods = ("distill",)
+    methods = ("distill", "distill-fd")
     description = (
         "contrastive distillation: each sample's own frozen teacher features as targets, "
         "intra- and cross-modal, through linear heads"

@@ -153,6 +153,9 @@ class TrainConfig:
     xnn_weight: float = _f(
         1.0, "lambda_XNN: weight of the cross-modal neighbour terms", "loss", range=Range(0)
     )
+    fd_weight: float = _f(
+        1.0, "lambda_FD: weight of the feature regression (fd, distill-fd)", "loss", range=Range(0)
+    )
     neighbor_k: int = _f(5, "draw each step's neighbour among the top K", "loss", range=Range(1))
     neighbor_target: str = _f(
         "bank", "bank (teacher features) | memory (student)", "loss", choices=TARGET_MODES

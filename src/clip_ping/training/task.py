@@ -345,8 +345,12 @@ def open_banks(cfg: TrainConfig, spec: DataSpec):
 def guidance_settings(cfg: TrainConfig) -> dict:
     """How ``cfg``'s method draws its targets (its target-reading term says:
     :meth:`~clip_ping.losses.NeighborLoss.guidance_settings`)."""
-    (term,) = [term for term in method_terms(cfg.loss) if "targets" in term.reads]
-    return term.guidance_settings(cfg)
+    found = [
+        term.guidance_settings(cfg) for term in method_terms(cfg.loss) if "targets" in term.reads
+    ]
+    if any(settings != found[0] for settings in found[1:]):
+        raise ValueError(f"the terms of --loss {cfg.loss} ask for different targets: {found}")
+    return found[0]
 
 
 def create_guidance(cfg: TrainConfig, image_bank, text_bank, embed_dim: int, device):
