@@ -17,6 +17,7 @@ from clip_ping.distributed import cleanup, init_distributed
 from clip_ping.guidance import bank_targets, memory_targets
 from clip_ping.losses import ClipLoss, NeighborLoss, total
 from clip_ping.losses.regression import FeatureRegression
+from clip_ping.losses.relational import RelationalLoss
 from clip_ping.memory import StudentMemory
 from clip_ping.models import create_model
 from clip_ping.training.task import ContrastiveStep, accumulate_gradients
@@ -30,12 +31,15 @@ CASES = [  # (name, neighbour target mode or None, local_loss, micro-batches per
     ("memory", "memory", False, 1),
     ("memory-local", "memory", True, 1),
     ("fd", "fd", False, 1),  # feature regression onto each anchor's own bank rows
+    ("rel", "rel", False, 1),  # relational KL to the teachers' in-batch similarities
+    ("rel-local", "rel", True, 1),
     # --accum-freq 2: each rank's slice as two micro-batches; must equal the cases above.
     ("clip-accum", None, False, 2),
     ("bank-accum", "bank", False, 2),
     ("bank-local-accum", "bank", True, 2),
     ("memory-accum", "memory", False, 2),
     ("fd-accum", "fd", False, 2),
+    ("rel-accum", "rel", False, 2),
 ]
 
 
@@ -78,6 +82,8 @@ def main(out_path, model_name):
         terms = {"clip": ClipLoss(local_loss, gather_with_grad=True)}
         if mode == "fd":
             terms["fd"] = FeatureRegression(model.embed_dim, IMAGE_DIM, TEXT_DIM, weight=0.7)
+        elif mode == "rel":
+            terms["relational"] = RelationalLoss(0.9, 0.1, local_loss, gather_with_grad=True)
         elif mode is not None:
             terms["neighbor"] = NeighborLoss(
                 model.embed_dim,
@@ -97,7 +103,7 @@ def main(out_path, model_name):
             tokenizer, model
         )
         targets = None
-        if mode == "fd":  # each anchor's own rows
+        if mode in ("fd", "rel"):  # each anchor's own rows
             ids = indices[part]
             targets = neighbor_targets("bank", ids, ids, image_bank, text_bank, memory)
         elif mode is not None:

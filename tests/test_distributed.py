@@ -44,8 +44,10 @@ def results(tmp_path_factory, request):
     return load("single.pt"), load("ddp.pt")
 
 
-CASES = ["clip", "clip-local", "bank", "bank-local", "memory", "memory-local", "fd"]
+CASES = ["clip", "clip-local", "bank", "bank-local", "memory", "memory-local", "fd", "rel"]
+CASES += ["rel-local"]
 ACCUMULATED = ["clip-accum", "bank-accum", "bank-local-accum", "memory-accum", "fd-accum"]
+ACCUMULATED += ["rel-accum"]
 
 
 @pytest.mark.parametrize("case", CASES + ACCUMULATED)

@@ -96,8 +96,9 @@ def micro_batches(batch: dict, parts: int) -> list[dict]:
         dict(loss="distill"),
         dict(loss="fd"),
         dict(loss="distill-fd"),
+        dict(loss="relational"),
     ],
-    ids=["clip", "bank", "memory", "distill", "fd", "distill-fd"],
+    ids=["clip", "bank", "memory", "distill", "fd", "distill-fd", "relational"],
 )
 def test_four_accumulated_micro_batches_give_the_loss_and_gradients_of_one_batch(
     small_corpus, shapes_banks, overrides

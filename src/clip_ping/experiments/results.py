@@ -24,53 +24,21 @@ from __future__ import annotations
 import json
 import math
 import os
-import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..io import atomic_write_text
 from .markdown import has_section, write_section
-
-CONFIDENCE = 0.95
-Runs = dict[int, dict[str, float]]  # seed → metrics
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    values = list(values)
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, ...]:
-    """``(mean, low, high)``: Student's t interval of the mean (NaN bounds below 2 values)."""
-    from scipy.stats import t
-
-    mean, std = mean_std(values)
-    if len(values) < 2:
-        return mean, math.nan, math.nan
-    half = t.ppf(0.5 + confidence / 2, len(values) - 1) * std / math.sqrt(len(values))
-    return mean, mean - half, mean + half
-
-
-def paired_diffs(runs: Runs, baseline: Runs, key: str) -> list[float]:
-    """``run − baseline`` of ``key`` for every seed both have."""
-    return [runs[s][key] - baseline[s][key] for s in sorted(set(runs) & set(baseline))]
-
-
-def verdict(diffs: Sequence[float]) -> str:
-    """``ahead`` / ``behind`` when the 95% interval excludes 0, else ``no clear difference``."""
-    _, low, high = t_interval(diffs)
-    if low > 0:
-        return "ahead"
-    if high < 0:
-        return "behind"
-    return "no clear difference" if len(diffs) > 1 else "one seed: no interval"
-
-
-def _interval_cell(diffs: Sequence[float]) -> str:
-    mean, low, high = t_interval(diffs)
-    return f"{mean:+.4f} [{low:+.4f}, {high:+.4f}]"
+from .stats import (  # noqa: F401 - the page's statistics, imported from here too
+    CONFIDENCE,
+    Runs,
+    _interval_cell,
+    mean_std,
+    paired_diffs,
+    t_interval,
+    verdict,
+)
 
 
 def with_mean_recall(runs: Runs, split: str) -> Runs:

@@ -156,6 +156,15 @@ class TrainConfig:
     fd_weight: float = _f(
         1.0, "lambda_FD: weight of the feature regression (fd, distill-fd)", "loss", range=Range(0)
     )
+    rel_weight: float = _f(
+        1.0, "lambda_R: weight of the relational KL terms (relational)", "loss", range=Range(0)
+    )
+    rel_temperature: float = _f(
+        0.05,
+        "teachers' temperature of the relational similarity distributions",
+        "loss",
+        range=Range(0.001, 10),
+    )
     neighbor_k: int = _f(5, "draw each step's neighbour among the top K", "loss", range=Range(1))
     neighbor_target: str = _f(
         "bank", "bank (teacher features) | memory (student)", "loss", choices=TARGET_MODES
