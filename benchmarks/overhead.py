@@ -6,7 +6,8 @@ Builds (once, cached under --work) a shapes corpus, its EfficientNet-Lite0 / Min
 top-5 neighbour tables, loads a few real batches into memory, then times full training steps —
 neighbour draw and target fetch from the memory-mapped banks (or the student memory),
 forward, all loss terms, backward, AdamW — for `clip`, `clip-ping` with bank targets and with
-memory targets, and with the active source (teachers on the batch + online search).
+memory targets, and with the active source (teachers on the batch + online search), and the
+guidance family (`distill`, `fd`, `distill-fd`, `relational`; `--variants` picks).
 Variants take turns step by step (round-robin) so machine noise hits them
 alike; prints the median ms/step and the ratio to CLIP. Data loading is excluded: it is
 the same for every variant.
@@ -31,6 +32,8 @@ from clip_ping.training.schedule import create_optimizer
 from clip_ping.training.task import create_task
 
 TEACHER_SIZE = 128  # the image bank's input size
+VARIANTS = ["clip", "clip-ping-bank", "clip-ping-memory", "clip-ping-bank-active"]
+OTHER_METHODS = ["distill", "fd", "distill-fd", "relational"]
 
 
 def prepare(work: Path, image_size: int, num_train: int) -> DataSpec:
@@ -47,7 +50,10 @@ def prepare(work: Path, image_size: int, num_train: int) -> DataSpec:
 
 def variant(name: str, spec: DataSpec, work: Path, args):
     overrides = dict(train_data=spec.train_data, model=args.model, batch_size=args.batch_size)
-    if name != "clip":
+    if name in OTHER_METHODS:  # the guidance family: their own --loss, the same banks
+        banks = dict(image_bank=str(work / "image"), text_bank=str(work / "text"))
+        overrides.update(loss=name, **banks)
+    elif name != "clip":
         overrides.update(
             loss="clip-ping",
             image_bank=str(work / "image"),
@@ -76,6 +82,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--warmup-rounds", type=int, default=2)
     parser.add_argument("--work", default="/tmp/clip_ping_overhead")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=VARIANTS + OTHER_METHODS,
+        choices=VARIANTS + OTHER_METHODS,
+        help="what to time (clip is always timed, as the baseline)",
+    )
     args = parser.parse_args()
     work = Path(args.work)
     model, tokenizer = create_model(args.model)
@@ -85,7 +98,7 @@ def main() -> None:
     data = build_train_data(spec, transform, tokenizer, seed=0)
     loader = data.loader(0, 0, args.batch_size, workers=0)
     batches = [b for _, b in zip(range(8), loader, strict=False)]
-    names = ["clip", "clip-ping-bank", "clip-ping-memory", "clip-ping-bank-active"]
+    names = ["clip", *(n for n in args.variants if n != "clip")]
     variants = {n: variant(n, spec, work, args) for n in names}
     seconds: dict[str, list[float]] = {n: [] for n in names}
     for r in range(args.rounds):

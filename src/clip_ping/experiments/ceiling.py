@@ -21,8 +21,10 @@ from pathlib import Path
 from .demo_data import FULL, DemoSize, mean_recall
 from .stats import Runs, mean_std, t_interval
 
-# The ceiling's recipe, chosen on val by the ceiling sweep (sweep.CEILING_POINTS).
-CEILING_POINT = "linear, 3 epochs, lr 1e-3"
+# The ceiling's recipe, chosen on val by the ceiling sweep (sweep.CEILING_POINTS): 0.2965 ±
+# 0.0023 val mean recall over 3 seeds, ahead of the rates around it (1e-3: 0.2781, 1e-2:
+# 0.2906), of 8 and 20 epochs and of the MLP head.
+CEILING_POINT = "linear, 3 epochs, lr 3e-3"
 
 
 def ceiling_settings() -> dict:

@@ -94,6 +94,32 @@ CEILING_POINTS: dict[str, dict] = {
         "warmup": 20,
         "lr": 3e-4,
     },
+    # Second round: lr 3e-3, the grid's highest, led at 3 epochs (seeds 0-2): higher rates,
+    # and 3e-3 with more epochs and with the MLP head.
+    "linear, 3 epochs, lr 1e-2": {
+        "model": "locked-teachers",
+        "epochs": 3,
+        "warmup": 20,
+        "lr": 1e-2,
+    },
+    "linear, 3 epochs, lr 3e-2": {
+        "model": "locked-teachers",
+        "epochs": 3,
+        "warmup": 20,
+        "lr": 3e-2,
+    },
+    "linear, 8 epochs, lr 3e-3": {
+        "model": "locked-teachers",
+        "epochs": 8,
+        "warmup": 20,
+        "lr": 3e-3,
+    },
+    "MLP, 3 epochs, lr 3e-3": {
+        "model": "locked-teachers-mlp",
+        "epochs": 3,
+        "warmup": 20,
+        "lr": 3e-3,
+    },
 }
 SWEEPS = {"recipe": RECIPE_POINTS, "method": METHOD_POINTS, "ceiling": CEILING_POINTS}
 # The methods each sweep trains at every point (a variant of .runs.VARIANTS).
