@@ -159,12 +159,14 @@ def test_curve_end_to_end_on_a_tiny_corpus(tmp_path):
     assert steps == summary["epochs"]["0.5"] * (pairs["0.5"] // TINY.batch_size)
     assert abs(steps - full_steps) <= pairs["0.5"] // TINY.batch_size / 2
     for fraction in ("0.5", "1.0"):
-        for method in ("clip", "clip-ping"):
+        for method in ("clip", "clip-ping", "ceiling"):  # each point has its own ceiling
             scores = summary["scores"][fraction][method]
             assert len(scores) == 2 and all(0 <= v <= 1 for v in scores.values())
     text = md.read_text()
     assert text.startswith("# Results\n\nhand-written\n")  # the rest of the page is kept
     assert "## Data efficiency (test)" in text and "| 50% |" in text
+    half = next(line for line in text.splitlines() if "| 50% |" in line)
+    assert half.count(" / ") == 1 and half.rstrip().endswith("] |")  # the fractions, with CIs
     assert "CLIP-PING at 50%" in text and "× the pairs** to match it" in text
     assert "CLIP-PING at 25%" not in text  # no such point here
     assert "![data efficiency](figures/data_efficiency.png)" in text

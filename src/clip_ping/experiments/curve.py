@@ -186,7 +186,9 @@ def ratio_read(scores, pairs: dict[float, int], fraction: float) -> str:
 
 
 def curve_plan(subsets: dict[float, set[str]], size, seeds: int, train_rows: int):
-    """``(fraction, Planned)`` for every point, seed and method: the same steps everywhere."""
+    """``(fraction, Planned)`` for every point, seed and method, and the teachers' ceiling
+    of each point (its own data): the same steps everywhere."""
+    from .ceiling import ceiling_plan, ceiling_settings
     from .runs import Planned
     from .sweep import run_slug
 
@@ -203,7 +205,20 @@ def curve_plan(subsets: dict[float, set[str]], size, seeds: int, train_rows: int
                     settings = {"epochs": epochs, "val_frequency": epochs}
                     name = f"{method}_s{seed}"
                     plan.append((fraction, Planned(method, seed, name, settings)))
+        if fraction == 1.0:  # the runs of make ceiling
+            plan += [(fraction, run._replace(split="test")) for run in ceiling_plan(seeds, size)]
+            continue
+        recipe = ceiling_settings()
+        scaled = max(1, round(recipe["epochs"] * recipe_steps_share(fraction, keys, train_rows)))
+        for seed in range(seeds):
+            settings = {**recipe, "epochs": scaled}
+            plan.append((fraction, Planned("ceiling", seed, f"ceiling_s{seed}", settings)))
     return plan
+
+
+def recipe_steps_share(fraction: float, keys: set[str], train_rows: int) -> float:
+    """How many times more epochs a subset of ``keys`` takes for the steps of the whole."""
+    return train_rows / max(1, len(keys))
 
 
 def _train_keys(data) -> list[str]:
@@ -251,11 +266,13 @@ def run_curve(
             logs = point.train.parent / "runs"
         print(f"\n== {len(subsets[fraction]):,} training pairs ({fraction:.0%}) ==", flush=True)
         metrics = run_variants(point, replace(size, probes=()), runs, logs, jobs)
-        epochs[fraction] = runs[0].settings.get("epochs", size.epochs)
         for run in runs:
             scores.setdefault(fraction, {}).setdefault(run.variant, {})[run.seed] = mean_recall(
                 metrics[run.name], "test"
             )
+        epochs[fraction] = next(r for r in runs if r.variant == "clip").settings.get(
+            "epochs", size.epochs
+        )
     pairs = {f: len(keys) for f, keys in subsets.items()}
     command = f"clip-ping results --curve --seeds {seeds}" + (" --quick" if quick else "")
     figure = plot_curve(scores, pairs, Path(figures) / "data_efficiency.png")
@@ -302,14 +319,33 @@ def plot_curve(scores, pairs: dict[float, int], out: Path) -> Path:
     return save_figure(fig, out)
 
 
+def _ceiling_cells(point: dict) -> str:
+    """The ceiling of a point (its own teachers' banks and pairs) and each method's
+    fraction of it, per seed with a 95% interval; dashes without its runs."""
+    from .stats import mean_std, t_interval
+
+    ceiling = point.get("ceiling")
+    if not ceiling:
+        return "— | —"
+
+    def share(runs: dict) -> str:
+        ratios = [runs[s] / ceiling[s] for s in sorted(set(runs) & set(ceiling))]
+        mean, low, high = t_interval(ratios) if ratios else (math.nan,) * 3
+        return f"{mean:.2f}" + (f" [{low:.2f}, {high:.2f}]" if len(ratios) > 1 else "")
+
+    c = mean_std(ceiling.values())
+    return f"{c[0]:.4f} ± {c[1]:.4f} | {share(point['clip'])} / {share(point['clip-ping'])}"
+
+
 def render_curve(scores, pairs, epochs, size, command, figure: Path, markdown: Path) -> str:
     from .results import _interval_cell, mean_std, verdict
 
     fractions = sorted(scores)
     seeds = len(scores[fractions[0]]["clip"])
     rows = [
-        "| training pairs | share | epochs | CLIP | CLIP-PING | CLIP-PING − CLIP [95% CI] | verdict |",
-        "|---:|---:|---:|---:|---:|---:|---|",
+        "| training pairs | share | epochs | CLIP | CLIP-PING | CLIP-PING − CLIP [95% CI] | verdict "
+        "| ceiling | fraction of it CLIP / CLIP-PING |",
+        "|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     verdicts = []
     for f in fractions:
@@ -319,7 +355,8 @@ def render_curve(scores, pairs, epochs, size, command, figure: Path, markdown: P
         verdicts.append(verdict(diffs))
         rows.append(
             f"| {pairs[f]:,} | {f:.0%} | {epochs[f]} | {c[0]:.4f} ± {c[1]:.4f} | "
-            f"{p[0]:.4f} ± {p[1]:.4f} | {_interval_cell(diffs)} | {verdicts[-1]} |"
+            f"{p[0]:.4f} ± {p[1]:.4f} | {_interval_cell(diffs)} | {verdicts[-1]} | "
+            f"{_ceiling_cells(scores[f])} |"
         )
     reads = [ratio_read(scores, pairs, f) for f in (0.25, 0.5) if f in scores]
     if reads and "ahead" not in verdicts:
@@ -339,7 +376,10 @@ def render_curve(scores, pairs, epochs, size, command, figure: Path, markdown: P
                 "data, so a subset trains for more epochs; the banks and neighbour tables of a subset "
                 "are built from that subset alone. The 100% point is the results page's final runs, "
                 f"their first {seeds} seeds (the page's headline reads all of its seeds). The ratio "
-                "reads CLIP's mean curve, interpolated in log(pairs), at CLIP-PING's mean score.",
+                "reads CLIP's mean curve, interpolated in log(pairs), at CLIP-PING's mean score. "
+                "Each point has its own teachers' ceiling (`--model locked-teachers` on the "
+                "subset's banks and pairs, its recipe with the same-steps epochs), and each "
+                "method's fraction of it, per seed.",
                 "",
                 *rows,
                 "",
