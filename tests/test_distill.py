@@ -78,3 +78,26 @@ def test_neighbour_settings_do_not_apply_to_distill_and_the_banks_are_required(t
     assert "--neighbor-k, --neighbor-target set, but --loss distill does not use them" in warning
     with pytest.raises(UserError, match="--image-bank=None: --loss distill needs it"):
         build_config(overrides=dict(train_data="x.csv", loss="distill"))
+
+
+@pytest.mark.parametrize(
+    ("loss", "model"),
+    [("distill-fd", "cpu-convnext-micro-32"), ("relational", "cpu-mobilevit-micro-32")],
+)
+def test_the_guidance_family_resumes_to_the_uninterrupted_weights(
+    small_corpus, shapes_banks, tmp_path, loss, model
+):
+    """Cut mid-epoch and resumed with 2 loader workers and --accum-freq 2: the student and
+    every head equal an uninterrupted run's, bit for bit (a ConvNeXt and a MobileViT)."""
+    common = dict(loss=loss, model=model, epochs=2, accum_freq=2, batch_size=32)
+    full = train(config(small_corpus, shapes_banks, tmp_path, "full", **common))
+    cut = dict(workers=2, save_every_steps=4, **common)
+    train(config(small_corpus, shapes_banks, tmp_path, "cut", stop_after_steps=11, **cut))
+    resumed = train(config(small_corpus, shapes_banks, tmp_path, "cut", resume="latest", **cut))
+    a = load_checkpoint_file(full / "checkpoints" / "latest.pt")
+    b = load_checkpoint_file(resumed / "checkpoints" / "latest.pt")
+    assert a["step"] == b["step"] == 16
+    assert any(key.startswith("terms.") for key in a["task"]) or loss == "relational"
+    assert a["task"].keys() == b["task"].keys()
+    for key, value in a["task"].items():
+        assert torch.equal(value, b["task"][key]), key
