@@ -203,3 +203,29 @@ def test_two_processes_under_torchrun_train_the_heads_of_one(small_corpus, shape
     assert ddp.keys() == one.keys()
     for key in one:
         torch.testing.assert_close(ddp[key], one[key], atol=1e-5, rtol=0)
+
+
+def test_a_sentence_transformers_text_teacher_runs_inside_the_export(
+    small_corpus, shapes_banks, tmp_path
+):
+    """A text bank of ``sentence-transformers:<folder>`` (MiniLM's own folder): the export
+    carries the sentence-transformers model, and its captions embed as the bank's rows."""
+    from clip_ping.bank import build_bank
+    from clip_ping.data.loader import DataSpec
+    from clip_ping.teachers import minilm_path
+
+    spec = DataSpec(str(small_corpus / "train.csv"))
+    teacher = f"sentence-transformers:{minilm_path()}"
+    build_bank(spec, "text", tmp_path / "text", teacher=teacher, workers=0, progress=False)
+    run = train(
+        config(small_corpus, shapes_banks, tmp_path, text_bank=str(tmp_path / "text"), epochs=1)
+    )
+    model, _, tokenizer = clip_ping.load(run)
+    assert type(model.text_teacher).__name__ == "SentenceTransformerTeacher"
+    assert (run / "hf" / "text_teacher" / "modules.json").is_file()  # its own format
+    lines = (small_corpus / "train.csv").read_text().splitlines()[1:4]
+    rows = torch.from_numpy(Bank(tmp_path / "text").features[:3].astype(np.float32))
+    with torch.no_grad():
+        ours = model.encode_text(tokenizer([line.split(",")[1] for line in lines]))
+        expected = model.project_text(rows)
+    torch.testing.assert_close(ours, expected, atol=2e-3, rtol=0)
