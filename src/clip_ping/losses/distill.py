@@ -25,7 +25,7 @@ from typing import Any
 
 from ..errors import UserError
 from ..flags import flag_name
-from .neighbor import NeighborLoss
+from .neighbor import OWN_ROWS, NeighborLoss, require_banks
 
 
 class DistillLoss(NeighborLoss):
@@ -48,7 +48,7 @@ class DistillLoss(NeighborLoss):
 
     @classmethod
     def guidance_settings(cls, cfg: Any) -> dict[str, Any]:
-        return dict(k=1, target="bank", source="offline", self_targets="only")
+        return dict(OWN_ROWS)
 
     @classmethod
     def from_config(cls, cfg: Any, context) -> DistillLoss:
@@ -66,12 +66,7 @@ class DistillLoss(NeighborLoss):
 
     @classmethod
     def check_config(cls, cfg: Any) -> None:
-        for name in ("image_bank", "text_bank"):
-            if not getattr(cfg, name):
-                raise UserError(
-                    f"{flag_name(name)}=None: --loss {cfg.loss} needs it; build one with "
-                    "clip-ping bank build"
-                )
+        require_banks(cfg)
         if cfg.nn_weight == 0 and cfg.xnn_weight == 0:
             raise UserError(
                 f"{flag_name('nn_weight')}=0.0: with --xnn-weight 0 too no distillation term "

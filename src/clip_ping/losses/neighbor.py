@@ -100,6 +100,29 @@ def target_keys(targets: torch.Tensor) -> torch.Tensor:
     return torch.stack([(bits * c).sum(-1) for c in coefficients], dim=-1)  # no int GEMM on GPUs
 
 
+#: the guidance of the terms that read each anchor's own teacher rows (distill, fd, relational)
+OWN_ROWS = dict(k=1, target="bank", source="offline", self_targets="only")
+
+
+def require_banks(cfg: Any) -> None:
+    """Refuse a config of a bank-reading ``--loss`` without ``--image-bank``/``--text-bank``."""
+    for name in ("image_bank", "text_bank"):
+        if not getattr(cfg, name):
+            raise UserError(
+                f"{flag_name(name)}=None: --loss {cfg.loss} needs it; build one with "
+                "clip-ping bank build"
+            )
+
+
+def head_rows(head: nn.Linear, query: torch.Tensor, grad_rows: torch.Tensor | None):
+    """``head(query)``; with ``grad_rows`` (gradient accumulation) the head gets its
+    gradient through those rows only: the others are cached from other micro-batches."""
+    projected = head(query)
+    if grad_rows is None:
+        return projected
+    return torch.where(grad_rows[:, None], projected, F.linear(query, head.weight.detach()))
+
+
 def neighbor_contrast(
     queries: torch.Tensor,
     targets: torch.Tensor,
@@ -259,12 +282,7 @@ class NeighborLoss(LossTerm):
 
     @classmethod
     def check_config(cls, cfg: Any) -> None:
-        for name in ("image_bank", "text_bank"):
-            if not getattr(cfg, name):
-                raise UserError(
-                    f"{flag_name(name)}=None: --loss {cfg.loss} needs it; build one with "
-                    "clip-ping bank build"
-                )
+        require_banks(cfg)
         if cfg.nn_weight == 0 and cfg.xnn_weight == 0:
             raise UserError(
                 f"{flag_name('nn_weight')}=0.0: with --xnn-weight 0 too no neighbour term is "
@@ -284,11 +302,7 @@ class NeighborLoss(LossTerm):
         raw = getattr(targets, name)
         keys = target_keys(raw)  # identical targets (shared neighbour or caption): no negatives
         if self.target == "bank":
-            head = self.heads[name]
-            projected = head(query)
-            if grad_rows is not None:  # rows cached from other micro-batches: no head gradient
-                cached = F.linear(query, head.weight.detach())
-                projected = torch.where(grad_rows[:, None], projected, cached)
+            projected = head_rows(self.heads[name], query, grad_rows)
             query, scale = F.normalize(projected, dim=-1), 1.0 / self.aux_temperature
         target = F.normalize(raw.to(query.dtype), dim=-1)
         valid = getattr(targets, f"{name}_valid")

@@ -31,7 +31,7 @@ from ..distributed import gather_batch, is_distributed
 from ..errors import UserError
 from ..flags import flag_name
 from .base import LossTerm, TermContext
-from .neighbor import NeighborTargets
+from .neighbor import OWN_ROWS, NeighborTargets, head_rows, require_banks
 
 
 def regression(
@@ -85,30 +85,16 @@ class FeatureRegression(LossTerm):
 
     @classmethod
     def guidance_settings(cls, cfg: Any) -> dict[str, Any]:
-        return dict(k=1, target="bank", source="offline", self_targets="only")
+        return dict(OWN_ROWS)
 
     @classmethod
     def check_config(cls, cfg: Any) -> None:
-        for name in ("image_bank", "text_bank"):
-            if not getattr(cfg, name):
-                raise UserError(
-                    f"{flag_name(name)}=None: --loss {cfg.loss} needs it; build one with "
-                    "clip-ping bank build"
-                )
+        require_banks(cfg)
         if cfg.fd_weight <= 0:
             raise UserError(
                 f"{flag_name('fd_weight')}={cfg.fd_weight}: --loss {cfg.loss} regresses with "
                 "a weight above 0; use --loss clip or distill to leave it out"
             )
-
-    def _head(self, name: str, query: torch.Tensor, grad_rows: torch.Tensor | None):
-        head = self.heads[name]
-        projected = head(query)
-        if grad_rows is not None:  # rows cached from other micro-batches: no head gradient
-            projected = torch.where(
-                grad_rows[:, None], projected, F.linear(query, head.weight.detach())
-            )
-        return projected
 
     def forward(
         self,
@@ -120,10 +106,14 @@ class FeatureRegression(LossTerm):
     ) -> dict[str, torch.Tensor]:
         """``targets``: self-targets (``nn_image`` = u_k, ``nn_text`` = v_k)."""
         image = regression(
-            self._head("image", image_features, grad_rows), targets.nn_image, targets.nn_image_valid
+            head_rows(self.heads["image"], image_features, grad_rows),
+            targets.nn_image,
+            targets.nn_image_valid,
         )
         text = regression(
-            self._head("text", text_features, grad_rows), targets.nn_text, targets.nn_text_valid
+            head_rows(self.heads["text"], text_features, grad_rows),
+            targets.nn_text,
+            targets.nn_text_valid,
         )
         return {
             "fd_loss": self.weight * ramp * 0.5 * (image + text),

@@ -39,7 +39,7 @@ from ..errors import UserError
 from ..flags import flag_name
 from .base import LossTerm, TermContext
 from .clip import local_targets
-from .neighbor import NeighborTargets
+from .neighbor import OWN_ROWS, NeighborTargets, require_banks
 
 
 def soft_kl(
@@ -94,16 +94,11 @@ class RelationalLoss(LossTerm):
 
     @classmethod
     def guidance_settings(cls, cfg: Any) -> dict[str, Any]:
-        return dict(k=1, target="bank", source="offline", self_targets="only")
+        return dict(OWN_ROWS)
 
     @classmethod
     def check_config(cls, cfg: Any) -> None:
-        for name in ("image_bank", "text_bank"):
-            if not getattr(cfg, name):
-                raise UserError(
-                    f"{flag_name(name)}=None: --loss {cfg.loss} needs it; build one with "
-                    "clip-ping bank build"
-                )
+        require_banks(cfg)
         if cfg.rel_weight <= 0:
             raise UserError(
                 f"{flag_name('rel_weight')}={cfg.rel_weight}: --loss {cfg.loss} needs a "
