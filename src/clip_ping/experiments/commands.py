@@ -124,10 +124,11 @@ def add_experiment_commands(commands: argparse._SubParsersAction) -> None:
     )
     results.add_argument(
         "--sweep",
-        choices=("recipe", "method", "ceiling"),
+        choices=("recipe", "method", "ceiling", "family"),
         default=None,
-        help="instead: sweep the recipe (CLIP and CLIP-PING), CLIP-PING's settings or the "
-        "teachers' ceiling's recipe on val, and write the table into docs/method.md",
+        help="instead: sweep the recipe (CLIP and CLIP-PING), CLIP-PING's settings, the "
+        "teachers' ceiling's recipe or the guidance family's settings on val, and write the "
+        "table into docs/method.md",
     )
     results.add_argument(
         "--ceiling",

@@ -35,6 +35,11 @@ VARIANTS: dict[str, dict] = {
     "lambda-0.5": {"loss": "clip-ping", "nn_weight": 0.5, "xnn_weight": 0.5},
     "lambda-2": {"loss": "clip-ping", "nn_weight": 2.0, "xnn_weight": 2.0},
     "no-same-caption": {"loss": "clip-ping", "banks": "no-same-caption"},
+    # The guidance family (docs/method.md): other uses of the same banks.
+    "distill": {"loss": "distill"},
+    "fd": {"loss": "fd"},
+    "distill-fd": {"loss": "distill-fd"},
+    "relational": {"loss": "relational"},
     # Not a student: the frozen teachers with trained heads (the ceiling), trained on the
     # banks' rows; no evaluation during training (the teachers would run at every epoch).
     "ceiling": {"loss": "clip", "model": "locked-teachers", "val_frequency": 0},
@@ -89,7 +94,7 @@ def train_config(
         # the optimiser too (~95 MB for cpu-mini-32), ~0.8 GB a run.
         save_frequency=0,
     )
-    if overrides.get("loss") == "clip-ping" or variant == "ceiling":
+    if overrides.get("loss", "clip") != "clip" or variant == "ceiling":  # reads the banks
         settings.update(
             image_bank=str(data.bank("image", banks)), text_bank=str(data.bank("text", banks))
         )

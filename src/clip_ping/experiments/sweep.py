@@ -121,9 +121,41 @@ CEILING_POINTS: dict[str, dict] = {
         "lr": 3e-3,
     },
 }
-SWEEPS = {"recipe": RECIPE_POINTS, "method": METHOD_POINTS, "ceiling": CEILING_POINTS}
-# The methods each sweep trains at every point (a variant of .runs.VARIANTS).
-SWEEP_METHODS = {"recipe": ("clip", "clip-ping"), "method": ("clip-ping",), "ceiling": ("ceiling",)}
+# The guidance family (docs/method.md, beyond the paper): each method's own settings on top
+# of the chosen recipe, with CLIP and CLIP-PING's defaults at the same seeds for reference.
+# A point's ``variant`` is the method (a key of .runs.VARIANTS) it trains.
+FAMILY_POINTS: dict[str, dict] = {
+    "CLIP": {"variant": "clip"},
+    "CLIP-PING (defaults)": {"variant": "clip-ping"},
+    "distill": {"variant": "distill"},
+    "distill, τ_aux = 0.05": {"variant": "distill", "aux_temperature": 0.05},
+    "distill, τ_aux = 0.2": {"variant": "distill", "aux_temperature": 0.2},
+    "distill, λ = 2": {"variant": "distill", "nn_weight": 2.0, "xnn_weight": 2.0},
+    "distill, λ = 0.5": {"variant": "distill", "nn_weight": 0.5, "xnn_weight": 0.5},
+    "fd, λ_FD = 1": {"variant": "fd"},
+    "fd, λ_FD = 4": {"variant": "fd", "fd_weight": 4.0},
+    "fd, λ_FD = 16": {"variant": "fd", "fd_weight": 16.0},
+    "distill-fd, λ_FD = 1": {"variant": "distill-fd"},
+    "distill-fd, λ_FD = 4": {"variant": "distill-fd", "fd_weight": 4.0},
+    "relational, τ_R = 0.05": {"variant": "relational"},
+    "relational, τ_R = 0.02": {"variant": "relational", "rel_temperature": 0.02},
+    "relational, τ_R = 0.1": {"variant": "relational", "rel_temperature": 0.1},
+    "relational, λ_R = 4": {"variant": "relational", "rel_weight": 4.0},
+}
+SWEEPS = {
+    "recipe": RECIPE_POINTS,
+    "method": METHOD_POINTS,
+    "ceiling": CEILING_POINTS,
+    "family": FAMILY_POINTS,
+}
+# The methods each sweep trains at every point (a variant of .runs.VARIANTS; "student": the
+# point's own ``variant``).
+SWEEP_METHODS = {
+    "recipe": ("clip", "clip-ping"),
+    "method": ("clip-ping",),
+    "ceiling": ("ceiling",),
+    "family": ("student",),
+}
 RECIPE_KEYS = ("model", "epochs", "batch_size", "lr", "warmup", "aug_scale_min")
 _SHORT = {
     "epochs": "e",
@@ -140,6 +172,9 @@ _SHORT = {
     "neighbor_source": "",
     "banks": "",
     "neighbor_self": "self-",
+    "fd_weight": "fd",
+    "rel_weight": "rel",
+    "rel_temperature": "tr",
 }
 
 
@@ -181,9 +216,11 @@ def sweep_plan(
     for point, settings in SWEEPS[sweep].items():
         if points and point not in points:
             continue
+        settings = dict(settings)
+        own = settings.pop("variant", None)
         for seed in range(seeds):  # seeds outermost within a point: a point finishes early
             for method in methods:
-                variant = method if method in VARIANTS else "clip-ping"
+                variant = own or (method if method in VARIANTS else "clip-ping")
                 name = run_slug(variant, size, settings, seed)
                 plan.append((point, method, Planned(variant, seed, name, settings, "val")))
     return plan
