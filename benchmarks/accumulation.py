@@ -2,7 +2,7 @@
 
 Plain accumulation (what the trainer did before): each micro-batch is embedded once with
 gradient and scored against itself alone. The trainer's accumulation
-(:func:`clip_ping.training.task.accumulate_gradients`, open_clip's way): every micro-batch is first
+(:func:`clip_ping.training.accumulate.accumulate_gradients`, open_clip's way): every micro-batch is first
 embedded without gradient, then again with gradient, scored against the whole batch. The
 extra cost is one forward without gradient per micro-batch, plus logits over the whole
 batch. Both run in one process, in alternating rounds, on the same inputs; the table gives
@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from clip_ping.guidance import bank_targets
 from clip_ping.losses import ClipLoss, NeighborLoss, NeighborTargets, total
 from clip_ping.models import create_model
-from clip_ping.training.task import ContrastiveStep, accumulate_gradients
+from clip_ping.training.accumulate import accumulate_gradients
+from clip_ping.training.task import ContrastiveStep
 
 BANK_DIMS = (1280, 384)  # EfficientNet-Lite0 and MiniLM features
 NUM_SAMPLES = 4096

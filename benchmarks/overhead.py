@@ -7,7 +7,8 @@ top-5 neighbour tables, loads a few real batches into memory, then times full tr
 neighbour draw and target fetch from the memory-mapped banks (or the student memory),
 forward, all loss terms, backward, AdamW — for `clip`, `clip-ping` with bank targets and with
 memory targets, and with the active source (teachers on the batch + online search), and the
-guidance family (`distill`, `fd`, `distill-fd`, `relational`; `--variants` picks).
+guidance family (`distill`, `fd`, `distill-fd`, `relational`, `distill-nn` at its full
+neighbour weight, the start of its decay; `--variants` picks).
 Variants take turns step by step (round-robin) so machine noise hits them
 alike; prints the median ms/step and the ratio to CLIP. Data loading is excluded: it is
 the same for every variant.
@@ -33,7 +34,7 @@ from clip_ping.training.task import create_task
 
 TEACHER_SIZE = 128  # the image bank's input size
 VARIANTS = ["clip", "clip-ping-bank", "clip-ping-memory", "clip-ping-bank-active"]
-OTHER_METHODS = ["distill", "fd", "distill-fd", "relational"]
+OTHER_METHODS = ["distill", "fd", "distill-fd", "relational", "distill-nn"]
 
 
 def prepare(work: Path, image_size: int, num_train: int) -> DataSpec:

@@ -14,13 +14,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from clip_ping.distributed import cleanup, init_distributed
-from clip_ping.guidance import bank_targets, memory_targets
+from clip_ping.guidance import bank_targets, memory_targets, neighbor_rows, targets_from_rows
 from clip_ping.losses import ClipLoss, NeighborLoss, total
+from clip_ping.losses.added import DistillNeighborLoss
 from clip_ping.losses.regression import FeatureRegression
 from clip_ping.losses.relational import RelationalLoss
 from clip_ping.memory import StudentMemory
 from clip_ping.models import create_model
-from clip_ping.training.task import ContrastiveStep, accumulate_gradients
+from clip_ping.training.accumulate import accumulate_gradients
+from clip_ping.training.task import ContrastiveStep
 
 GLOBAL_BATCH, IMAGE_DIM, TEXT_DIM, NUM_SAMPLES = 8, 12, 10, 20
 CASES = [  # (name, neighbour target mode or None, local_loss, micro-batches per rank)
@@ -33,6 +35,8 @@ CASES = [  # (name, neighbour target mode or None, local_loss, micro-batches per
     ("fd", "fd", False, 1),  # feature regression onto each anchor's own bank rows
     ("rel", "rel", False, 1),  # relational KL to the teachers' in-batch similarities
     ("rel-local", "rel", True, 1),
+    ("dnn", "dnn", False, 1),  # distillation plus decaying neighbours (own and drawn rows)
+    ("dnn-local", "dnn", True, 1),
     # --accum-freq 2: each rank's slice as two micro-batches; must equal the cases above.
     ("clip-accum", None, False, 2),
     ("bank-accum", "bank", False, 2),
@@ -40,7 +44,9 @@ CASES = [  # (name, neighbour target mode or None, local_loss, micro-batches per
     ("memory-accum", "memory", False, 2),
     ("fd-accum", "fd", False, 2),
     ("rel-accum", "rel", False, 2),
+    ("dnn-accum", "dnn", False, 2),
 ]
+PROGRESS = 0.4  # the share of the run done: the neighbour weight of distill-nn decays by it
 
 
 def global_inputs(tokenizer, model):
@@ -84,6 +90,17 @@ def main(out_path, model_name):
             terms["fd"] = FeatureRegression(model.embed_dim, IMAGE_DIM, TEXT_DIM, weight=0.7)
         elif mode == "rel":
             terms["relational"] = RelationalLoss(0.9, 0.1, local_loss, gather_with_grad=True)
+        elif mode == "dnn":
+            terms["distill-nn"] = DistillNeighborLoss(
+                model.embed_dim,
+                image_bank_dim=IMAGE_DIM,
+                text_bank_dim=TEXT_DIM,
+                nn_weight=0.8,
+                xnn_weight=0.6,
+                neighbor_weight=0.5,
+                local_loss=local_loss,
+                gather_with_grad=True,
+            )
         elif mode is not None:
             terms["neighbor"] = NeighborLoss(
                 model.embed_dim,
@@ -106,13 +123,21 @@ def main(out_path, model_name):
         if mode in ("fd", "rel"):  # each anchor's own rows
             ids = indices[part]
             targets = neighbor_targets("bank", ids, ids, image_bank, text_bank, memory)
+        elif mode == "dnn":  # the drawn neighbours' rows and the anchors' own
+            ids, nbrs = indices[part], (img_nbr[part], txt_nbr[part])
+            targets = targets_from_rows(
+                *nbrs,
+                neighbor_rows(image_bank.numpy(), *nbrs, ids),
+                neighbor_rows(text_bank.numpy(), *nbrs, ids),
+                ids,
+            )
         elif mode is not None:
             targets = neighbor_targets(
                 mode, img_nbr[part], txt_nbr[part], image_bank, text_bank, memory
             )
         module = step.module if info.world_size > 1 else step
         if accum == 1:
-            terms, out = step(images[part], texts[part], targets)
+            terms, out = step(images[part], texts[part], targets, 1.0, None, PROGRESS)
             total(terms, summed).backward()
         else:  # what --accum-freq runs: the rank's slice as micro-batches
             size = per_rank // accum
@@ -121,7 +146,14 @@ def main(out_path, model_name):
                 for i in range(accum)
             ]
             _, terms, out = accumulate_gradients(
-                step, module.model, inputs, targets, 1.0, summed, lambda loss: loss.backward()
+                step,
+                module.model,
+                inputs,
+                targets,
+                1.0,
+                summed,
+                lambda loss: loss.backward(),
+                progress=PROGRESS,
             )
         memory.update(indices[part], out["image_features"], out["text_features"])
         values = {k: v.detach().clone() for k, v in terms.items()}

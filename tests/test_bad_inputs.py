@@ -217,9 +217,10 @@ def test_bank_build_skips_bad_rows_and_mining_never_returns_them(dirty, tmp_path
 def test_a_sample_bad_in_either_bank_is_never_a_neighbour(dirty, tmp_path):
     """A bad image with a good caption: a zero image-bank row but a valid text-bank row.
     It must not be drawn as a caption neighbour (its image-side XNN target would be zero)."""
+    from clip_ping.active import ActiveTeachers
     from clip_ping.data.datasets import CsvDataset
     from clip_ping.data.transforms import TrainTransform
-    from clip_ping.guidance import ActiveTeachers, NeighborGuidance
+    from clip_ping.guidance import NeighborGuidance
 
     path, bad_rows = dirty
     spec = DataSpec(str(path), max_bad_share=0.1)

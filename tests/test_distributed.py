@@ -45,9 +45,9 @@ def results(tmp_path_factory, request):
 
 
 CASES = ["clip", "clip-local", "bank", "bank-local", "memory", "memory-local", "fd", "rel"]
-CASES += ["rel-local"]
+CASES += ["rel-local", "dnn", "dnn-local"]
 ACCUMULATED = ["clip-accum", "bank-accum", "bank-local-accum", "memory-accum", "fd-accum"]
-ACCUMULATED += ["rel-accum"]
+ACCUMULATED += ["rel-accum", "dnn-accum"]
 
 
 @pytest.mark.parametrize("case", CASES + ACCUMULATED)
@@ -74,6 +74,8 @@ def assert_same_step(single, ddp, case):
         "bank"
     )
     assert any(k.startswith("terms.fd.heads") for k in single["grads"]) == case.startswith("fd")
+    heads = any(k.startswith("terms.distill-nn.heads") for k in single["grads"])
+    assert heads == case.startswith("dnn")
     for name, grad in single["grads"].items():
         torch.testing.assert_close(ddp["grads"][name], grad, atol=1e-5, rtol=1e-4, msg=name)
     for name, value in single["memory"].items():

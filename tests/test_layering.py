@@ -33,6 +33,7 @@ STAGES = [
             "clip_ping.models",
             "clip_ping.losses",
             "clip_ping.memory",
+            "clip_ping.active",
             "clip_ping.guidance",
             "clip_ping",
         ],

@@ -36,7 +36,15 @@ def toy_term():
 
 
 def test_each_method_lists_its_terms_in_the_order_they_add_up():
-    assert methods() == ("clip", "clip-ping", "distill", "distill-fd", "fd", "relational")
+    assert methods() == (
+        "clip",
+        "clip-ping",
+        "distill",
+        "distill-fd",
+        "distill-nn",
+        "fd",
+        "relational",
+    )
     assert method_terms("clip") == [ClipLoss]
     assert method_terms("clip-ping") == [ClipLoss, NeighborLoss]
     assert method_terms("distill") == [ClipLoss, DistillLoss]
@@ -111,7 +119,7 @@ def test_a_terms_own_check_runs_with_the_config():
 @pytest.mark.parametrize(
     ("field", "value", "allowed"),
     [
-        ("loss", "clip-kd", "clip, clip-ping, distill, distill-fd, fd, relational"),
+        ("loss", "clip-kd", "clip, clip-ping, distill, distill-fd, distill-nn, fd, relational"),
         ("neighbor_self", "all", "exclude, only, include"),
         ("neighbor_target", "teacher", "bank, memory"),
         ("neighbor_source", "online", "offline, active"),

@@ -105,8 +105,9 @@ def test_active_search_finds_the_offline_neighbours_of_unchanged_captions(
 ):
     """Captions are not augmented, so the online text search must find neighbours as similar
     as the precomputed table's (indices may differ among exact ties: repeated captions)."""
+    from clip_ping.active import ActiveTeachers
     from clip_ping.bank import Bank
-    from clip_ping.guidance import ActiveTeachers, NeighborGuidance
+    from clip_ping.guidance import NeighborGuidance
 
     image_bank, text_bank = Bank(shapes_banks / "image"), Bank(shapes_banks / "text")
     active = ActiveTeachers(image_bank, text_bank, torch.device("cpu"))
@@ -130,8 +131,8 @@ def test_active_search_finds_the_offline_neighbours_of_unchanged_captions(
 
 
 def test_active_source_needs_an_image_teacher_it_can_run(shapes_banks):
+    from clip_ping.active import ActiveTeachers
     from clip_ping.bank import Bank
-    from clip_ping.guidance import ActiveTeachers
 
     text_bank = Bank(shapes_banks / "text")  # MiniLM: embeds captions, not pixels
     with pytest.raises(ValueError, match="supports efficientnet-lite0 banks, not minilm"):

@@ -33,6 +33,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from .active import ActiveTeachers
 from .bank import Bank, search_vectors
 from .losses.neighbor import NeighborTargets
 from .memory import StudentMemory
@@ -64,8 +65,9 @@ class DrawnNeighbors:
     neighbours' sample indices), ``image_ok``, ``text_ok`` (1 where usable, 0 where every
     candidate was skipped in a bank). ``image_bank_rows`` ``(B, 2, D_I)`` and
     ``text_bank_rows`` ``(B, 2, D_T)``: the :func:`neighbor_rows` of both neighbours in each
-    bank, read by the loader in ``bank`` mode (None otherwise). Three tensors rather than
-    one per field: each costs a transfer from the loader's worker.
+    bank, read by the loader in ``bank`` mode (None otherwise); ``(B, 3, D)`` with the
+    anchors' own rows third (guidance ``own_rows``). Three tensors rather than one per
+    field: each costs a transfer from the loader's worker.
     """
 
     ids: torch.Tensor
@@ -101,12 +103,15 @@ class DrawnNeighbors:
         pin = lambda x: None if x is None else x.pin_memory()  # noqa: E731
         return DrawnNeighbors(pin(self.ids), pin(self.image_bank_rows), pin(self.text_bank_rows))
 
-    def with_rows(self, image_bank: np.ndarray, text_bank: np.ndarray) -> DrawnNeighbors:
-        """A copy with both neighbours' rows read from the ``(N, D)`` banks."""
+    def with_rows(
+        self, image_bank: np.ndarray, text_bank: np.ndarray, anchors: torch.Tensor | None = None
+    ) -> DrawnNeighbors:
+        """A copy with both neighbours' rows read from the ``(N, D)`` banks (and the rows of
+        the ``anchors`` themselves, their sample indices ``(B,)``, when given)."""
         return replace(
             self,
-            image_bank_rows=neighbor_rows(image_bank, self.image, self.text),
-            text_bank_rows=neighbor_rows(text_bank, self.image, self.text),
+            image_bank_rows=neighbor_rows(image_bank, self.image, self.text, anchors),
+            text_bank_rows=neighbor_rows(text_bank, self.image, self.text, anchors),
         )
 
 
@@ -116,11 +121,15 @@ def _rows(table: np.ndarray, indices: torch.Tensor) -> torch.Tensor:
 
 
 def neighbor_rows(
-    bank: np.ndarray, image_nbr: torch.Tensor, text_nbr: torch.Tensor
+    bank: np.ndarray,
+    image_nbr: torch.Tensor,
+    text_nbr: torch.Tensor,
+    anchors: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``(B, 2, D)``: the rows of each anchor's image neighbour and caption neighbour in the
-    ``(N, D)`` ``bank``, in one read."""
-    return _rows(bank, torch.stack([image_nbr, text_nbr], 1))
+    ``(N, D)`` ``bank``, in one read; ``(B, 3, D)`` with the ``anchors``' own rows third."""
+    columns = [image_nbr, text_nbr] + ([anchors.cpu().long()] if anchors is not None else [])
+    return _rows(bank, torch.stack(columns, 1))
 
 
 def targets_from_rows(
@@ -128,9 +137,14 @@ def targets_from_rows(
     text_nbr: torch.Tensor,
     image_rows: torch.Tensor,
     text_rows: torch.Tensor,
+    anchors: torch.Tensor | None = None,
 ) -> NeighborTargets:
     """``bank`` targets from the :func:`neighbor_rows` of the image and the text bank: NN
-    image and XNN text in the image bank, XNN image and NN text in the text bank."""
+    image and XNN text in the image bank, XNN image and NN text in the text bank (and the
+    anchors' own rows, with their sample indices ``anchors``, where the rows hold them)."""
+    own = image_rows.shape[1] == 3
+    if own and anchors is None:
+        raise ValueError("rows with the anchors' own rows need the anchors' indices")
     return NeighborTargets(
         image_nbr,
         text_nbr,
@@ -138,6 +152,9 @@ def targets_from_rows(
         nn_text=text_rows[:, 1].contiguous(),
         xnn_image=text_rows[:, 0].contiguous(),
         xnn_text=image_rows[:, 1].contiguous(),
+        anchors=anchors.cpu().long() if own else None,
+        own_image=image_rows[:, 2].contiguous() if own else None,
+        own_text=text_rows[:, 2].contiguous() if own else None,
     )
 
 
@@ -176,51 +193,6 @@ def memory_targets(
     )
 
 
-def active_image_size(image_bank: Bank) -> int:
-    """The input size at which the image bank's teacher runs on augmented crops (the active
-    source), or an error naming the bank when it cannot run online."""
-    size = image_bank.teacher_spec.online_image_size
-    if size is None:
-        raise ValueError(
-            f"--neighbor-source active runs the image teacher on the augmented batch; it "
-            f"supports efficientnet-lite0 banks, not {image_bank.teacher} ({image_bank.path})"
-        )
-    return size
-
-
-class ActiveTeachers:
-    """The banks' own teachers, run on the current batch (frozen, no gradients)."""
-
-    def __init__(self, image_bank: Bank, text_bank: Bank, device: torch.device):
-        from .teachers import create_teacher
-
-        image_size = active_image_size(image_bank)
-        self.image = create_teacher(image_bank.teacher, "image", image_size, str(device))
-        self.text = create_teacher(text_bank.teacher, "text", None, str(device))
-        self.image_size, self.device = image_size, device
-
-    @torch.inference_mode()
-    def encode(self, batch: dict) -> tuple[torch.Tensor, ...]:
-        """Unit teacher features of ``batch``: ``teacher_image`` ``(B, 3, s, s)`` (the
-        student's crop of the full-resolution image at the bank's input size, see
-        :class:`~clip_ping.data.transforms.TrainTransform`) and ``caption``."""
-        if "teacher_image" not in batch:
-            raise ValueError(
-                "--neighbor-source active needs the teacher's view of each crop: build the "
-                f"training data with TrainTransform(..., teacher_size={self.image_size})"
-            )
-        pixels = batch["teacher_image"].to(self.device)
-        if pixels.shape[-1] != self.image_size:
-            raise ValueError(
-                f"teacher views of {pixels.shape[-1]} px, but the image bank was built at "
-                f"{self.image_size} px; build the data with teacher_size={self.image_size}"
-            )
-        image = self.image.encode(pixels)
-        captions = batch["caption"]
-        text = self.text.encode(self.text.collate([self.text.preprocess(c) for c in captions]))
-        return image, text
-
-
 class NeighborGuidance:
     """Neighbour tables + targets for ``bank`` or ``memory`` mode.
 
@@ -236,6 +208,10 @@ class NeighborGuidance:
             ``include`` (the anchor is drawn beside its top-``k``, uniformly among k + 1).
         check_tables: check every index of the tables (one pass over them); False in the
             loader's workers, which reopen tables the training process has checked.
+        own_rows: read each anchor's own teacher rows too, beside its neighbours'
+            (:attr:`~clip_ping.losses.NeighborTargets.own_image`; ``bank`` targets from the
+            ``offline`` tables only): for terms that use both, as distillation plus
+            neighbours.
     """
 
     def __init__(
@@ -249,10 +225,13 @@ class NeighborGuidance:
         active: ActiveTeachers | None = None,
         self_targets: str = "exclude",
         check_tables: bool = True,
+        own_rows: bool = False,
     ):
         if self_targets not in SELF_TARGETS:
             raise ValueError(f"self_targets={self_targets!r}: choose one of {SELF_TARGETS}")
-        self.self_targets = self_targets
+        if own_rows and (target != "bank" or active is not None):
+            raise ValueError("own rows are read with bank targets from the offline tables only")
+        self.self_targets, self.own_rows = self_targets, own_rows
         self.image_bank, self.text_bank, self.k, self.target = image_bank, text_bank, k, target
         self.memory, self.seed, self.active = memory, seed, active
         # A sample skipped in either bank (a zero row there) is never a neighbour.
@@ -331,6 +310,7 @@ class NeighborGuidance:
             seed=self.seed,
             self_targets=self.self_targets,
             read_targets=self.target == "bank",
+            own_rows=self.own_rows,
         )
 
     def targets(self, batch: dict, epoch: int, device: torch.device | str) -> NeighborTargets:
@@ -344,13 +324,16 @@ class NeighborGuidance:
         if self.target == "memory":
             targets = memory_targets(self.memory, drawn.image, drawn.text)
         else:
+            anchors = batch["index"] if self.own_rows else None
             if drawn.image_bank_rows is None:
-                drawn = drawn.with_rows(self.image_features, self.text_features)
+                drawn = drawn.with_rows(self.image_features, self.text_features, anchors)
             targets = targets_from_rows(
-                drawn.image, drawn.text, drawn.image_bank_rows, drawn.text_bank_rows
+                drawn.image, drawn.text, drawn.image_bank_rows, drawn.text_bank_rows, anchors
             )
         if not (drawn.image_ok.all() and drawn.text_ok.all()):  # every candidate skipped
             targets.mask_unusable(drawn.image_ok, drawn.text_ok)
+        if self.own_rows and len(self.skipped):  # an anchor skipped in a bank: no own target
+            targets.own_valid = ~torch.from_numpy(np.isin(targets.anchors.numpy(), self.skipped))
         return targets.to(device)
 
 
@@ -372,6 +355,7 @@ class NeighborTransform:
     seed: int
     self_targets: str
     read_targets: bool
+    own_rows: bool = False
 
     def __post_init__(self):
         self._guidance: NeighborGuidance | None = None
@@ -389,6 +373,7 @@ class NeighborTransform:
                 seed=self.seed,
                 self_targets=self.self_targets,
                 check_tables=False,
+                own_rows=self.own_rows,
             )
         return self._guidance
 
@@ -396,5 +381,6 @@ class NeighborTransform:
         guidance = self._open()
         drawn = guidance.draw(batch["index"], epoch)
         if self.read_targets:
-            drawn = drawn.with_rows(guidance.image_features, guidance.text_features)
+            anchors = batch["index"] if self.own_rows else None
+            drawn = drawn.with_rows(guidance.image_features, guidance.text_features, anchors)
         return {**batch, "neighbors": drawn}

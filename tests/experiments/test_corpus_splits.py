@@ -200,7 +200,9 @@ def test_no_val_or_test_caption_occurs_in_train_and_sets_are_caption_unique(side
 
 
 def test_openmoji_stays_out_and_zeroshot_splits_by_concept(corpus, sides):
-    assert not any("openmoji" in r["filepath"] for rows in sides.values() for r in rows)
+    for name, rows in sides.items():  # OpenMoji only in its own (off-style) sets
+        in_openmoji = ["openmoji" in r["filepath"] for r in rows]
+        assert all(in_openmoji) if name.endswith("_openmoji") else not any(in_openmoji), name
 
     def starts(name, captions):
         return any(c == name or c.startswith((f"{name}: ", f"{name}, ")) for c in captions)
@@ -212,3 +214,16 @@ def test_openmoji_stays_out_and_zeroshot_splits_by_concept(corpus, sides):
         others = {r["title"] for s, rows in sides.items() if not s.startswith(side) for r in rows}
         for classname in classes:  # a concept of that side, and of no other
             assert starts(classname, captions) and not starts(classname, others), classname
+
+
+def test_the_off_style_sets_are_the_splits_concepts_in_a_style_never_trained_on(corpus, sides):
+    groups = {r["key"]: r["split"] for r in read_csv(corpus / "groups.csv")}
+    for split in ("val", "test"):
+        off = sides[f"{split}_openmoji"]
+        assert len(off) > 100 and all(groups[r["key"]] == split for r in off)
+        # The captions are the split's own emoji captions (its base emoji's, as trained
+        # styles caption it): the same texts in another style.
+        in_style = {r["title"] for s in ("google", "twitter") for r in sides[f"{split}_{s}"]}
+        assert {r["title"] for r in off} <= in_style
+    meta = json.loads((corpus / "corpus.json").read_text())
+    assert meta["counts"]["off_style_near_duplicates_left_out"] >= 1  # plain squares

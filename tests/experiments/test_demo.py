@@ -10,7 +10,7 @@ from clip_ping.bank import Bank
 from clip_ping.cli import build_parser
 from clip_ping.data.loader import DataSpec, read_captions
 from clip_ping.evaluation.run import result_path
-from clip_ping.experiments.demo import run_demo
+from clip_ping.experiments.demo import prepare_data, run_demo
 from clip_ping.experiments.demo_data import DemoData, DemoSize
 from clip_ping.experiments.runs import run_variants
 
@@ -69,6 +69,7 @@ def test_demo_writes_summary_report_and_figures_then_reuses_its_stages(tmp_path)
         ("retrieval", "test_google"),
         ("retrieval", "test_twitter"),
         ("retrieval", "test_clipart"),
+        ("retrieval", "test_openmoji"),  # off-style: a style never trained on
         ("zeroshot", "unseen"),
         ("zeroshot", "seen"),
         ("zeroshot", "subgroups"),
@@ -108,6 +109,15 @@ def test_demo_writes_summary_report_and_figures_then_reuses_its_stages(tmp_path)
         run_variants(data, too_big, plan, out)
     logs = [(out / name / "console.log").read_text() for _, _, name in plan]
     assert any("--batch-size 100000" in log for log in logs)
+
+    # A corpus built anew (here: other options) makes new image files, so the banks of the
+    # old one are rebuilt rather than refused as stale.
+    smaller = dataclasses.replace(TINY, max_clipart=TINY.max_clipart - 10)
+    data = prepare_data(out, smaller)
+    for modality in ("image", "text"):
+        bank = Bank(data.bank(modality))
+        assert len(bank) == data.train_rows() and bank.neighbors()[0].shape[0] == len(bank)
+        bank.check_dataset(DataSpec(str(data.train)))
 
 
 def test_demo_command_is_the_demo_only():

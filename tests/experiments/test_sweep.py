@@ -1,6 +1,6 @@
 """The sweeps' plans, run names and tables (no training: metrics are made up)."""
 
-from clip_ping.experiments.demo_data import FULL, retrieval_keys
+from clip_ping.experiments.demo_data import FULL, OFF_STYLE_SOURCES, retrieval_keys
 from clip_ping.experiments.sweep import (
     METHOD_POINTS,
     RECIPE_POINTS,
@@ -56,10 +56,19 @@ def test_sweep_table_gives_mean_spread_and_marks_the_best_per_method():
         if point in score:
             value = score[point] + 0.01 * run.seed + (0.05 if method == "clip-ping" else 0)
             metrics[run.name] = {k: value for k in retrieval_keys("val")}
+            if run.seed == 0:  # off-style: half the in-style value, seed 0 only evaluated
+                off = retrieval_keys("val", OFF_STYLE_SOURCES)
+                metrics[run.name].update({k: value / 2 for k in off})
     table = sweep_table(plan, metrics)
-    assert "| lr 5e-4 | 0.2050 ± 0.0071 (n=2) **best** | 0.2550 ± 0.0071 (n=2) **best** |" in table
-    assert "| starting recipe | 0.1050 ± 0.0071 (n=2) | 0.1550 ± 0.0071 (n=2) |" in table
-    assert "| batch 64 | — | — |" in table  # not run yet
+    assert (
+        "| lr 5e-4 | 0.2050 ± 0.0071 (n=2) **best** | 0.1000 (n=1) "
+        "| 0.2550 ± 0.0071 (n=2) **best** | 0.1250 (n=1) |"
+    ) in table
+    assert (
+        "| starting recipe | 0.1050 ± 0.0071 (n=2) | 0.0500 (n=1) "
+        "| 0.1550 ± 0.0071 (n=2) | 0.0750 (n=1) |"
+    ) in table
+    assert "| batch 64 | — | — | — | — |" in table  # not run yet
 
 
 def test_the_best_point_is_judged_on_the_seeds_every_point_has():
@@ -72,9 +81,9 @@ def test_the_best_point_is_judged_on_the_seeds_every_point_has():
     }
     table = sweep_table(plan, metrics)
     # lr 5e-4 has the higher mean (0.22) only through its extra seed: seed 0 decides.
-    assert "| starting recipe | 0.2000 (n=1) **best** |" in table
-    assert "| lr 5e-4 | 0.2200 ± 0.0424 (n=2) |" in table
-    assert "the highest mean over the seeds every point has (seeds 0)" in table
+    assert "| starting recipe | 0.2000 (n=1) **best** | — |" in table
+    assert "| lr 5e-4 | 0.2200 ± 0.0424 (n=2) | — |" in table
+    assert "the highest in-style mean over the seeds every point has (seeds 0)" in table
 
 
 def test_a_sweep_table_from_the_runs_finished_so_far(tmp_path):
@@ -111,3 +120,16 @@ def test_a_sweep_table_from_the_runs_finished_so_far(tmp_path):
     assert "| batch 64 | — | — |" in table  # trained but not evaluated: not in the table
     text = md.read_text()
     assert "old" not in text and text.endswith("rest\n") and "| starting recipe | 0.1000" in text
+
+
+def test_the_family_sweep_trains_each_point_s_own_method_beside_the_baselines():
+    plan = sweep_plan("family", FULL, seeds=2)
+    variants = {point: run.variant for point, _, run in plan}
+    assert variants["CLIP"] == "clip" and variants["CLIP-PING (defaults)"] == "clip-ping"
+    assert variants["fd, λ_FD = 4"] == "fd" and variants["relational, τ_R = 0.02"] == "relational"
+    names = {(point, run.seed): run.name for point, _, run in plan}
+    # The baselines are the very runs the recipe and method sweeps name: reused, not retrained.
+    assert names[("CLIP-PING (defaults)", 1)] == run_slug("clip-ping", FULL, {}, 1)
+    assert names[("fd, λ_FD = 4", 0)] == run_slug("fd", FULL, {"fd_weight": 4.0}, 0)
+    assert len(set(names.values())) == len(plan)  # every run has its own folder
+    assert all("variant" not in run.settings for _, _, run in plan)

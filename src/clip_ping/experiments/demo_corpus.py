@@ -16,13 +16,16 @@ Open Clip Art Library drawings (Debian). Splits (:mod:`.corpus_splits`, :mod:`.g
   test groups: a new concept in a new style), over the names of the **seen** concepts (the
   training groups: a known concept in a new style), and over CLDR **subgroups**
   (``face-smiling`` → ``face smiling``, every concept; subgroups with fewer than 5 drawings
-  dropped).
+  dropped), and retrieval over ``{val,test}_openmoji``: the OpenMoji drawing of each
+  concept of the split with the caption its base emoji has in the trained styles (off-style
+  retrieval: the same concepts and texts as ``{val,test}_google``, in a style never seen).
 
 Layout under ``out`` (CSV paths are relative to the CSV's folder)::
 
     images/emoji/{google,twitter}/<stem>.png, images/openmoji/<hex>.png   64×64 RGB
     images/clipart/<category path>.png                128×128 RGB, fitted on white
     train.csv, {val,test}_{google,twitter,clipart}.csv   filepath,title,key,source
+    {val,test}_openmoji.csv                          the same columns: off-style retrieval
     groups.csv                                       key,group,split of every row
     zeroshot/{unseen,seen,subgroups}/test.csv        filepath,label,key
     zeroshot/{unseen,seen,subgroups}/{classnames,templates}.txt
@@ -47,8 +50,6 @@ Built from the packages ``make assets`` fetches (so not offline on a fresh check
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import shutil
@@ -77,14 +78,22 @@ from .corpus_splits import (
 from .demo_images import convert_images, corpus_rows, openmoji_image
 from .emoji import EMOJI_IMAGE_SIZE, EMOJI_STYLES, load_concepts
 from .groups import NEAR_DUPLICATE_THRESHOLD
+from .openmoji_sets import (
+    OFF_STYLE,
+    TEMPLATES,
+    ZEROSHOT_SETS,
+    write_csv,
+    write_off_style_sets,
+    write_zeroshot_sets,
+)
 
 FORMAT = "clip-ping-demo-corpus"
-FORMAT_VERSION = 3  # 1: two splits of concepts and drawings; 2: before the same-name rule
-CSV_COLUMNS = ["filepath", "title", "key", "source"]
-EVAL_SETS = tuple(f"{split}_{source}" for split in SPLITS[1:] for source in EVAL_SOURCES)
-ZEROSHOT_SETS = ("unseen", "seen", "subgroups")
-MIN_SUBGROUP_IMAGES = 5
-TEMPLATES = ("an emoji of {}.", "a {} emoji.", "{}.", "an icon of {}.")
+# 1: two splits of concepts and drawings; 2: before the same-name rule; 3: no OpenMoji
+# retrieval sets
+FORMAT_VERSION = 4
+EVAL_SETS = tuple(
+    f"{split}_{source}" for split in SPLITS[1:] for source in (*EVAL_SOURCES, OFF_STYLE)
+)
 CAPTION_RECIPE = (
     "emoji: lowercased CLDR label (emojibase; emoji.json name where missing), then the CLDR "
     "keywords and emoji.json short names, de-duplicated; variants use their own label "
@@ -100,7 +109,10 @@ GROUP_RULE = (
 )
 EVAL_RULE = (
     "one set per split and source (google, twitter, clipart); clip-art keeps one drawing per "
-    "group; a caption text already in the set is left out: one caption per image, unique texts"
+    "group; a caption text already in the set is left out: one caption per image, unique texts. "
+    "Off-style: one set per split of the OpenMoji drawings of its emoji concepts (never "
+    "trained on), each captioned as its concept's base emoji; a drawing that is a near-duplicate "
+    "of a training image is left out"
 )
 
 
@@ -110,29 +122,6 @@ def _subset(items: list, name: Callable[[Any], str], limit: int | None, seed: in
         return items
     ranked = sorted(items, key=lambda item: unit_hash(seed, "subset", name(item)))[:limit]
     return sorted(ranked, key=name)
-
-
-def _write_csv(path: Path, rows: list[dict], columns: list[str] = CSV_COLUMNS) -> int:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(sorted(rows, key=lambda row: row["key"]))
-    atomic_write_text(path, buffer.getvalue())
-    return len(rows)
-
-
-def _write_zeroshot(folder: Path, items: list[tuple[Path, str]]) -> dict:
-    """``items`` = (image path from ``out``, class name) → test.csv + names + templates."""
-    classnames = sorted({name for _, name in items})
-    label = {name: i for i, name in enumerate(classnames)}
-    rows = [
-        {"filepath": f"../../{p.as_posix()}", "label": label[n], "key": f"openmoji/{p.stem}"}
-        for p, n in items
-    ]
-    _write_csv(folder / "test.csv", rows, ["filepath", "label", "key"])
-    atomic_write_text(folder / "classnames.txt", "".join(f"{n}\n" for n in classnames))
-    atomic_write_text(folder / "templates.txt", "".join(f"{t}\n" for t in TEMPLATES))
-    return {"images": len(rows), "classes": len(classnames)}
 
 
 def _files(out: Path) -> dict[str, str]:
@@ -211,28 +200,19 @@ def build_demo_corpus(
         rows, signatures = [rows[i] for i in keep], signatures[keep]
     groups, links = link_groups(rows, signatures)
     split = {group: split_of(group, seed) for group in groups}
-    counts, left_out = _write_splits(tmp, rows, groups, split)
-    zeroshot = _write_zeroshot_sets(tmp, rows, groups, split, openmoji)
-    group_split = Counter(split.values())
-    group_kinds = Counter(
-        (split[g], "clipart" if r.kind == "clipart" else "emoji")
-        for r, g in zip(rows, groups, strict=True)
+    off_style, off_style_groups = write_off_style_sets(
+        tmp, rows, groups, split, openmoji, signatures
     )
+    counts, left_out = _write_splits(tmp, rows, groups, split, off_style_groups)
+    counts.update(off_style)
+    zeroshot = write_zeroshot_sets(tmp, rows, groups, split, openmoji)
     counts.update(
-        {
+        _build_counts(rows, groups, split, zeroshot, links, left_out, dropped_clipart)
+        | {
             "concepts": len(concepts),
             "emoji_images_per_style": sum(len(c.variants) for c in concepts),
             "emoji_variants_dropped": dropped_variants,
             "openmoji_images": len(openmoji),
-            # Drops are counted over the whole package, before --max-clipart subsets the rest.
-            "clipart_kept": sum(r.kind == "clipart" for r in rows),
-            "clipart_dropped": sum(dropped_clipart.values()),
-            "clipart_dropped_by_reason": dict(sorted(dropped_clipart.items())),
-            "groups": {s: group_split[s] for s in SPLITS},
-            "rows_by_split_and_kind": {f"{s}/{k}": n for (s, k), n in sorted(group_kinds.items())},
-            "group_links": dict(links),
-            "eval_rows_left_out": left_out,
-            **{f"zeroshot_{n}_classes": z["classes"] for n, z in zeroshot.items()},
         }
     )
     source_counts = _source_counts(counts, len(openmoji), len(concepts), len(drawings))
@@ -241,6 +221,26 @@ def build_demo_corpus(
     atomic_write_text(tmp / "corpus.json", json.dumps(meta, indent=2) + "\n")  # last: complete
     _swap_in(tmp, out)
     return {**_files(out), "counts": counts, "cached": False}
+
+
+def _build_counts(rows, groups, split, zeroshot, links, left_out, dropped_clipart) -> dict:
+    """The corpus's counts of kept and dropped clip-art, groups, links and evaluation sets."""
+    group_split = Counter(split.values())
+    group_kinds = Counter(
+        (split[g], "clipart" if r.kind == "clipart" else "emoji")
+        for r, g in zip(rows, groups, strict=True)
+    )
+    return {
+        # Drops are counted over the whole package, before --max-clipart subsets the rest.
+        "clipart_kept": sum(r.kind == "clipart" for r in rows),
+        "clipart_dropped": sum(dropped_clipart.values()),
+        "clipart_dropped_by_reason": dict(sorted(dropped_clipart.items())),
+        "groups": {s: group_split[s] for s in SPLITS},
+        "rows_by_split_and_kind": {f"{s}/{k}": n for (s, k), n in sorted(group_kinds.items())},
+        "group_links": dict(links),
+        "eval_rows_left_out": left_out,
+        **{f"zeroshot_{n}_classes": z["classes"] for n, z in zeroshot.items()},
+    }
 
 
 def _load_sources(folders: dict[str, Path], max_concepts, max_clipart, seed: int) -> tuple:
@@ -257,42 +257,24 @@ def _load_sources(folders: dict[str, Path], max_concepts, max_clipart, seed: int
     return concepts, dropped_variants, drawings, dropped_clipart
 
 
-def _write_splits(tmp: Path, rows: list[Row], groups: list, split: dict) -> tuple[dict, Any]:
-    """``train.csv``, the evaluation sets and ``groups.csv``; the row counts of the first two
-    and the evaluation rows left out."""
+def _write_splits(
+    tmp: Path, rows: list[Row], groups: list, split: dict, more_groups: list[dict]
+) -> tuple[dict, Any]:
+    """``train.csv``, the evaluation sets and ``groups.csv`` (with ``more_groups``, the
+    off-style rows' entries); the row counts of the first two and the evaluation rows left
+    out."""
     pairs = list(zip(rows, groups, strict=True))
     train = [r.csv_row() for r, g in pairs if split[g] == "train"]
-    counts: dict = {"train_rows": _write_csv(tmp / "train.csv", train)}
+    counts: dict = {"train_rows": write_csv(tmp / "train.csv", train)}
     eval_sets, left_out = evaluation_sets(rows, groups, split)
     for name, members in eval_sets.items():
-        counts[f"{name}_rows"] = _write_csv(tmp / f"{name}.csv", [r.csv_row() for r in members])
-    _write_csv(
+        counts[f"{name}_rows"] = write_csv(tmp / f"{name}.csv", [r.csv_row() for r in members])
+    write_csv(
         tmp / "groups.csv",
-        [{"key": r.key, "group": g, "split": split[g]} for r, g in pairs],
+        [{"key": r.key, "group": g, "split": split[g]} for r, g in pairs] + more_groups,
         columns=["key", "group", "split"],
     )
     return counts, left_out
-
-
-def _write_zeroshot_sets(tmp: Path, rows: list[Row], groups: list, split: dict, openmoji) -> dict:
-    """The three OpenMoji zero-shot sets (module docstring); each one's image and class count."""
-    side_of_concept = {r.concept: split[g] for r, g in zip(rows, groups, strict=True) if r.concept}
-    zeroshot_items = {
-        "unseen": [c for c, _ in openmoji if side_of_concept[c.base] == "test"],
-        "seen": [c for c, _ in openmoji if side_of_concept[c.base] == "train"],
-    }
-    zeroshot = {
-        name: _write_zeroshot(
-            tmp / "zeroshot" / name, [(openmoji_image(c.openmoji), c.label) for c in items]
-        )
-        for name, items in zeroshot_items.items()
-    }
-    subgroups = [(openmoji_image(c.openmoji), c.subgroup.replace("-", " ")) for c, _ in openmoji]
-    sizes = Counter(name for _, name in subgroups)
-    zeroshot["subgroups"] = _write_zeroshot(
-        tmp / "zeroshot" / "subgroups", [i for i in subgroups if sizes[i[1]] >= MIN_SUBGROUP_IMAGES]
-    )
-    return zeroshot
 
 
 def _source_counts(counts: dict, openmoji: int, concepts: int, drawings: int) -> dict[str, int]:

@@ -42,10 +42,19 @@ from .stats import (  # noqa: F401 - the page's statistics, imported from here t
 
 
 def with_mean_recall(runs: Runs, split: str) -> Runs:
-    """``runs`` with the split's mean recall added as ``mean_recall/<split>``."""
-    from .demo_data import mean_recall
+    """``runs`` with the split's mean recall added as ``mean_recall/<split>``, and its
+    off-style mean recall (OpenMoji) as ``off_style_recall/<split>`` where evaluated."""
+    from .demo_data import mean_recall, off_style_recall
 
-    return {s: {**m, f"mean_recall/{split}": mean_recall(m, split)} for s, m in runs.items()}
+    def added(metrics: dict[str, float]) -> dict[str, float]:
+        out = {**metrics, f"mean_recall/{split}": mean_recall(metrics, split)}
+        try:
+            out[f"off_style_recall/{split}"] = off_style_recall(metrics, split)
+        except KeyError:  # evaluated before the off-style sets existed
+            pass
+        return out
+
+    return {s: added(m) for s, m in runs.items()}
 
 
 def headline_table(clip: Runs, ping: Runs, keys: Sequence[str]) -> str:
@@ -57,7 +66,7 @@ def headline_table(clip: Runs, ping: Runs, keys: Sequence[str]) -> str:
         diffs = paired_diffs(ping, clip, key)
         clip_mean, clip_std = mean_std([r[key] for r in clip.values()])
         ping_mean, ping_std = mean_std([r[key] for r in ping.values()])
-        name = f"**{key}**" if key.startswith("mean_recall") else key
+        name = f"**{key}**" if key.startswith(("mean_recall", "off_style_recall")) else key
         rows.append(
             f"| {name} | {clip_mean:.4f} ± {clip_std:.4f} | {ping_mean:.4f} ± {ping_std:.4f} | "
             f"{_interval_cell(diffs)} | {verdict(diffs)} |"
@@ -227,7 +236,7 @@ def readme_rows(final: dict[str, Runs], summary: dict, markdown: Path) -> str:
 
     clip = with_mean_recall(final["clip"], "test")
     ping = with_mean_recall(final["clip-ping"], "test")
-    keys = ["mean_recall/test"]
+    keys = ["mean_recall/test", "off_style_recall/test"]
     keys += [
         f"retrieval/test_{s}/{d}_R@1"
         for s in RETRIEVAL_SOURCES
@@ -246,7 +255,8 @@ def result_keys(metrics: dict[str, float]) -> list[str]:
     """The headline number, then every test retrieval R@1/R@5, zero-shot and probe metric."""
     from .demo import demo_keys
 
-    return ["mean_recall/test", *demo_keys({"run": metrics})]
+    off = ["off_style_recall/test"] if "off_style_recall/test" in metrics else []
+    return ["mean_recall/test", *off, *demo_keys({"run": metrics})]
 
 
 def render_results(

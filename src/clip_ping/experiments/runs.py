@@ -40,6 +40,7 @@ VARIANTS: dict[str, dict] = {
     "fd": {"loss": "fd"},
     "distill-fd": {"loss": "distill-fd"},
     "relational": {"loss": "relational"},
+    "distill-nn": {"loss": "distill-nn"},
     # Not a student: the frozen teachers with trained heads (the ceiling), trained on the
     # banks' rows; no evaluation during training (the teachers would run at every epoch).
     "ceiling": {"loss": "clip", "model": "locked-teachers", "val_frequency": 0},

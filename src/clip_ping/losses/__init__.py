@@ -7,7 +7,7 @@ order they add up.
 Examples:
     >>> from clip_ping.losses import method_terms, methods
     >>> methods()
-    ('clip', 'clip-ping', 'distill', 'distill-fd', 'fd', 'relational')
+    ('clip', 'clip-ping', 'distill', 'distill-fd', 'distill-nn', 'fd', 'relational')
     >>> [term.name for term in method_terms("clip-ping")]
     ['clip', 'neighbor']
 """

@@ -33,7 +33,9 @@ class TermInputs:
     ``logit_scale``: scalar; ``targets``: the anchors' neighbour targets (a
     :class:`~clip_ping.losses.neighbor.NeighborTargets`, or None without guidance);
     ``ramp``: the guidance warm-up weight in ``[0, 1]``; ``grad_rows``: ``(B,)`` bool under
-    gradient accumulation (the rows this pass trains), else None.
+    gradient accumulation (the rows this pass trains), else None; ``progress``: the share of
+    the run's optimiser steps done before this one, in ``[0, 1)`` (0 where the length of
+    the run is not known).
     """
 
     image_features: torch.Tensor
@@ -42,6 +44,7 @@ class TermInputs:
     targets: Any = None
     ramp: float = 1.0
     grad_rows: torch.Tensor | None = None
+    progress: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,12 @@ class NeighborTargets:
     In ``bank`` mode a target is the neighbour's frozen teacher feature; in ``memory``
     mode its latest student embedding. ``*_valid``: ``(B,)`` bool, False where a memory
     row was never written (``None``: all valid).
+
+    ``own_image`` ``(B, D_I)`` and ``own_text`` ``(B, D_T)``: each anchor's own teacher
+    features u_k and v_k, where a term asks for them besides the neighbours' (guidance
+    ``own_rows``; None otherwise), with ``anchors`` ``(B,)`` (the anchors' sample indices)
+    and ``own_valid`` ``(B,)`` (False where the anchor is skipped in a bank; None: all
+    valid). :meth:`own` gives them as targets of their own.
     """
 
     image_neighbors: torch.Tensor
@@ -49,6 +55,29 @@ class NeighborTargets:
     nn_text_valid: torch.Tensor | None = None
     xnn_image_valid: torch.Tensor | None = None
     xnn_text_valid: torch.Tensor | None = None
+    anchors: torch.Tensor | None = None
+    own_image: torch.Tensor | None = None
+    own_text: torch.Tensor | None = None
+    own_valid: torch.Tensor | None = None
+
+    def own(self) -> NeighborTargets:
+        """The anchors' own teacher features as targets (every anchor its own neighbour:
+        intra-modal u_k and v_k, cross-modal v_k for the image and u_k for the caption)."""
+        if self.own_image is None or self.own_text is None or self.anchors is None:
+            raise ValueError("these targets carry no own rows: draw them with own_rows=True")
+        valid = self.own_valid
+        return NeighborTargets(
+            self.anchors,
+            self.anchors,
+            nn_image=self.own_image,
+            nn_text=self.own_text,
+            xnn_image=self.own_text,
+            xnn_text=self.own_image,
+            nn_image_valid=valid,
+            nn_text_valid=valid,
+            xnn_image_valid=valid,
+            xnn_text_valid=valid,
+        )
 
     def mask_unusable(self, image_ok: torch.Tensor, text_ok: torch.Tensor) -> None:
         """Mark the targets of unusable image (``image_ok`` False, ``(B,)``) and caption
@@ -72,7 +101,7 @@ class NeighborTargets:
             if all(v is None for v in values):
                 merged[f.name] = None
                 continue
-            if any(v is None for v in values):  # some parts all valid
+            if any(v is None for v in values):  # some parts all valid (masks only)
                 values = [
                     torch.ones(len(part.image_neighbors), dtype=torch.bool) if v is None else v
                     for part, v in zip(parts, values, strict=True)

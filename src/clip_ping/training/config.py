@@ -21,6 +21,7 @@ from ..errors import UserError, short_repr
 from ..flags import SEED_RANGE, Range, check_ranges, field_type, flag_name
 from ..guidance import SELF_TARGETS, SOURCES
 from ..losses import TERMS, method_terms, methods
+from ..losses.added import DECAYS
 from ..losses.neighbor import TARGET_MODES
 from ..workers import check_workers
 from .config_file import read_config_file
@@ -166,6 +167,18 @@ class TrainConfig:
         range=Range(0.001, 10),
     )
     neighbor_k: int = _f(5, "draw each step's neighbour among the top K", "loss", range=Range(1))
+    neighbor_weight: float = _f(
+        0.5,
+        "lambda_nbr: weight of the neighbour terms added to distillation (distill-nn)",
+        "loss",
+        range=Range(0),
+    )
+    neighbor_decay: str = _f(
+        "linear",
+        "how the added neighbour weight falls over the run: linear | cosine | none (distill-nn)",
+        "loss",
+        choices=DECAYS,
+    )
     neighbor_target: str = _f(
         "bank", "bank (teacher features) | memory (student)", "loss", choices=TARGET_MODES
     )

@@ -37,9 +37,7 @@ Examples:
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -48,36 +46,10 @@ from ..data.loader import DataSpec
 from ..guidance import NeighborGuidance, NeighborTransform
 from ..losses import LossTerm, NeighborTargets, TermContext, TermInputs, method_terms, total
 from ..memory import StudentMemory
+from .accumulate import Accumulated, accumulate_gradients
 from .config import TrainConfig
 from .features import BankFeatures, FeatureStep, check_feature_training
 from .schedule import neighbor_ramp
-
-
-@dataclass
-class Accumulated:
-    """The rest of an accumulated batch while one micro-batch is recomputed with gradient.
-
-    ``image_features``/``text_features``: every micro-batch's ``(b_i, d)`` embeddings, cached
-    without gradient; ``index``: the micro-batch this pass recomputes; ``targets``: the whole
-    batch's neighbour targets (or None).
-    """
-
-    image_features: list[torch.Tensor]
-    text_features: list[torch.Tensor]
-    index: int
-    targets: NeighborTargets | None = None
-
-    def splice(self, fresh: torch.Tensor, cached: list[torch.Tensor]) -> torch.Tensor:
-        """The whole batch's rows, this pass's micro-batch being ``fresh`` (with gradient)."""
-        return torch.cat([*cached[: self.index], fresh, *cached[self.index + 1 :]])
-
-    def grad_rows(self, device: torch.device) -> torch.Tensor:
-        sizes = [len(part) for part in self.image_features]
-        parts = [
-            torch.full((size,), i == self.index, dtype=torch.bool, device=device)
-            for i, size in enumerate(sizes)
-        ]
-        return torch.cat(parts)
 
 
 class ContrastiveStep(nn.Module):
@@ -104,6 +76,7 @@ class ContrastiveStep(nn.Module):
         targets: NeighborTargets | None = None,
         ramp: float = 1.0,
         accumulated: Accumulated | None = None,
+        progress: float = 0.0,
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         out = self.model(images, texts)
         image, text, scale = out["image_features"], out["text_features"], out["logit_scale"]
@@ -114,49 +87,11 @@ class ContrastiveStep(nn.Module):
             if accumulated.index > 0:  # the scale's gradient counts once per batch (a zero
                 scale = scale.detach() + 0.0 * scale  # here keeps it in DDP's graph)
             grad_rows, targets = accumulated.grad_rows(image.device), accumulated.targets
-        inputs = TermInputs(image, text, scale, targets, ramp, grad_rows)
+        inputs = TermInputs(image, text, scale, targets, ramp, grad_rows, progress)
         values: dict[str, torch.Tensor] = {}
         for term in self.terms.values():
             values.update(term(**term.inputs(inputs)))
         return values, out
-
-
-def accumulate_gradients(
-    step_module: nn.Module,
-    model,
-    inputs: list[tuple[torch.Tensor, torch.Tensor]],
-    targets: NeighborTargets | None,
-    ramp: float,
-    summed: tuple[str, ...],
-    backward: Callable,
-    autocast: Callable = contextlib.nullcontext,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Gradients of one batch given as micro-batches, as open_clip accumulates: every
-    micro-batch ``(images, texts)`` of ``inputs`` is embedded by ``model`` without gradient
-    first; then each is embedded again with gradient by ``step_module``
-    (:class:`ContrastiveStep`, or its DDP wrapper) and scored against the cached embeddings
-    of all the others, so every loss term has the whole batch as negatives. ``targets``: the
-    whole batch's neighbour targets; ``summed``: the names that add up to the loss.
-    ``backward(loss)`` runs after each pass; the passes' gradients sum to those of one pass
-    over the whole batch. ``autocast()``: the student's precision. Returns the last pass's
-    ``(loss, terms)`` (every pass has the whole batch's values) and the cached outputs of
-    the whole batch."""
-    with torch.no_grad(), autocast():
-        cached = [model(images, texts) for images, texts in inputs]
-    images_cached = [c["image_features"] for c in cached]
-    texts_cached = [c["text_features"] for c in cached]
-    for index, (images, texts) in enumerate(inputs):
-        accumulated = Accumulated(images_cached, texts_cached, index, targets)
-        with autocast():
-            terms, _ = step_module(images, texts, None, ramp, accumulated)
-            loss = total(terms, summed)
-        backward(loss)
-    out = {
-        "image_features": torch.cat(images_cached),
-        "text_features": torch.cat(texts_cached),
-        "logit_scale": cached[-1]["logit_scale"],
-    }
-    return loss, terms, out
 
 
 class TrainingTask(nn.Module):
@@ -172,6 +107,8 @@ class TrainingTask(nn.Module):
         inputs: for a model trained on its teachers' bank rows (the locked teachers), the
             loader transform that reads them (:class:`~.features.BankFeatures`); the step
             then embeds rows, not pixels and tokens.
+        total_steps: the run's optimiser steps, for terms whose weight follows the
+            run's progress (None: progress stays 0).
 
     ``state_dict`` keys: ``model.*`` (the student), ``terms.<name>.*`` (the terms' heads),
     ``memory.*`` (student memory). The task is built on its devices: the student and heads
@@ -185,8 +122,10 @@ class TrainingTask(nn.Module):
         guidance: NeighborGuidance | None = None,
         neighbor_warmup: int = 0,
         inputs: BankFeatures | None = None,
+        total_steps: int | None = None,
     ):
         super().__init__()
+        self.total_steps = total_steps
         readers = [name for name, term in terms.items() if "targets" in term.reads]
         if bool(readers) != (guidance is not None):
             raise ValueError(
@@ -269,8 +208,12 @@ class TrainingTask(nn.Module):
         texts = batch["text"].to(device, non_blocking=True)
         targets = self.targets(batch, epoch, device)
         ramp = neighbor_ramp(step, self.neighbor_warmup)
-        terms, out = self.step_module(images, texts, targets, ramp)
+        terms, out = self.step_module(images, texts, targets, ramp, None, self.progress(step))
         return total(terms, self.summed), terms, out
+
+    def progress(self, step: int) -> float:
+        """The share of the run's optimiser steps done before ``step``."""
+        return min(1.0, step / self.total_steps) if self.total_steps else 0.0
 
     def accumulate(
         self,
@@ -300,6 +243,7 @@ class TrainingTask(nn.Module):
             self.summed,
             backward,
             autocast,
+            self.progress(step),
         )
 
     def remember(self, indices: torch.Tensor, out: dict[str, torch.Tensor]) -> None:
@@ -320,8 +264,8 @@ def teacher_view_size(cfg: TrainConfig) -> int | None:
     crop (the training transform's ``teacher_size``); None for other runs."""
     if not reads_targets(cfg) or guidance_settings(cfg)["source"] != "active":
         return None
+    from ..active import active_image_size
     from ..bank import Bank
-    from ..guidance import active_image_size
 
     return active_image_size(Bank(cfg.image_bank))
 
@@ -362,7 +306,7 @@ def create_guidance(cfg: TrainConfig, image_bank, text_bank, embed_dim: int, dev
         memory = StudentMemory(len(image_bank), embed_dim)
     active = None
     if settings["source"] == "active":
-        from ..guidance import ActiveTeachers
+        from ..active import ActiveTeachers
 
         active = ActiveTeachers(image_bank, text_bank, device)
     return NeighborGuidance(
@@ -374,13 +318,17 @@ def create_guidance(cfg: TrainConfig, image_bank, text_bank, embed_dim: int, dev
         seed=cfg.seed,
         active=active,
         self_targets=settings["self_targets"],
+        own_rows=settings.get("own_rows", False),
     )
 
 
-def create_task(cfg: TrainConfig, model, spec: DataSpec, device: torch.device) -> TrainingTask:
+def create_task(
+    cfg: TrainConfig, model, spec: DataSpec, device: torch.device, total_steps: int | None = None
+) -> TrainingTask:
     """The :class:`TrainingTask` of ``cfg`` around ``model`` (already on ``device``): the
     terms of ``--loss``, and, when a term reads neighbour targets, the banks (validated
-    against the training data ``spec`` before any step) and the guidance."""
+    against the training data ``spec`` before any step) and the guidance. ``total_steps``:
+    the run's optimiser steps (for weights that follow its progress)."""
     context, guidance, inputs = TermContext(model.embed_dim), None, None
     if model.trains_on_bank_features:
         check_feature_training(cfg)
@@ -393,4 +341,4 @@ def create_task(cfg: TrainConfig, model, spec: DataSpec, device: torch.device) -
     terms = {
         term.name: term.from_config(cfg, context).to(device) for term in method_terms(cfg.loss)
     }
-    return TrainingTask(model, terms, guidance, cfg.neighbor_warmup, inputs)
+    return TrainingTask(model, terms, guidance, cfg.neighbor_warmup, inputs, total_steps)

@@ -135,7 +135,7 @@ def setup(cfg: TrainConfig, info: DistInfo, folder: RunFolder) -> Run:
     total_steps = steps_per_epoch * cfg.epochs
     if reads_targets(cfg) and (late := ramp_warning(cfg.neighbor_warmup, total_steps)):
         log.warning(late)
-    task = create_task(cfg, model, cfg.data_spec(), info.device)
+    task = create_task(cfg, model, cfg.data_spec(), info.device, total_steps)
     optimizer, scaler = create_optimizer(task, cfg), create_scaler(cfg.precision)
     progress, resumed = Progress(), None
     if checkpoint is not None:
