@@ -133,3 +133,23 @@ def test_the_family_sweep_trains_each_point_s_own_method_beside_the_baselines():
     assert names[("fd, λ_FD = 4", 0)] == run_slug("fd", FULL, {"fd_weight": 4.0}, 0)
     assert len(set(names.values())) == len(plan)  # every run has its own folder
     assert all("variant" not in run.settings for _, _, run in plan)
+
+
+def test_the_family_table_pairs_every_point_with_clip_ping_seed_by_seed():
+    plan = sweep_plan("family", FULL, seeds=3)
+    base = {"CLIP-PING (defaults)": 0.20, "distill": 0.22}
+    metrics = {}
+    for point, _, run in plan:
+        if point in base:
+            value = base[point] + 0.01 * run.seed * (point == "distill")
+            metrics[run.name] = {k: value for k in retrieval_keys("val")}
+            off = retrieval_keys("val", OFF_STYLE_SOURCES)
+            metrics[run.name].update({k: value - 0.1 for k in off})
+    table = sweep_table(plan, metrics, "CLIP-PING (defaults)")
+    header = table.splitlines()[0]
+    assert "student − CLIP-PING (defaults): in-style [95% CI] | off-style [95% CI]" in header
+    (row,) = [line for line in table.splitlines() if line.startswith("| distill |")]
+    # distill − CLIP-PING: +0.02, +0.03, +0.04 on seeds 0-2: mean +0.03, t interval ±0.0248
+    assert row.count("+0.0300 [+0.0052, +0.0548] (n=3)") == 2  # in-style and off-style
+    (ref,) = [line for line in table.splitlines() if line.startswith("| CLIP-PING (defaults) |")]
+    assert ref.endswith("| — | — |")  # no difference to itself

@@ -137,7 +137,7 @@ def render_architectures(
 ) -> str:
     from ..models import create_model
     from .ceiling import fraction_cell
-    from .results import _interval_cell, mean_std, paired_diffs, plot_intervals, verdict
+    from .results import interval_cell, mean_std, paired_diffs, plot_intervals, verdict
     from .results import with_mean_recall as with_mr
 
     key = "mean_recall/test"
@@ -167,7 +167,7 @@ def render_architectures(
         rows.append(
             f"| `{student}` | {family} | {params:.2f}M | {epochs} | "
             f"{chosen[(student, 'clip')]:g} / {chosen[(student, 'clip-ping')]:g} | "
-            f"{c[0]:.4f} ± {c[1]:.4f} | {p[0]:.4f} ± {p[1]:.4f} | {_interval_cell(diffs)} | "
+            f"{c[0]:.4f} ± {c[1]:.4f} | {p[0]:.4f} ± {p[1]:.4f} | {interval_cell(diffs)} | "
             f"{said} | {shares(clip, ping)} |"
         )
     seeds = len(next(iter(forest.values())))

@@ -338,7 +338,7 @@ def _ceiling_cells(point: dict) -> str:
 
 
 def render_curve(scores, pairs, epochs, size, command, figure: Path, markdown: Path) -> str:
-    from .results import _interval_cell, mean_std, verdict
+    from .results import interval_cell, mean_std, verdict
 
     fractions = sorted(scores)
     seeds = len(scores[fractions[0]]["clip"])
@@ -355,7 +355,7 @@ def render_curve(scores, pairs, epochs, size, command, figure: Path, markdown: P
         verdicts.append(verdict(diffs))
         rows.append(
             f"| {pairs[f]:,} | {f:.0%} | {epochs[f]} | {c[0]:.4f} ± {c[1]:.4f} | "
-            f"{p[0]:.4f} ± {p[1]:.4f} | {_interval_cell(diffs)} | {verdicts[-1]} | "
+            f"{p[0]:.4f} ± {p[1]:.4f} | {interval_cell(diffs)} | {verdicts[-1]} | "
             f"{_ceiling_cells(scores[f])} |"
         )
     reads = [ratio_read(scores, pairs, f) for f in (0.25, 0.5) if f in scores]

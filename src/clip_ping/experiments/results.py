@@ -33,7 +33,7 @@ from .markdown import has_section, write_section
 from .stats import (  # noqa: F401 - the page's statistics, imported from here too
     CONFIDENCE,
     Runs,
-    _interval_cell,
+    interval_cell,
     mean_std,
     paired_diffs,
     t_interval,
@@ -69,7 +69,7 @@ def headline_table(clip: Runs, ping: Runs, keys: Sequence[str]) -> str:
         name = f"**{key}**" if key.startswith(("mean_recall", "off_style_recall")) else key
         rows.append(
             f"| {name} | {clip_mean:.4f} ± {clip_std:.4f} | {ping_mean:.4f} ± {ping_std:.4f} | "
-            f"{_interval_cell(diffs)} | {verdict(diffs)} |"
+            f"{interval_cell(diffs)} | {verdict(diffs)} |"
         )
     return "\n".join(rows) + "\n"
 
@@ -88,8 +88,8 @@ def ablation_table(points: dict[str, Runs], clip: Runs, default: str = "defaults
             to_default, said = "—", "—"
         else:
             diffs = paired_diffs(runs, points[default], key)
-            to_default, said = _interval_cell(diffs), verdict(diffs)
-        to_clip = _interval_cell(paired_diffs(runs, clip, key))
+            to_default, said = interval_cell(diffs), verdict(diffs)
+        to_clip = interval_cell(paired_diffs(runs, clip, key))
         rows.append(
             f"| {point} | {len(runs)} | {mean:.4f} ± {std:.4f} | {to_default} | {said} | "
             f"{to_clip} |"

@@ -51,6 +51,6 @@ def verdict(diffs: Sequence[float]) -> str:
     return "no clear difference" if len(diffs) > 1 else "one seed: no interval"
 
 
-def _interval_cell(diffs: Sequence[float]) -> str:
+def interval_cell(diffs: Sequence[float]) -> str:
     mean, low, high = t_interval(diffs)
     return f"{mean:+.4f} [{low:+.4f}, {high:+.4f}]"

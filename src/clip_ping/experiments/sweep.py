@@ -23,6 +23,7 @@ from pathlib import Path
 from ..models import is_exported
 from .demo_data import DemoSize, mean_recall, off_style_recall
 from .runs import VARIANTS, Planned
+from .stats import interval_cell
 
 # The recipe the recipe sweep starts from: the demo's until 2026-11-29.
 RECIPE_START = DemoSize(max_concepts=None, max_clipart=None, epochs=6)
@@ -156,6 +157,8 @@ SWEEPS = {
 }
 # The methods each sweep trains at every point (a variant of .runs.VARIANTS; "student": the
 # point's own ``variant``).
+# The point each point of a sweep is compared with, seed by seed (paired differences).
+SWEEP_REFERENCE = {"family": "CLIP-PING (defaults)"}
 SWEEP_METHODS = {
     "recipe": ("clip", "clip-ping"),
     "method": ("clip-ping",),
@@ -235,21 +238,24 @@ def sweep_plan(
 
 
 def sweep_table(
-    plan: Sequence[tuple[str, str, Planned]], metrics: dict[str, dict[str, float]]
+    plan: Sequence[tuple[str, str, Planned]],
+    metrics: dict[str, dict[str, float]],
+    reference: str | None = None,
 ) -> str:
     """Markdown: one row per point, the val mean recall of each method (mean ± std over
     seeds, n) and its off-style val mean recall (OpenMoji, never trained on; mean over the
     seeds evaluated on it). The best point of a method is marked by its in-style mean over
     the seeds that every point of that method has, so a point with an extra lucky seed does
-    not win by it."""
+    not win by it. With a ``reference`` point, each point's paired difference to it (in- and
+    off-style, over the seeds both have) with its 95% t interval."""
     scores: dict[tuple[str, str], dict[int, float]] = {}
-    off: dict[tuple[str, str], list[float]] = {}
+    off: dict[tuple[str, str], dict[int, float]] = {}
     for point, method, run in plan:
         if run.name in metrics:
             found = metrics[run.name]
             scores.setdefault((point, method), {})[run.seed] = mean_recall(found, "val")
             try:
-                off.setdefault((point, method), []).append(off_style_recall(found, "val"))
+                off.setdefault((point, method), {})[run.seed] = off_style_recall(found, "val")
             except KeyError:  # evaluated before the off-style sets existed
                 pass
     methods = list(dict.fromkeys(method for _, method, _ in plan))
@@ -261,8 +267,10 @@ def sweep_table(
         by_common = {p: statistics.fmean(s[seed] for seed in common[m]) for p, s in done.items()}
         best[m] = max(by_common, key=by_common.get) if common[m] else None
     header = [f"{m} (val mean recall) | {m} off-style" for m in methods]
+    if reference:
+        header += [f"{m} − {reference}: in-style [95% CI] | off-style [95% CI]" for m in methods]
     rows = ["| point | " + " | ".join(header) + " |"]
-    rows.append("|---|" + "---:|---:|" * len(methods))
+    rows.append("|---|" + "---:|---:|" * len(methods) * (2 if reference else 1))
     for point in points:
         cells = []
         for method in methods:
@@ -272,8 +280,11 @@ def sweep_table(
                 continue
             mark = " **best**" if best[method] == point else ""
             cells.append(f"{_mean_std(values)} (n={len(values)}){mark}")
-            away = off.get((point, method), [])
+            away = list(off.get((point, method), {}).values())
             cells.append(f"{_mean_std(away)} (n={len(away)})" if away else "—")
+        for method in methods if reference else ():
+            for table in (scores, off):
+                cells.append(_paired_cell(table, (point, method), (reference, method)))
         rows.append(f"| {point} | " + " | ".join(cells) + " |")
     shared = " / ".join(sorted({", ".join(map(str, c)) or "none" for c in common.values()}))
     rows.append(
@@ -281,6 +292,16 @@ def sweep_table(
         f"{shared}). Off-style: the same runs on `val_openmoji` (a style never trained on)."
     )
     return "\n".join(rows) + "\n"
+
+
+def _paired_cell(table: dict, key: tuple[str, str], reference: tuple[str, str]) -> str:
+    """``mean [low, high]`` of the seed-paired differences ``key − reference`` in ``table``
+    (point, method → seed → score); "—" below 2 shared seeds or for the reference itself."""
+    runs, base = table.get(key, {}), table.get(reference, {})
+    seeds = sorted(set(runs) & set(base))
+    if key == reference or len(seeds) < 2:
+        return "—"
+    return interval_cell([runs[s] - base[s] for s in seeds]) + f" (n={len(seeds)})"
 
 
 def _mean_std(values: list[float]) -> str:
@@ -318,7 +339,9 @@ def run_sweep(
         run_variants(data, size, chosen, out / "sweep", jobs)
     metrics = finished_runs([run for _, _, run in plan], out / "sweep")
     note = "" if len(metrics) == len(plan) else f" ({len(metrics)} of {len(plan)} runs finished)"
-    table = f"Val mean recall, produced by `{command}`{note}:\n\n" + sweep_table(plan, metrics)
+    table = f"Val mean recall, produced by `{command}`{note}:\n\n" + sweep_table(
+        plan, metrics, SWEEP_REFERENCE.get(sweep)
+    )
     if markdown is not None and Path(markdown).is_file():
         write_section(markdown, f"sweep:{sweep}", table)
     print(table)
