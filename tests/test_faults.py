@@ -187,17 +187,18 @@ sys.exit(main(sys.argv[1:]))
 def test_a_full_disk_while_saving_is_a_clear_error_and_keeps_the_previous_checkpoint(
     corpus, tmp_path
 ):
-    cmd = _command(corpus, tmp_path, "full")
+    cmd = _command(corpus, tmp_path, "Full")  # a capital: the message keeps the path's case
     overrides = dict(
         FLAGS,
         train_data=str(corpus / "train.csv"),
         logs=str(tmp_path),
         progress=False,
-        name="full",
+        name="Full",
         stop_after_steps=3,
     )
     train(build_config(overrides=overrides))
-    before = (tmp_path / "full" / "checkpoints" / "latest.pt").read_bytes()
+    checkpoints = tmp_path / "Full" / "checkpoints"
+    before = (checkpoints / "latest.pt").read_bytes()
     # Resume where no file may grow past 4 MiB: the next checkpoint (~26 MB) cannot be written.
     full = subprocess.run(
         [sys.executable, "-c", DISK_FULL, *cmd[3:], "--resume", "latest"],
@@ -208,8 +209,9 @@ def test_a_full_disk_while_saving_is_a_clear_error_and_keeps_the_previous_checkp
     assert full.returncode == 1, full.stderr[-2000:]
     assert "could not write the step-6 checkpoint" in full.stderr
     assert "previous checkpoint from step 3 is intact" in full.stderr
+    assert "File too large); the previous" in full.stderr  # the cause, not torch's words
+    assert f"Free space in {checkpoints}, then continue with --resume latest" in full.stderr
     assert "Traceback" not in full.stderr
-    checkpoints = tmp_path / "full" / "checkpoints"
     assert (checkpoints / "latest.pt").read_bytes() == before
     assert [p.name for p in checkpoints.iterdir()] == ["latest.pt"]  # no half-written file
 

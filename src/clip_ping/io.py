@@ -119,11 +119,32 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
+class _KeepsWriteErrors:
+    """A file whose ``write`` remembers the ``OSError`` it raised: torch's zip writer turns
+    it into a ``RuntimeError`` without its errno (disk full, file too large)."""
+
+    def __init__(self, file: IO[bytes]):
+        self.file, self.error = file, None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     def write(f: IO[bytes]) -> None:
+        kept = _KeepsWriteErrors(f)
         try:
-            torch.save(obj, f)
+            torch.save(obj, kept)
         except RuntimeError as exc:  # torch's zip writer reports a failed write (disk full) so
+            if kept.error is not None:
+                raise kept.error from exc
             raise OSError(f"writing {path} failed ({exc})") from exc
 
     return atomic_write(path, write)

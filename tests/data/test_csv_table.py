@@ -83,9 +83,19 @@ def test_a_label_that_is_not_an_integer_names_file_row_line_and_column(tmp_path)
     lines[4] = "images/0.png,a red circle,cat"
     path = _write(tmp_path / "labels.csv", header, lines)
     expected = r"row 4 \(line 6\) of .*labels\.csv: column 'label' holds 'cat', not an integer"
-    for read in _readers(path).values():
+    readers = {**_readers(path), "training pairs": lambda: CsvDataset(path).labels}
+    for read in readers.values():
         with pytest.raises(ValueError, match=expected):
             read()
+
+
+def test_training_pairs_are_not_refused_over_a_label_they_never_read(tmp_path):
+    header, lines = _pairs(tmp_path, rows=10, label=True)
+    lines[4] = "images/0.png,a red circle,"  # one missing label
+    dataset = CsvDataset(_write(tmp_path / "labels.csv", header, lines), on_bad_sample="error")
+    assert len(dataset) == 10 and dataset[4]["caption"] == "a red circle"
+    with pytest.raises(ValueError, match=r"row 4 \(line 6\) .* holds '', not an integer"):
+        dataset.labels  # noqa: B018 (read where labels are used: evaluation, shard export)
 
 
 def test_a_row_with_more_fields_than_the_header_is_refused(tmp_path):
@@ -119,3 +129,53 @@ def test_clean_quoting_still_reads(tmp_path):
     table = read_csv_table(path)
     assert table.column("title") == ['a "quoted", comma', "two\nlines"]
     assert list(table.lines) == [2, 3] and table.where(1) == f"row 1 (line 3) of {path}"
+
+
+def test_a_stray_quote_pair_in_training_pairs_is_refused_naming_the_lines(tmp_path, capsys):
+    header, lines = _pairs(tmp_path, rows=30, label=True)
+    lines[10] = 'images/0.png,"a red circle,0'  # opened here ...
+    lines[20] = 'images/0.png,a red circle",0'  # ... closed ten rows later: one caption
+    path = _write(tmp_path / "q.csv", header, lines)
+    with pytest.raises(ValueError, match=r"q\.csv, lines 12-22: a quoted field runs over a line"):
+        CsvDataset(path, on_bad_sample="error")
+    assert main(["tokenizer", "train", "--train-data", str(path), "--out", str(tmp_path / "t")])
+    assert "lines 12-22" in capsys.readouterr().err
+    # An evaluation set may still hold a caption with a line break (test_clean_quoting_...).
+    assert len(read_csv_table(path)) == 20
+
+
+def test_a_column_named_twice_is_refused(tmp_path):
+    header, lines = _pairs(tmp_path, rows=5)
+    path = _write(tmp_path / "twice.csv", "filepath,title,title", [f"{x},other" for x in lines])
+    for read in _readers(path).values():
+        with pytest.raises(ValueError, match=r"twice\.csv: .* column 'title' twice \(columns 2"):
+            read()
+
+
+def test_a_nul_byte_in_a_caption_is_refused(tmp_path):
+    header, lines = _pairs(tmp_path, rows=5)
+    lines[3] = "images/0.png,a red\0circle"
+    path = _write(tmp_path / "nul.csv", header, lines)
+    for read in _readers(path).values():
+        with pytest.raises(ValueError, match=r"nul\.csv, line 5: a NUL byte"):
+            read()
+
+
+@pytest.mark.parametrize("separator", ["", ";;", '"', "\n", "\\x"])
+def test_a_separator_that_is_not_one_character_is_named(tmp_path, separator, capsys):
+    header, lines = _pairs(tmp_path, rows=5)
+    path = _write(tmp_path / "pairs.csv", header, lines)
+    with pytest.raises(ValueError, match=r"--csv-separator .* is not a field separator"):
+        CsvDataset(path, separator=separator)
+    argv = ["tokenizer", "train", "--train-data", str(path), "--out", str(tmp_path / "t")]
+    assert main([*argv, "--csv-separator", separator]) == 2
+    assert f"--csv-separator {separator!r} is not" in capsys.readouterr().err
+
+
+def test_a_typed_backslash_t_separator_is_a_tab(tmp_path):
+    header, lines = _pairs(tmp_path, rows=5)
+    path = _write(
+        tmp_path / "pairs.tsv", header.replace(",", "\t"), [x.replace(",", "\t") for x in lines]
+    )
+    dataset = CsvDataset(path, separator="\\t")  # what a shell passes for '\t'
+    assert dataset.captions[4] == "a red circle number 4"

@@ -1,5 +1,6 @@
 import csv
 import json
+import os
 import tarfile
 from pathlib import Path
 
@@ -103,6 +104,17 @@ def test_missing_files_are_named(tmp_path):
     _write_csv(tmp_path / "pairs.csv", ["filepath", "title"], [["gone.png", "x"]])
     with pytest.raises(BadSample, match="gone.png.*row 0.*not found.*--on-bad-sample skip"):
         CsvDataset(tmp_path / "pairs.csv")[0]
+
+
+def test_a_fifo_or_folder_listed_as_an_image_is_a_bad_sample_not_a_hang(tmp_path):
+    os.mkfifo(tmp_path / "f.png")  # open() of a FIFO waits for a writer that never comes
+    (tmp_path / "d.png").mkdir()
+    rows = [["f.png", "a fifo"], ["d.png", "a folder"]]
+    _write_csv(tmp_path / "pairs.csv", ["filepath", "title"], rows)
+    with pytest.raises(BadSample, match=r"'f\.png' \(row 0.*not a regular file"):
+        CsvDataset(tmp_path / "pairs.csv")[0]
+    skipping = CsvDataset(tmp_path / "pairs.csv", on_bad_sample="skip")
+    assert [skipping[i]["bad"].split(" (")[0] for i in (0, 1)] == ["not a regular file"] * 2
 
 
 def test_alpha_is_composited_on_white_in_csv_and_shards(tmp_path):

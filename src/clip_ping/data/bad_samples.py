@@ -18,8 +18,10 @@ from __future__ import annotations
 import io
 import logging
 import os
+import stat
 import warnings
 from pathlib import Path
+from typing import IO
 
 import torch
 from PIL import Image
@@ -64,13 +66,14 @@ def decode_image(source: bytes | str | os.PathLike) -> Image.Image:
         with warnings.catch_warnings():
             # PIL only warns between 1× and 2× its limit; any excess is a bomb to us.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            opened = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
-            with opened as image:
+            with _open(source) as file, Image.open(file) as image:
                 width, height = image.size
                 if width * height > MAX_IMAGE_PIXELS:
                     raise Image.DecompressionBombError(f"{width}×{height} pixels")
                 image.load()
                 return image
+    except BadSample:
+        raise
     except FileNotFoundError:
         raise BadSample("file not found") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -81,6 +84,20 @@ def decode_image(source: bytes | str | os.PathLike) -> Image.Image:
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         # PIL reports a truncated or corrupt file as OSError, some plugins as SyntaxError.
         raise BadSample(f"unreadable or truncated image ({type(exc).__name__}: {exc})") from None
+
+
+def _open(source: bytes | str | os.PathLike) -> IO[bytes]:
+    """``source`` as a file to read: its bytes, or the file at that path if it is a regular
+    file, else :class:`BadSample`. Opened without blocking: a FIFO listed as an image would
+    wait forever for a writer."""
+    if isinstance(source, bytes):
+        return io.BytesIO(source)
+    path = source
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise BadSample("not a regular file (a FIFO, device or folder); list image files only")
+    return os.fdopen(fd, "rb")
 
 
 def check_caption(caption: str | bytes | None) -> str:

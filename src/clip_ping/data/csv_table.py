@@ -12,8 +12,13 @@ silently wrong:
 - a row with more fields than the header (an unquoted comma in a caption would otherwise
   cut it short silently); a row with fewer is read, its missing fields None (a bad sample
   to the readers);
+- a header that names a column twice (one of the two would be read silently);
+- with ``multiline=False`` (training pairs), a quoted field that runs over a line break: a
+  stray quote pair that swallows the rows between it into one caption;
 - bytes that are not UTF-8 (the line and the byte are named);
-- a NUL byte.
+- a NUL byte;
+- a separator that is not one character (``\\t``, two backslash-t characters as a shell
+  passes ``'\\t'``, is read as the tab it stands for).
 
 A UTF-8 byte-order mark, which Excel and pandas write, is accepted. Integer columns
 (``label``) go through :func:`int_column`, which names the file, row, line and column of a
@@ -70,10 +75,24 @@ def default_separator(path: str | os.PathLike) -> str:
     return "\t" if Path(path).suffix.lower() == ".tsv" else ","
 
 
+def check_separator(separator: str) -> str:
+    """``separator`` as the one character the reader splits on; ``ValueError`` naming the
+    value and the fix. The two characters ``\\t`` (a shell's ``'\\t'``) mean a tab."""
+    if separator == "\\t":
+        return "\t"
+    if isinstance(separator, str) and len(separator) == 1 and separator not in '"\r\n':
+        return separator
+    raise ValueError(
+        f"--csv-separator {separator!r} is not a field separator: give one character other "
+        "than a quote or a line break, such as ',' or ';' ('\\t' or $'\\t' for a tab)"
+    )
+
+
 def read_csv_table(
     path: str | os.PathLike,
     separator: str | None = None,
     required: dict[str, str] | None = None,
+    multiline: bool = True,
 ) -> CsvTable:
     """Parse ``path`` strictly (see the module docstring).
 
@@ -82,21 +101,22 @@ def read_csv_table(
         separator: field separator (default: :func:`default_separator`).
         required: ``{column: flag that names it}``; a missing column is a ``ValueError``
             naming the columns found, the separator and the flag.
+        multiline: whether a quoted field may hold a line break.
 
     Raises:
         ValueError: the file is not clean CSV in UTF-8 (the message names the line), or a
             required column is missing.
     """
     path = Path(path)
-    separator = separator if separator is not None else default_separator(path)
+    separator = check_separator(separator) if separator is not None else default_separator(path)
     try:
         with open(path, newline="", encoding=ENCODING) as file:
-            return _parse(file, path, separator, required or {})
+            return _parse(file, path, separator, required or {}, multiline)
     except UnicodeDecodeError:
         raise ValueError(_not_utf8(path)) from None
 
 
-def _parse(file, path: Path, separator: str, required: dict[str, str]) -> CsvTable:
+def _parse(file, path: Path, separator: str, required: dict[str, str], multiline: bool) -> CsvTable:
     # strict: an unclosed quote is an error at the end of the file, not one huge field.
     reader = csv.reader(file, delimiter=separator, strict=True)
     header: list[str] | None = None
@@ -110,8 +130,14 @@ def _parse(file, path: Path, separator: str, required: dict[str, str]) -> CsvTab
             break
         except csv.Error as exc:
             raise ValueError(_parse_error(path, start, reader.line_num, exc)) from None
+        if any("\0" in value for value in fields):
+            raise ValueError(
+                f"{path}, line {start}: a NUL byte; the file is not text (or is damaged)"
+            )
+        if not multiline and reader.line_num > start:
+            raise ValueError(_spans_lines(path, start, reader.line_num))
         if header is None:
-            header = fields
+            header = _check_header(path, fields)
         elif len(fields) > len(header):
             raise ValueError(_too_many_fields(path, start, fields, header))
         elif fields:  # a blank line is no row (as csv.DictReader reads it)
@@ -153,6 +179,25 @@ def _parse_error(path: Path, start: int, line: int, exc: csv.Error) -> str:
     if "NUL" in reason:
         return f"{path}, line {line}: a NUL byte; the file is not text (or is damaged)"
     return f"{path}, line {line} (row starting at line {start}): not valid CSV ({reason})"
+
+
+def _check_header(path: Path, header: list[str]) -> list[str]:
+    for place, name in enumerate(header):
+        if name in header[:place]:
+            raise ValueError(
+                f"{path}: the header names column {name!r} twice (columns "
+                f"{header.index(name) + 1} and {place + 1}), so one of them would be read "
+                "silently; rename or remove one"
+            )
+    return header
+
+
+def _spans_lines(path: Path, start: int, end: int) -> str:
+    return (
+        f"{path}, lines {start}-{end}: a quoted field runs over a line break, so the lines "
+        "between are read as one caption (most likely a stray pair of quotes); a training row "
+        "is one line: remove the quotes, or close each quoted field on its own line"
+    )
 
 
 def _too_many_fields(path: Path, line: int, fields: list[str], header: list[str]) -> str:

@@ -106,19 +106,28 @@ class CsvDataset(Dataset):
                 "from `clip-ping data shapes --out DIR`: DIR/train.csv) or WebDataset shards"
             )
         required = {img_key: "--csv-img-key", caption_key: "--csv-caption-key"}
-        table = read_csv_table(self.path, separator, required)
+        # One row a line: a quoted field over a line break is a stray quote pair.
+        table = read_csv_table(self.path, separator, required, multiline=False)
         self.root = Path(root) if root is not None else self.path.parent
         self.confined = root is not None  # a given root is a boundary, the default is not
         self._keys: list[str] = table.column(img_key)  # type: ignore[assignment]
         self.captions: list[str | None] = table.column(caption_key)
-        self.labels: list[int] | None = (
-            int_column(table, "label") if "label" in table.columns else None
-        )
+        # Parsed when first read: training never reads labels, so a bad one must not stop it.
+        self._table = table if "label" in table.columns else None
+        self._labels: list[int] | None = None
         self.transform, self.tokenizer, self.seed = transform, tokenizer, seed
         self.on_bad_sample = on_bad_sample
 
     def __len__(self) -> int:
         return len(self._keys)
+
+    @property
+    def labels(self) -> list[int] | None:
+        """The ``label`` column as integers, None without one (an error names a bad value)."""
+        if self._labels is None and self._table is not None:
+            self._labels = int_column(self._table, "label")
+            self._table = None
+        return self._labels
 
     def keys(self) -> list[str]:
         """Image paths as written in the CSV, in row order: the samples' stable keys."""

@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader
 from ..flags import Range, check_ranges
 from ..workers import loader_workers
 from .bad_samples import BAD_SAMPLE_POLICIES, DEFAULT_MAX_BAD_SHARE, check_policy, collate_good
+from .csv_table import check_separator
 from .datasets import CsvDataset, Tokenizer, Transform
 from .shards import ShardDataset
 from .tars import build_key_index, expand_urls, iter_shard
@@ -84,6 +85,8 @@ class DataSpec:
     def __post_init__(self):
         if not self.train_data:
             raise ValueError("--train-data is required: a CSV/TSV file or WebDataset shards")
+        if self.csv_separator is not None:
+            check_separator(self.csv_separator)  # before any work, not at the first read
         check_ranges(self)
 
     def resolved_type(self) -> str:

@@ -164,6 +164,7 @@ class Checkpointer:
         try:
             atomic_torch_save(state, self.latest)
         except OSError as exc:  # disk full, quota, permissions: the previous file is untouched
+            fix = how_to_fix_write(exc, self.dir)
             kept = (
                 f"from step {self.last_saved_step} is intact"
                 if self.last_saved_step
@@ -173,7 +174,7 @@ class Checkpointer:
                 exc,
                 f"could not write the step-{progress.step} checkpoint {self.latest} "
                 f"({exc.strerror or exc}); the previous checkpoint {kept}. "
-                f"{how_to_fix_write(exc, self.dir).capitalize()}, then continue with "
+                f"{fix[:1].upper()}{fix[1:]}, then continue with "
                 "--resume latest",
             ) from exc
         self.last_saved_step = progress.step
