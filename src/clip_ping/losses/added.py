@@ -90,20 +90,8 @@ class DistillNeighborLoss(DistillLoss):
         )
 
     @classmethod
-    def from_config(cls, cfg: Any, context) -> DistillNeighborLoss:
-        return cls(
-            context.embed_dim,
-            image_bank_dim=context.image_bank_dim,
-            text_bank_dim=context.text_bank_dim,
-            target="bank",
-            nn_weight=cfg.nn_weight,
-            xnn_weight=cfg.xnn_weight,
-            aux_temperature=cfg.aux_temperature,
-            local_loss=cfg.local_loss,
-            gather_with_grad=cfg.gather_with_grad,
-            neighbor_weight=cfg.neighbor_weight,
-            neighbor_decay=cfg.neighbor_decay,
-        )
+    def own_settings(cls, cfg: Any) -> dict[str, Any]:
+        return dict(neighbor_weight=cfg.neighbor_weight, neighbor_decay=cfg.neighbor_decay)
 
     @classmethod
     def check_config(cls, cfg: Any) -> None:

@@ -62,7 +62,13 @@ class DistillLoss(NeighborLoss):
             aux_temperature=cfg.aux_temperature,
             local_loss=cfg.local_loss,
             gather_with_grad=cfg.gather_with_grad,
+            **cls.own_settings(cfg),
         )
+
+    @classmethod
+    def own_settings(cls, cfg: Any) -> dict[str, Any]:
+        """Keyword arguments of a subclass's own settings, beside distillation's."""
+        return {}
 
     @classmethod
     def check_config(cls, cfg: Any) -> None:
