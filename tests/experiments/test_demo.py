@@ -114,10 +114,21 @@ def test_demo_writes_summary_report_and_figures_then_reuses_its_stages(tmp_path)
     # old one are rebuilt rather than refused as stale.
     smaller = dataclasses.replace(TINY, max_clipart=TINY.max_clipart - 10)
     data = prepare_data(out, smaller)
+    assert data.train_rows() < len(captions)
     for modality in ("image", "text"):
         bank = Bank(data.bank(modality))
         assert len(bank) == data.train_rows() and bank.neighbors()[0].shape[0] == len(bank)
         bank.check_dataset(DataSpec(str(data.train)))
+    # The same corpus from an older clip-ping (another format version) is built anew: its
+    # image files are new, so the image banks are rebuilt; the text banks (the same paths and
+    # captions) still match and are kept.
+    meta = json.loads((data.corpus / "corpus.json").read_text())
+    (data.corpus / "corpus.json").write_text(json.dumps({**meta, "format_version": 3}))
+    stamps = {m: (data.bank(m) / "meta.json").stat().st_mtime_ns for m in ("image", "text")}
+    data = prepare_data(out, smaller)
+    assert (data.bank("text") / "meta.json").stat().st_mtime_ns == stamps["text"]
+    assert (data.bank("image") / "meta.json").stat().st_mtime_ns != stamps["image"]
+    Bank(data.bank("image")).check_dataset(DataSpec(str(data.train)))
 
 
 def test_demo_command_is_the_demo_only():

@@ -54,13 +54,27 @@ def prepare_data(out: Path, size: DemoSize, assets: str | None = None) -> DemoDa
     built = build_demo_corpus(
         data.corpus, assets=assets, max_concepts=size.max_concepts, max_clipart=size.max_clipart
     )
-    if not built["cached"] and data.banks.is_dir():
-        # Banks of the corpus this build replaced: its image files are new, so the banks'
-        # fingerprints no longer match them. They are derived data: built again below.
-        print(f"the corpus was rebuilt: rebuilding its banks in {data.banks}", flush=True)
-        shutil.rmtree(data.banks)
+    if not built["cached"]:
+        _drop_stale_banks(data)
     prepare_banks(data)
     return data
+
+
+def _drop_stale_banks(data: DemoData) -> None:
+    """Delete the banks that no longer match the corpus (one built anew has new image files,
+    so the image banks' fingerprints differ): derived data, built again by
+    :func:`prepare_banks`. Banks that still match (the text banks of the same captions) stay."""
+    from ..bank import Bank
+    from ..data.loader import DataSpec
+
+    spec = DataSpec(str(data.train))
+    folders = sorted(p for p in data.banks.iterdir() if p.is_dir()) if data.banks.is_dir() else []
+    for folder in folders:
+        try:
+            Bank(folder).check_dataset(spec)
+        except (ValueError, OSError) as stale:  # stale, or never finished
+            print(f"the corpus was rebuilt: building {folder} again ({stale})", flush=True)
+            shutil.rmtree(folder)
 
 
 def prepare_banks(data: DemoData, same_caption_variant: bool = True) -> None:
