@@ -81,21 +81,23 @@ def _tokenizer_train(args: argparse.Namespace) -> None:
 def _bank_build(args: argparse.Namespace) -> None:
     from .bank import build_bank
     from .distributed import cleanup, init_distributed
+    from .io import explained_writes
 
     spec = _data_spec(args)
     info = init_distributed(args.device)
     try:
-        out = build_bank(
-            spec,
-            args.modality,
-            args.out,
-            teacher=args.teacher,
-            image_size=args.image_size,
-            batch_size=args.batch_size,
-            workers=args.workers,
-            chunk_rows=args.chunk_rows,
-            device=info.device,
-        )
+        with explained_writes(args.out, "rerun the same command to resume the build"):
+            out = build_bank(
+                spec,
+                args.modality,
+                args.out,
+                teacher=args.teacher,
+                image_size=args.image_size,
+                batch_size=args.batch_size,
+                workers=args.workers,
+                chunk_rows=args.chunk_rows,
+                device=info.device,
+            )
     finally:
         cleanup()
     if info.is_main:
@@ -104,23 +106,25 @@ def _bank_build(args: argparse.Namespace) -> None:
 
 def _bank_neighbors(args: argparse.Namespace) -> None:
     from .bank import NEIGHBORS, caption_groups, mine_bank
+    from .io import explained_writes
 
     groups = None
     if args.exclude_same_caption:
         from .data.loader import DataSpec, read_captions
 
         groups = caption_groups(read_captions(DataSpec(args.exclude_same_caption)))
-    result = mine_bank(
-        args.bank,
-        args.k,
-        backend=args.backend,
-        device=args.device,
-        nlist=args.nlist,
-        nprobe=args.nprobe,
-        recall_sample=args.recall_sample,
-        exclude_groups=groups,
-        paired_bank=args.exclude_skipped_of,
-    )
+    with explained_writes(args.bank, f"rerun clip-ping bank neighbors {args.bank} --k {args.k}"):
+        result = mine_bank(
+            args.bank,
+            args.k,
+            backend=args.backend,
+            device=args.device,
+            nlist=args.nlist,
+            nprobe=args.nprobe,
+            recall_sample=args.recall_sample,
+            exclude_groups=groups,
+            paired_bank=args.exclude_skipped_of,
+        )
     rate = len(result.neighbors) / max(result.seconds, 1e-9)
     print(
         f"top-{args.k} neighbours of {len(result.neighbors):,} rows with {result.backend} in "
@@ -240,6 +244,19 @@ def _add_bank_commands(commands: argparse._SubParsersAction) -> None:
     show.set_defaults(func=_bank_show)
 
 
+def _add_explore_command(commands: argparse._SubParsersAction) -> None:
+    from .explore import command as explore_command
+
+    explore = commands.add_parser(
+        "explore",
+        help="a local page comparing runs on an evaluation set (search, disagreements, ...)",
+        description=explore_command.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    explore_command.add_arguments(explore)
+    explore.set_defaults(func=explore_command.main)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .flags import add_arguments
     from .training.config import TrainConfig
@@ -318,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=evaluation_run.main)
 
     _add_bank_commands(commands)
+    _add_explore_command(commands)
     add_experiment_commands(commands)
     return parser
 

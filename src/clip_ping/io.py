@@ -34,6 +34,49 @@ def how_to_fix_write(exc: OSError, folder: Path) -> str:
     return f"check that {folder} can be written"
 
 
+WRITE_FAILURES = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+@contextmanager
+def explained_writes(folder: str | os.PathLike, then: str) -> Iterator[None]:
+    """Turn a failed write under the block (disk full, quota, permissions) into one line
+    naming ``folder``, the cause and the fix, ending ``then`` (what to do after it). An
+    error already explained (made by :func:`os_error`: no ``strerror``) passes unchanged."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in WRITE_FAILURES or exc.strerror is None:
+            raise
+        fix = how_to_fix_write(exc, Path(folder))
+        where = exc.filename or folder
+        raise os_error(
+            exc, f"could not write {where} ({exc.strerror}); {fix}, then {then}"
+        ) from exc
+
+
+def reserved_memmap(path: str | os.PathLike, dtype=None, shape=None):
+    """A writable ``.npy`` memory map of ``path`` (a new one of ``dtype`` and ``shape``, or
+    the existing file when they are None) with every byte of the file allocated first.
+
+    A fresh map is a sparse file: writing into it on a full disk kills the process with
+    SIGBUS, no error to catch. Allocating up front fails with ``ENOSPC`` instead.
+    """
+    import numpy as np
+
+    if dtype is None:
+        array = np.load(path, mmap_mode="r+")
+    else:
+        array = np.lib.format.open_memmap(path, "w+", dtype, shape)
+    with open(path, "r+b") as file:
+        size = os.fstat(file.fileno()).st_size
+        try:
+            os.posix_fallocate(file.fileno(), 0, size)
+        except OSError as exc:
+            exc.filename = str(path)
+            raise
+    return array
+
+
 def os_error(exc: OSError, message: str) -> OSError:
     """An error of ``exc``'s kind (``PermissionError``, ...) and errno that says ``message``."""
     error = type(exc)(message)

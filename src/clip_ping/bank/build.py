@@ -43,7 +43,7 @@ from tqdm import tqdm
 from ..data.bad_samples import BadSample, check_policy
 from ..data.loader import DataSpec
 from ..distributed import is_distributed, resolve_device
-from ..io import atomic_write_text
+from ..io import atomic_write_text, reserved_memmap
 from ..teachers import Teacher, create_teacher
 from ..workers import check_workers, loader_workers
 from .samples import SampleReader, dataset_fingerprint
@@ -206,7 +206,7 @@ def _prepare(
                 print(f"resuming with the interrupted build's {progress['chunk_rows']} chunk rows")
             return sorted(progress["done"]), progress["chunk_rows"], progress["skipped"]
     out.mkdir(parents=True, exist_ok=True)
-    np.lib.format.open_memmap(out / FEATURES, "w+", np.float16, (num_rows, job["dim"])).flush()
+    reserved_memmap(out / FEATURES, np.float16, (num_rows, job["dim"])).flush()  # no SIGBUS
     _write_progress(out, job, chunk_rows, [], [])
     return [], chunk_rows, []
 
@@ -363,7 +363,7 @@ def build_bank(
     )
     bar = _progress_bar(modality, num_rows, chunk_rows, todo) if rank == 0 and progress else None
     finished = _extract(model, stream, workers, bar, spec.on_bad_sample)
-    features = np.load(out / FEATURES, mmap_mode="r+") if rank == 0 else None
+    features = reserved_memmap(out / FEATURES) if rank == 0 else None  # a resumed sparse file
     for _ in range(math.ceil(len(todo) / world)):
         parts = _gather_round(next(finished, None), chunk_rows, model.dim, device)
         if rank == 0:

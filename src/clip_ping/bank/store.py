@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from ..data.loader import DataSpec
-from ..io import atomic_write_text
+from ..io import atomic_write_text, reserved_memmap
 from ..teachers import EfficientNetLite0
 from .samples import dataset_fingerprint, fingerprint_covers
 
@@ -367,7 +367,11 @@ def write_neighbor_table(
         (SIMILARITIES, similarities.astype(np.float16, copy=False)),
     ):
         tmp = bank.path / f".{name}.tmp"
-        out = np.lib.format.open_memmap(tmp, "w+", array.dtype, array.shape)
+        try:  # space reserved first: a write into a sparse map on a full disk is a SIGBUS
+            out = reserved_memmap(tmp, array.dtype, array.shape)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
         out[:] = array
         out.flush()
         del out

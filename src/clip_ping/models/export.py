@@ -14,12 +14,13 @@ code here asks the registry which class a checkpoint record or an export folder 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..io import atomic_directory, os_error
+from ..io import atomic_directory, how_to_fix_write, os_error
 from ..tokenizer import Tokenizer
 from .registry import export_class, export_layouts, holds_export, record_class, tower_class
 from .student import Student
@@ -33,9 +34,33 @@ def export_hf(model: Student, tokenizer: Tokenizer, out_dir: str | os.PathLike) 
     configs, image processor, tokenizer). Written beside and swapped in whole, so a reader
     never sees half an export."""
     out_dir = Path(out_dir)
-    with atomic_directory(out_dir) as staging:
-        model.export(staging, tokenizer)
+    try:
+        with atomic_directory(out_dir) as staging:
+            model.export(staging, tokenizer)
+    except Exception as exc:  # disk full: an OSError, or safetensors' error with its code
+        cause = _write_error(exc)
+        if cause is None:
+            raise
+        fix = how_to_fix_write(cause, out_dir.parent)
+        raise os_error(
+            cause,
+            f"could not write the export {out_dir} ({cause.strerror or cause}); nothing of it "
+            f"is kept. {fix[:1].upper()}{fix[1:]}, then write it again (a "
+            "finished run: rerun its clip-ping train command with --resume latest)",
+        ) from exc
     return out_dir
+
+
+def _write_error(exc: Exception) -> OSError | None:
+    """The ``OSError`` behind a failed write: ``exc`` itself, or the OS error code that
+    safetensors (Rust) puts only in its message (``(os error 28)``)."""
+    if isinstance(exc, OSError):
+        return exc
+    found = re.search(r"\(os error (\d+)\)|\bOs \{ code: (\d+)", str(exc))
+    if type(exc).__name__ != "SafetensorError" or found is None:
+        return None
+    code = int(found.group(1) or found.group(2))
+    return OSError(code, os.strerror(code))
 
 
 def is_exported(run_dir: str | os.PathLike) -> bool:
