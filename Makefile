@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_VERSION := 2.13.0
 
-.PHONY: install assets demo results ceiling frontier architectures curve sweeps test lint format bench clean
+.PHONY: install assets browser demo results ceiling frontier architectures curve sweeps test lint format bench clean
 
 install: $(STAMP)
 
@@ -76,7 +76,14 @@ sweeps: $(STAMP) $(ASSETS_STAMP)
 	$(BIN)/clip-ping results --sweep method --sweep-seeds 3
 	$(BIN)/clip-ping results --sweep ceiling --sweep-seeds 3
 
-test: $(STAMP) $(ASSETS_STAMP)
+# The explorer's browser tests (tests/explore): Debian's chromium and its chromium-driver,
+# driven by selenium (requirements.txt); no browser build is downloaded from anywhere else.
+BROWSER_DEBS := chromium chromium-driver
+browser:
+	(command -v chromium && command -v chromedriver) >/dev/null || \
+		$(call apt,install -y --no-install-recommends $(BROWSER_DEBS))
+
+test: $(STAMP) $(ASSETS_STAMP) browser
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

@@ -40,6 +40,7 @@ STAGES = [
     ),
     ("evaluation", ["clip_ping.evaluation"]),
     ("training", ["clip_ping.training"]),
+    ("explore", ["clip_ping.explore"]),
     ("experiments", ["clip_ping.experiments"]),
     ("cli", ["clip_ping.cli"]),
 ]
