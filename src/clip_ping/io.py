@@ -77,6 +77,36 @@ def reserved_memmap(path: str | os.PathLike, dtype=None, shape=None):
     return array
 
 
+def read_json_object(path: str | os.PathLike, fix: str) -> dict:
+    """The JSON object in the file ``path``; ``ValueError`` naming the file, what is wrong
+    (not JSON, not UTF-8, cut short, a list instead of an object) and ``fix``."""
+    import json
+
+    try:
+        value = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); {fix}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} holds a JSON {type(value).__name__}, not an object; {fix}")
+    return value
+
+
+def load_tensor_file(path: str | os.PathLike, what: str, fix: str) -> dict:
+    """The dict ``torch.save`` wrote to ``path`` (plain tensors and containers only);
+    ``ValueError`` naming ``what`` the file should be and ``fix`` for anything else (an
+    empty file, another format, a pickle of code)."""
+    try:
+        value = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise
+    except Exception as exc:  # the zip reader, the unpickler, weights_only's refusal
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{path} is not {what} ({first}); {fix}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} holds a {type(value).__name__}, not {what}; {fix}")
+    return value
+
+
 def os_error(exc: OSError, message: str) -> OSError:
     """An error of ``exc``'s kind (``PermissionError``, ...) and errno that says ``message``."""
     error = type(exc)(message)

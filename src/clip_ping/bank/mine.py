@@ -279,14 +279,15 @@ def mine_neighbors(
     progress: bool = True,
     exclude: np.ndarray | None = None,
 ) -> NeighborResult:
-    """Top-``k`` neighbours of every row of ``features`` ``(N, D)``, self and the rows
-    ``exclude`` (e.g. ``bank.skipped``) excluded."""
+    """Top-``k`` neighbours of each row of ``features`` (N, D), not itself or rows ``exclude``."""
     num_rows = len(features)
     exclude = None if exclude is None or len(exclude) == 0 else np.asarray(exclude, np.int64)
     usable = num_rows - (0 if exclude is None else len(exclude))
     if not 1 <= k < usable:
         skipped = f", {num_rows - usable:,} skipped as bad" if exclude is not None else ""
         raise ValueError(f"--k {k}: need 1 <= k < number of rows ({num_rows:,}{skipped})")
+    if nlist is not None and nlist > num_rows:  # a FAISS RuntimeError otherwise
+        raise ValueError(f"--nlist {nlist} exceeds the bank's {num_rows:,} rows: use at most that")
     if backend not in BACKENDS:
         raise ValueError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     resolved = resolve_device(device)

@@ -42,7 +42,7 @@ from torch.utils.data import Dataset
 from ..data.bad_samples import BadSample, decode_image
 from ..data.csv_table import int_column, read_csv_table
 from ..data.transforms import to_rgb
-from .zeroshot import DEFAULT_TEMPLATES, read_lines
+from .zeroshot import DEFAULT_TEMPLATES, read_class_names, read_templates
 
 Preprocess = Callable[[Image.Image], torch.Tensor]
 
@@ -192,8 +192,8 @@ def _templates(explicit: str | None, beside: Path, default: Sequence[str]) -> Se
     if explicit:
         if not Path(explicit).is_file():
             raise FileNotFoundError(f"--templates {explicit}: no such file")
-        return read_lines(explicit)
-    return read_lines(beside) if beside.is_file() else default
+        return read_templates(explicit)
+    return read_templates(beside) if beside.is_file() else default
 
 
 def _classnames(explicit: str | None, beside: Path) -> tuple[list[str] | None, str]:
@@ -201,22 +201,22 @@ def _classnames(explicit: str | None, beside: Path) -> tuple[list[str] | None, s
     if explicit:
         if not Path(explicit).is_file():
             raise FileNotFoundError(f"--classnames {explicit}: no such file")
-        return read_lines(explicit), f"read {explicit}"
+        return read_class_names(explicit), f"read {explicit}"
     if beside.is_file():
-        return read_lines(beside), f"read {beside}"
+        return read_class_names(beside), f"read {beside}"
     return None, f"looked for {beside}"
 
 
 def _load_builtin(name: str, preprocess: Preprocess, split: str, classnames, templates):
     pixels, labels = BUILTINS[name]()
     rows = builtin_split(labels, split)
-    names = read_lines(classnames) if classnames else list(DIGIT_CLASSNAMES)
+    names = read_class_names(classnames) if classnames else list(DIGIT_CLASSNAMES)
     return EvalDataset(
         name=name,
         images=ImageArrays(pixels[rows], preprocess),
         labels=labels[rows].tolist(),
         classnames=names,
-        templates=read_lines(templates) if templates else DIGIT_TEMPLATES,
+        templates=read_templates(templates) if templates else DIGIT_TEMPLATES,
     )
 
 
@@ -280,7 +280,11 @@ def _load_folder(
             f"{'|'.join(IMAGE_SUFFIXES)}); pass such a folder, a CSV, or one of "
             f"{', '.join(builtin_datasets())}"
         )
-    names = read_lines(classnames) if classnames else [d.name.replace("_", " ") for d in class_dirs]
+    names = (
+        read_class_names(classnames)
+        if classnames
+        else [d.name.replace("_", " ") for d in class_dirs]
+    )
     return EvalDataset(
         name=root.name,
         images=ImageFiles(paths, preprocess, str(root)),

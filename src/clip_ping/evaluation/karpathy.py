@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 from pathlib import Path
 
-from ..io import atomic_write_text
+from ..io import atomic_write_text, read_json_object
 
 SPLITS = ("train", "restval", "val", "test")
+KARPATHY_FIX = "pass Karpathy's dataset_flickr30k.json or dataset_coco.json"
 
 
 def karpathy_to_csv(
@@ -39,14 +39,16 @@ def karpathy_to_csv(
     if split not in SPLITS:
         raise ValueError(f"--split {split!r}: choose one of {', '.join(SPLITS)}")
     json_path, images, out = Path(json_path), Path(images), Path(out)
-    entries = json.loads(json_path.read_text()).get("images")
+    entries = read_json_object(json_path, KARPATHY_FIX).get("images")
     if not isinstance(entries, list):
-        raise ValueError(
-            f"{json_path} has no 'images' list; pass Karpathy's dataset_flickr30k.json or "
-            "dataset_coco.json"
-        )
+        raise ValueError(f"{json_path} has no 'images' list; {KARPATHY_FIX}")
     rows, count = [], 0
-    for entry in entries:
+    for number, entry in enumerate(entries):
+        if not _is_entry(entry):
+            raise ValueError(
+                f"{json_path}: images[{number}] is not an image entry (an object with "
+                f"'filename', 'split' and a 'sentences' list of {{'raw': caption}}); {KARPATHY_FIX}"
+            )
         if entry.get("split") != split:
             continue
         path = images / entry.get("filepath", "") / entry["filename"]
@@ -69,3 +71,13 @@ def karpathy_to_csv(
     writer.writerows(rows)
     atomic_write_text(out, buffer.getvalue())
     return count
+
+
+def _is_entry(entry) -> bool:
+    return (
+        isinstance(entry, dict)
+        and isinstance(entry.get("filename"), str)
+        and isinstance(entry.get("filepath", ""), str)
+        and isinstance(entry.get("sentences"), list)
+        and all(isinstance(s, dict) and isinstance(s.get("raw"), str) for s in entry["sentences"])
+    )

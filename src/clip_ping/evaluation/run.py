@@ -31,7 +31,7 @@ import torch
 
 from ..data.bad_samples import DEFAULT_MAX_BAD_SHARE
 from ..distributed import resolve_device
-from ..io import atomic_torch_save, atomic_write_text
+from ..io import atomic_torch_save, atomic_write_text, load_tensor_file, read_json_object
 from ..workers import check_workers
 from .checks import check_images, check_task, meaningless_score
 from .datasets import EvalDataset, builtin_datasets, load_eval_dataset
@@ -51,6 +51,7 @@ TASKS = {
 }
 # Values a task returns that describe the fit rather than measure the model.
 NOT_METRICS = ("weight_decay", "val_acc1")
+RESULT_FIX = "delete it or rerun the evaluation that wrote it"
 
 
 def zeroshot(
@@ -158,8 +159,8 @@ def probe_features(
     if cache is not None:
         key = _fingerprint(model, train.name, str(len(train)), test.name, str(len(test)))
         if Path(cache).is_file():
-            stored = torch.load(cache, map_location="cpu", weights_only=True)
-            if stored.get("fingerprint") == key:
+            stored = load_tensor_file(cache, "a feature cache", "pass another --feature-cache")
+            if stored.get("fingerprint") == key and {"train", "test"} <= stored.keys():
                 return {"train": stored["train"], "test": stored["test"]}
     features = {
         "train": encode_images(model, train.images, **encode_options),
@@ -291,8 +292,7 @@ def result_path(run_dir: str | os.PathLike, task: str, dataset: str) -> Path:
 
 
 def after_training(record: dict) -> bool:
-    """Whether a result record evaluates the finished run (``clip-ping eval``, the demo): it
-    has no ``step``, the field training's periodic evaluations carry."""
+    """Whether a result record is of the finished run: no ``step`` (periodic ones have it)."""
     return "step" not in record
 
 
@@ -302,7 +302,7 @@ def result_records(run_dir: str | os.PathLike) -> list[dict]:
     (:func:`after_training`); file-name order between records measured alike. Decided by
     what the records say, never by file times."""
     paths = (Path(run_dir) / "results").glob("*.json")
-    named = [(path.name, json.loads(path.read_text())) for path in paths]
+    named = [(path.name, read_json_object(path, RESULT_FIX)) for path in paths]
     named.sort(key=lambda item: (after_training(item[1]), item[1].get("step", 0), item[0]))
     return [record for _, record in named]
 

@@ -24,10 +24,56 @@ from .ranking import DEFAULT_MAX_BLOCK_ELEMENTS, hits_at, negatives_outranking
 DEFAULT_TEMPLATES = ("a photo of a {}.", "a {}.", "an image of a {}.")
 
 
+def _stripped_lines(path: str | Path) -> list[str]:
+    """Every line of a UTF-8 text file, stripped; ``ValueError`` naming the file and line of
+    bytes that are not UTF-8."""
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ValueError(
+            f"{path}, line {line}: byte 0x{data[exc.start]:02x} is not UTF-8 text; save the "
+            "file as UTF-8"
+        ) from None
+    return [line.strip() for line in text.splitlines()]
+
+
 def read_lines(path: str | Path) -> list[str]:
-    """Non-empty, stripped lines of a text file (class names, templates)."""
-    lines = [line.strip() for line in Path(path).read_text().splitlines()]
-    return [line for line in lines if line]
+    """Non-empty, stripped lines of a UTF-8 text file (templates, class names)."""
+    return [line for line in _stripped_lines(path) if line]
+
+
+def read_class_names(path: str | Path) -> list[str]:
+    """The class names of a file, one a line: line ``i + 1`` names class ``i``, so a blank
+    line before the last name is refused (dropping it would shift every later class)."""
+    lines = _stripped_lines(path)
+    while lines and not lines[-1]:
+        lines.pop()
+    if "" in lines:
+        raise ValueError(
+            f"{path}, line {lines.index('') + 1}: a blank line among the class names; line "
+            "i + 1 names class i, so it would shift every later class. Name the class or "
+            "remove the line"
+        )
+    return lines
+
+
+def read_templates(path: str | Path) -> list[str]:
+    """Prompt templates of a file, one a line, each checked (:func:`check_templates`)."""
+    templates = read_lines(path)
+    check_templates(templates, f"{path}: ")
+    return templates
+
+
+def check_templates(templates: Sequence[str], where: str = "") -> None:
+    """``ValueError`` unless each template holds ``{}`` once and no other field."""
+    bad = [t for t in templates if not _one_slot(t)]
+    if bad or not templates:
+        raise ValueError(
+            f"{where}prompt templates must be a non-empty list, each with '{{}}' once for the "
+            f"class name (a literal brace is written twice: '{{{{'); bad: {bad or list(templates)}"
+        )
 
 
 @torch.no_grad()
@@ -42,12 +88,7 @@ def class_embeddings(
     """``(C, D)`` normalised class embeddings: mean over templates of normalised prompts."""
     from .features import encode_texts
 
-    bad = [t for t in templates if "{}" not in t]
-    if bad or not templates:
-        raise ValueError(
-            f"prompt templates must be a non-empty list, each with '{{}}' for the class name; "
-            f"bad: {bad or list(templates)}"
-        )
+    check_templates(templates)
     prompts = [t.format(name) for name in classnames for t in templates]
     texts = encode_texts(model, tokenizer, prompts, batch_size, device)  # (C * T, D)
     means = texts.view(len(classnames), len(templates), -1).mean(dim=1)
@@ -85,3 +126,11 @@ def zero_shot_metrics(
         "acc5": hits_at(counts, 5).float().mean().item(),
         "mean_per_class_recall": torch.stack(recalls).mean().item(),
     }
+
+
+def _one_slot(template: str) -> bool:
+    """Whether ``template.format(name)`` fills exactly one ``{}`` and nothing else."""
+    try:
+        return template.format("\0").count("\0") == 1 and template.count("{}") >= 1
+    except (IndexError, KeyError, ValueError):  # '{} {}', '{name}', '{'
+        return False

@@ -73,7 +73,16 @@ def load_export(hf_dir: str | os.PathLike) -> tuple[Student, Tokenizer]:
     kind = export_class(hf_dir)
     if kind is None:
         raise FileNotFoundError(f"{hf_dir} holds no clip-ping export: expected {export_layouts()}")
-    return kind.from_export(Path(hf_dir))
+    try:
+        return kind.from_export(Path(hf_dir))
+    except Exception as exc:  # safetensors' own error for a file cut short or altered
+        if type(exc).__name__ != "SafetensorError":
+            raise
+        raise DamagedCheckpointError(
+            f"the export {hf_dir} is damaged: a .safetensors file in it does not load "
+            f"({first_line(exc)}); export it again (a finished run: rerun its clip-ping train "
+            "command with --resume latest) or load the run's checkpoint instead"
+        ) from exc
 
 
 def student_record(model: Student, tokenizer: Tokenizer) -> dict:
