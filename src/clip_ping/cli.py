@@ -334,9 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation_run.add_arguments(evaluate)
     evaluate.set_defaults(func=evaluation_run.main)
 
-    _add_bank_commands(commands)
-    _add_explore_command(commands)
-    add_experiment_commands(commands)
+    for add_commands in (_add_bank_commands, _add_explore_command, add_experiment_commands):
+        add_commands(commands)
     return parser
 
 

@@ -47,6 +47,11 @@ def test_demo_writes_summary_report_and_figures_then_reuses_its_stages(tmp_path)
     assert any("train/nn_loss" in r and "train/xnn_loss" in r for r in records)
     report = (out / "report.md").read_text()
     assert "| zeroshot/unseen/acc1 |" in report and "retrieval/val_" not in report
+    # Both runs side by side in a folder that opens from disk, linked from the report.
+    assert "(explore/index.html)" in report and (out / "explore" / "index.html").is_file()
+    script = (out / "explore" / "data.js").read_text()
+    assert '"name":"clip"' in script and '"name":"clip-ping"' in script
+    assert '"nearest_training"' in script and '"dataset":"test_google"' in script
     # The two runs trained side by side (2 cores), each writing its own console log.
     for run in ("clip", "clip-ping"):
         assert "steps/epoch" in (out / run / "console.log").read_text()

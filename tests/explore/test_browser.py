@@ -161,3 +161,53 @@ def test_no_page_requests_anything_but_the_server(browser, server, page):
         "return performance.getEntriesByType('resource').map(e => e.name)"
     )
     assert urls and all(url.startswith(server.url) for url in urls), urls
+
+
+def test_the_image_view_shows_the_teachers_neighbours(
+    browser, explore_runs, shapes_banks, small_corpus
+):
+    import json
+    from urllib.request import urlopen
+
+    import numpy as np
+
+    from clip_ping.bank import Bank
+    from clip_ping.explore import SetSpec, open_explorer, start_server
+
+    explorer = open_explorer(
+        explore_runs["runs"],
+        SetSpec(str(explore_runs["dataset"])),
+        image_bank=str(shapes_banks / "image"),
+        text_bank=str(shapes_banks / "text"),
+        train_data=str(small_corpus / "train.csv"),
+    )
+    server = start_server(explorer)
+    try:
+        with urlopen(server.url + "api/image?i=2") as response:
+            view = json.loads(response.read())
+        image_nn, image_sim = Bank(shapes_banks / "image").neighbors()
+        text_nn, _ = Bank(shapes_banks / "text").neighbors()
+        nearest = view["nearest_training"]
+        assert len(nearest) == 3
+        sims = [n["similarity"] for n in nearest]
+        assert sims == sorted(sims, reverse=True) and 0 < sims[0] <= 1.001
+        for near in nearest:
+            rows = [m["row"] for m in near["image_neighbours"]]
+            assert rows == np.asarray(image_nn[near["row"]][:4]).tolist()
+            assert [m["similarity"] for m in near["image_neighbours"]] == [
+                round(float(s), 4) for s in image_sim[near["row"]][:4]
+            ]
+            captions = [m["row"] for m in near["caption_neighbours"]]
+            assert captions == np.asarray(text_nn[near["row"]][:4]).tolist()
+        open_page(browser, server.url + "#image=2")
+        figures = wait_for(browser, "#teacher figure img", 3 + 3 * 4)
+        for img in figures:
+            WebDriverWait(browser, WAIT).until(
+                lambda d, i=img: d.execute_script(
+                    "return arguments[0].complete && arguments[0].naturalWidth > 0", i
+                )
+            )
+        assert nearest[0]["caption"] in browser.find_element(By.ID, "teacher").text
+    finally:
+        server.shutdown()
+        server.server_close()

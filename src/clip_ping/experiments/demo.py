@@ -149,6 +149,9 @@ def run_demo(
     keys = ["mean_recall/test", "off_style_recall/test", *demo_keys(metrics)]
     plot_curves({name: out / name for name in DEMO_RUNS}, figures / "curves.png")
     plot_bars(metrics, keys, figures / "metrics.png", title="held-out metrics, one seed")
+    t = _stage("explorer (static)")
+    write_explorer(out, data)
+    stage_seconds["explore"] = time.perf_counter() - t
     wall_seconds = time.perf_counter() - started
     summary = {
         "runs": metrics,
@@ -165,6 +168,25 @@ def run_demo(
     atomic_write_text(out / "report.md", render_report(summary, keys))
     print(f"\nreport: {out / 'report.md'}\nsummary: {out / 'summary.json'}")
     return summary
+
+
+EXPLORE_SET = "test_google"  # the runs side by side in runs/demo/explore/index.html
+
+
+def write_explorer(out: Path, data: DemoData) -> Path:
+    """The static explorer of the demo's runs on ``EXPLORE_SET`` with the teachers'
+    neighbours, ``out/explore/index.html`` (opens from disk; its embeddings are cached in
+    each run's ``explore/``, so a second call only rewrites the pages)."""
+    from ..explore import SetSpec, open_explorer, write_static
+
+    explorer = open_explorer(
+        [out / name for name in DEMO_RUNS],
+        SetSpec(str(data.corpus / f"{EXPLORE_SET}.csv")),
+        image_bank=str(data.bank("image")),
+        text_bank=str(data.bank("text")),
+        train_data=str(data.train),
+    )
+    return write_static(explorer, out / "explore")
 
 
 def demo_keys(metrics: dict[str, dict[str, float]]) -> list[str]:
@@ -214,6 +236,11 @@ def render_report(summary: dict, keys: list[str]) -> str:
         "![metrics](figures/metrics.png)\n\n![curves](figures/curves.png)\n\n"
         "Neighbours from the teachers (anchor, its image neighbours, its caption neighbours):\n\n"
         "![neighbours](figures/neighbours.png)\n\n"
+        f"**Look at the runs side by side:** [explore/index.html](explore/index.html) opens "
+        f"from disk: each run's top images for every caption of `{EXPLORE_SET}`, each "
+        "image's top captions and the teachers' neighbours of its nearest training samples, "
+        "and the captions the runs disagree on most. `clip-ping explore RUN RUN --dataset "
+        "SET` serves the same page for typed queries.\n\n"
         f"Wall time: {summary['wall_seconds']:.0f} s ({timings})"
         + (
             f"; reused from an earlier call, so not timed here: {', '.join(summary['reused_runs'])}"

@@ -1,4 +1,12 @@
-"""``clip-ping explore``'s flags and what it does with them (the command line stays thin)."""
+"""``clip-ping explore``: runs side by side on one evaluation set, in a local page.
+
+    clip-ping explore runs/demo/clip runs/demo/clip-ping --dataset SET.csv
+    clip-ping explore RUN [RUN ...] --dataset SET --static DIR   # a folder that opens from disk
+
+It listens on 127.0.0.1, on a free port (printed), unless --host or --port say otherwise.
+With --image-bank, --text-bank and --train-data an image's view also shows the teachers'
+neighbours of its nearest training samples. More in docs/explore.md.
+"""
 
 from __future__ import annotations
 

@@ -56,14 +56,21 @@ function showError(error) {
 }
 
 function renderMetrics(meta) {
-  const names = [...new Set(meta.runs.flatMap((r) => Object.keys(r.metrics)))].sort();
-  const computed = Object.keys(meta.runs[0].recalls || {});
-  const head = h("tr", {}, h("th", {}, "run"),
-    computed.map((n) => h("th", { title: "computed here on " + meta.dataset }, n + " (this set)")),
-    names.map((n) => h("th", {}, n)));
-  const rows = meta.runs.map((r) => h("tr", { "data-run": r.name }, h("td", {}, r.name),
-    computed.map((n) => h("td", {}, fmt(r.recalls[n]))),
-    names.map((n) => h("td", {}, fmt(r.metrics[n])))));
+  // The set's own metrics under short names: the recalls computed here, then what the run's
+  // results/*.json hold for this set (the same names win: they are clip-ping eval's).
+  const prefix = "/" + meta.dataset + "/";
+  const shown = meta.runs.map((r) => {
+    const values = { ...(r.recalls || {}) };
+    for (const [name, value] of Object.entries(r.metrics)) {
+      values[name.includes(prefix) ? name.split(prefix)[1] : name] = value;
+    }
+    return values;
+  });
+  const names = [...new Set(shown.flatMap((v) => Object.keys(v)))].sort((a, b) =>
+    a.localeCompare(b, undefined, { numeric: true }));
+  const head = h("tr", {}, h("th", {}, "run (" + meta.dataset + ")"), names.map((n) => h("th", {}, n)));
+  const rows = meta.runs.map((r, i) => h("tr", { "data-run": r.name }, h("td", {}, r.name),
+    names.map((n) => h("td", { "data-metric": n }, fmt(shown[i][n])))));
   document.getElementById("metrics").replaceChildren(h("table", {}, head, rows));
 }
 
