@@ -226,3 +226,20 @@ def test_a_new_teacher_kind_plugs_in_with_one_registry_line(monkeypatch):
         create_teacher("ones:3", "text", image_size=64)
     with pytest.raises(ValueError, match=r"unknown teacher 'ones'.*npy:<file.npy> or ones:<dim>$"):
         create_teacher("ones", "text")
+
+
+def test_a_rewritten_npy_teacher_file_makes_its_bank_stale(tmp_path):
+    from clip_ping.bank import build_bank
+    from clip_ping.data.loader import DataSpec
+
+    (tmp_path / "pairs.csv").write_text("filepath,title\n" + "a.png,a cat\n" * 6)
+    spec, features = DataSpec(str(tmp_path / "pairs.csv")), tmp_path / "f.npy"
+    rng = np.random.default_rng(0)
+    np.save(features, rng.normal(size=(6, 4)).astype(np.float32))
+    build = dict(teacher=f"npy:{features}", workers=0, progress=False)
+    build_bank(spec, "text", tmp_path / "bank", **build)
+    build_bank(spec, "text", tmp_path / "bank", **build)  # unchanged: nothing to do
+    np.save(features, rng.normal(size=(6, 4)).astype(np.float32))  # new features, same shape
+    expected = rf"bank of npy:{features} built from an earlier version of that file .*; delete"
+    with pytest.raises(ValueError, match=expected):  # was "nothing to do", the old rows kept
+        build_bank(spec, "text", tmp_path / "bank", **build)

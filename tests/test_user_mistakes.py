@@ -89,3 +89,14 @@ def test_more_ivf_lists_than_rows_is_refused_naming_both():
     features = np.eye(200, 8, dtype=np.float16)
     with pytest.raises(ValueError, match="--nlist 1000 exceeds the bank's 200 rows"):
         mine_neighbors(features, 5, backend="faiss-ivf", nlist=1000, progress=False)
+
+
+def test_a_damaged_result_json_names_its_file(tmp_path):
+    from clip_ping.evaluation.run import result_records
+
+    results = tmp_path / "results"
+    results.mkdir()
+    for content, what in (('{"step": 3, "metr', "is not valid JSON"), ("[1]", "holds a JSON list")):
+        (results / "zeroshot.json").write_text(content)
+        with pytest.raises(ValueError, match=rf"zeroshot\.json {what}.*; delete it or rerun"):
+            result_records(tmp_path)

@@ -289,7 +289,10 @@ class NpyFeatures(Teacher):
             )
         self.dim = int(self.features.shape[1])
         self.preprocess, self.collate = _identity, _stack_rows
+        # The file's size and time: a bank of the file before it was rewritten is stale.
+        stat = self.path.stat()
         self.info = {"source": str(self.path), "dtype": str(self.features.dtype)}
+        self.info.update(bytes=stat.st_size, mtime_ns=stat.st_mtime_ns)
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         return batch

@@ -231,6 +231,8 @@ def _difference(recorded: dict, job: dict) -> str:
             f"of other data: the fingerprint of the {job['fingerprint_covers']} of "
             "--train-data differs, so samples or files changed since it was built"
         )
+    if changed == ["preprocessing"] and job["teacher"].startswith("npy:"):
+        return "built from an earlier version of that file (its size or time changed since)"
     return f"built with other {', '.join(changed)}"
 
 
