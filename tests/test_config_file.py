@@ -112,3 +112,16 @@ def test_plain_configs_still_read_with_lines_dates_as_strings_and_a_bom(tmp_path
     assert cfg.name == "2024-06-01" and cfg.lr == 1e-3
     path.write_text("")
     assert read_config_file(path) == {}
+
+
+@pytest.mark.parametrize("value", ["010", "0x10", "1:30", "-0b10", "1_000"])
+def test_an_integer_yaml_reads_otherwise_than_decimal_is_refused(tmp_path, value):
+    message = _refusal(tmp_path, f"train-data: x.csv\nbatch-size: {value}\n")
+    assert f"line 2, column 13: {value!r} is not a plain decimal number" in message
+    path = tmp_path / "ok.yaml"
+    path.write_text("batch-size: 10\nseed: -3\nlr: 0.01\n")
+    assert {k: v for k, (v, _) in read_config_file(path).items()} == {
+        "batch-size": 10,
+        "seed": -3,
+        "lr": 0.01,
+    }

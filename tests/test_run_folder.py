@@ -224,6 +224,13 @@ def test_a_name_outside_logs_is_refused(corpus, tmp_path, name):
     assert not (tmp_path / "outside").exists() and not logs.exists()
 
 
+def test_a_blank_name_is_refused(corpus, tmp_path):
+    logs = tmp_path / "logs"
+    with pytest.raises(ValueError, match=r"--name '   ' is blank; name the run"):
+        train(config(corpus, logs, name="   "))
+    assert not logs.exists()  # no folder named by three spaces
+
+
 def test_a_read_only_checkpoints_folder_fails_before_training(corpus, tmp_path):
     checkpoints = tmp_path / "ro" / "checkpoints"
     checkpoints.mkdir(parents=True)

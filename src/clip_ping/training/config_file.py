@@ -17,6 +17,7 @@ against the settings by :func:`clip_ping.training.config.load_yaml`.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,20 @@ class _StrictLoader(yaml.SafeLoader):
 
 
 _StrictLoader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_yaml_str)
+
+
+def _decimal_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    """A plain decimal integer; YAML 1.1 reads ``010`` as 8, ``0x10`` as 16, ``1:30`` as 90."""
+    if not re.fullmatch(r"[-+]?(0|[1-9][0-9]*)", node.value):
+        raise _Refused(
+            problem=f"{node.value!r} is not a plain decimal number (YAML reads a leading 0 as "
+            "octal: 010 is 8); write it without the leading 0, or quote it for a string",
+            problem_mark=node.start_mark,
+        )
+    return int(node.value)
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _decimal_int)
 
 
 def _one_line(path: Path, exc: yaml.YAMLError) -> str:

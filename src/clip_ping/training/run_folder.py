@@ -109,6 +109,8 @@ def _claim(cfg: TrainConfig) -> tuple[RunFolder, RunLock]:
 
 
 def _check_name(name: str, logs: str) -> None:
+    if not name.strip():
+        raise ValueError(f"--name {name!r} is blank; name the run, such as --name my-run")
     parts = Path(name).parts
     if not parts or Path(name).is_absolute() or ".." in parts:
         plain = "-".join(p for p in parts if p not in ("..", os.sep)) or "my-run"
