@@ -70,11 +70,13 @@ CURVE_SEEDS ?= 3
 curve: $(STAMP) $(ASSETS_STAMP)
 	$(BIN)/clip-ping results --curve --seeds $(CURVE_SEEDS)
 
-# docs/method.md's sweep tables on val: the recipe (both methods), then CLIP-PING's settings.
+# docs/method.md's sweep tables on val: the recipe (both methods), CLIP-PING's settings, the
+# teachers' ceiling's recipe, then the guidance family's settings beside CLIP and CLIP-PING.
 sweeps: $(STAMP) $(ASSETS_STAMP)
 	$(BIN)/clip-ping results --sweep recipe --sweep-seeds 2
 	$(BIN)/clip-ping results --sweep method --sweep-seeds 3
 	$(BIN)/clip-ping results --sweep ceiling --sweep-seeds 3
+	$(BIN)/clip-ping results --sweep family --sweep-seeds 3
 
 # The explorer's browser tests (tests/explore): Debian's chromium and its chromium-driver,
 # driven by selenium (requirements.txt); no browser build is downloaded from anywhere else.
