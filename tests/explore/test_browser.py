@@ -164,7 +164,7 @@ def test_no_page_requests_anything_but_the_server(browser, server, page):
 
 
 def test_the_image_view_shows_the_teachers_neighbours(
-    browser, explore_runs, shapes_banks, small_corpus
+    browser, explore_runs, shapes_banks, small_corpus, tmp_path
 ):
     import json
     from urllib.request import urlopen
@@ -172,7 +172,7 @@ def test_the_image_view_shows_the_teachers_neighbours(
     import numpy as np
 
     from clip_ping.bank import Bank
-    from clip_ping.explore import SetSpec, open_explorer, start_server
+    from clip_ping.explore import SetSpec, open_explorer, start_server, write_static
 
     explorer = open_explorer(
         explore_runs["runs"],
@@ -208,6 +208,26 @@ def test_the_image_view_shows_the_teachers_neighbours(
                 )
             )
         assert nearest[0]["caption"] in browser.find_element(By.ID, "teacher").text
+        # The static folder carries the neighbours and copies their training images.
+        index = write_static(explorer, tmp_path / "static")
+        open_page(browser, index.as_uri() + "#image=2")
+        figures = wait_for(browser, "#teacher figure img", 3 + 3 * 4)
+        for img in figures:
+            assert img.get_attribute("src").startswith(index.parent.as_uri() + "/images/train-")
+            WebDriverWait(browser, WAIT).until(
+                lambda d, i=img: d.execute_script(
+                    "return arguments[0].complete && arguments[0].naturalWidth > 0", i
+                )
+            )
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_broken_address_shows_an_error_and_the_page_goes_on(browser, server):
+    browser.get(server.url + "#search=%E0%A4%A")
+    WebDriverWait(browser, WAIT).until(lambda d: d.find_element(By.ID, "error").text)
+    assert "URI" in browser.find_element(By.ID, "error").text
+    browser.execute_script("location.hash = '#disagreements'")
+    assert wait_for(browser, "#counts tr[data-right]", 2)
+    assert browser.find_element(By.ID, "error").text == ""

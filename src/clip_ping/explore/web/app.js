@@ -213,14 +213,14 @@ function spreadOf(z, c) {
 }
 
 async function route() {
-  const hash = decodeURIComponent(location.hash.slice(1));
-  const [page, ...rest] = hash.split("=");
-  const arg = rest.join("=");
-  for (const link of document.querySelectorAll("nav a")) {
-    link.classList.toggle("active", link.id === "nav-" + (page || "search"));
-  }
   showError(null);
   try {
+    const hash = decodeURIComponent(location.hash.slice(1));
+    const [page, ...rest] = hash.split("=");
+    const arg = rest.join("=");
+    for (const link of document.querySelectorAll("nav a")) {
+      link.classList.toggle("active", link.id === "nav-" + (page || "search"));
+    }
     let content;
     if (page === "image") content = await imagePage(arg);
     else if (page === "disagreements") content = await disagreementsPage();
