@@ -147,7 +147,10 @@ def test_the_family_table_pairs_every_point_with_clip_ping_seed_by_seed():
             metrics[run.name].update({k: value - 0.1 for k in off})
     table = sweep_table(plan, metrics, "CLIP-PING (defaults)")
     header = table.splitlines()[0]
-    assert "student − CLIP-PING (defaults): in-style [95% CI] | off-style [95% CI]" in header
+    assert header == (
+        "| point | val mean recall | off-style "
+        "| − CLIP-PING (defaults): in-style [95% CI] | off-style |"
+    )
     (row,) = [line for line in table.splitlines() if line.startswith("| distill |")]
     # distill − CLIP-PING: +0.02, +0.03, +0.04 on seeds 0-2: mean +0.03, t interval ±0.0248
     assert row.count("+0.0300 [+0.0052, +0.0548] (n=3)") == 2  # in-style and off-style

@@ -157,13 +157,15 @@ SWEEPS = {
 }
 # The methods each sweep trains at every point (a variant of .runs.VARIANTS; "student": the
 # point's own ``variant``).
+# The "method" of a sweep whose points each name their own (``variant``).
+OWN_METHOD = "own"
 # The point each point of a sweep is compared with, seed by seed (paired differences).
 SWEEP_REFERENCE = {"family": "CLIP-PING (defaults)"}
 SWEEP_METHODS = {
     "recipe": ("clip", "clip-ping"),
     "method": ("clip-ping",),
     "ceiling": ("ceiling",),
-    "family": ("student",),
+    "family": (OWN_METHOD,),
 }
 RECIPE_KEYS = ("model", "epochs", "batch_size", "lr", "warmup", "aug_scale_min")
 _SHORT = {
@@ -231,6 +233,8 @@ def sweep_plan(
         own = settings.pop("variant", None)
         for seed in range(seeds):  # seeds outermost within a point: a point finishes early
             for method in methods:
+                if method == OWN_METHOD and own is None:
+                    raise ValueError(f"sweep point {point!r} names no variant")
                 variant = own or (method if method in VARIANTS else "clip-ping")
                 name = run_slug(variant, size, settings, seed)
                 plan.append((point, method, Planned(variant, seed, name, settings, "val")))
@@ -266,9 +270,11 @@ def sweep_table(
         common[m] = sorted(set.intersection(*map(set, done.values()))) if done else []
         by_common = {p: statistics.fmean(s[seed] for seed in common[m]) for p, s in done.items()}
         best[m] = max(by_common, key=by_common.get) if common[m] else None
-    header = [f"{m} (val mean recall) | {m} off-style" for m in methods]
+    # A sweep whose points each train their own method names no method in its columns.
+    label = {m: "" if m == OWN_METHOD else f"{m} " for m in methods}
+    header = [f"{label[m]}val mean recall | {label[m]}off-style" for m in methods]
     if reference:
-        header += [f"{m} − {reference}: in-style [95% CI] | off-style [95% CI]" for m in methods]
+        header += [f"{label[m]}− {reference}: in-style [95% CI] | off-style" for m in methods]
     rows = ["| point | " + " | ".join(header) + " |"]
     rows.append("|---|" + "---:|---:|" * len(methods) * (2 if reference else 1))
     for point in points:
