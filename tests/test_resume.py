@@ -301,3 +301,32 @@ def test_a_run_s_outputs_get_the_permissions_of_a_plain_open(corpus, tmp_path, u
     for part in (".", "checkpoints", "hf"):
         assert mode(part) == 0o755, part
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["name"] == "m"
+
+
+def test_resume_on_a_training_csv_changed_at_the_same_path_is_refused(corpus, tmp_path):
+    data = tmp_path / "pairs.csv"  # the corpus's images, listed from beside them
+    lines = (corpus / "train.csv").read_text().splitlines()
+    data.write_text("\n".join(lines) + "\n")
+    (tmp_path / "images").symlink_to(corpus / "images")
+    run_dir = train(config(corpus, tmp_path, name="d", stop_after_steps=3, train_data=str(data)))
+    resume = dict(name="d", resume="latest", train_data=str(data))
+    cases = (
+        (lines[:129], "it held 256 samples then and holds 128 now"),  # once: 6 steps, not 12
+        (lines[:17], "it held 256 samples then and holds 16 now"),  # once: "--batch-size or ranks"
+        (
+            [lines[0], *lines[1:][::-1]],
+            "it holds 256 samples as then, but their paths or captions changed",
+        ),
+    )
+    for kept, how in cases:
+        data.write_text("\n".join(kept) + "\n")
+        with pytest.raises(ValueError) as refused:
+            train(config(corpus, tmp_path, **resume))
+        assert str(refused.value) == (
+            f"--resume latest ({run_dir / 'checkpoints' / 'latest.pt'}) would continue on other "
+            f"data: --train-data {data} changed since the run started ({how}). Resume with the "
+            "data it started with, or start a new run with another --name"
+        )
+    data.write_text("\n".join(lines) + "\n")  # the data it started with: it resumes
+    train(config(corpus, tmp_path, **resume, stop_after_steps=5))
+    assert load_checkpoint_file(run_dir / "checkpoints" / "latest.pt")["step"] == 5

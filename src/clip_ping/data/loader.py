@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -302,3 +303,31 @@ def read_captions(spec: DataSpec) -> list[str]:
             if "txt" in files:  # a cut shard's last sample may have none
                 captions.append(files["txt"].decode("utf-8", errors="replace"))
     return captions
+
+
+def data_fingerprint(data: CsvTrainData | ShardTrainData) -> dict:
+    """What a run trains on, for its checkpoints: the sample count and a hash of each
+    sample's key and caption (CSV), or of the shards' names and sample keys (shards). A
+    resume on data that changed at the same path is refused (:func:`other_data`). Image
+    files are not covered: the hash costs no reads beyond the listing."""
+    digest = hashlib.sha256()
+    if isinstance(data, CsvTrainData):
+        count, dataset = len(data.dataset), data.dataset
+        lines: Iterable[str] = map("{}\t{}".format, dataset.keys(), dataset.captions)
+    else:
+        index = data.dataset.key_index
+        count, lines = len(index), [*index.shards, "", *index.keys]
+    for line in lines:
+        digest.update(line.encode("utf-8", "surrogatepass") + b"\n")
+    return {"samples": count, "sha256": digest.hexdigest()}
+
+
+def other_data(recorded: dict, spec: DataSpec) -> str | None:
+    """How ``spec``'s data differs from the ``recorded`` :func:`data_fingerprint`, in words;
+    None if it does not."""
+    now = data_fingerprint(build_train_data(spec, transform=None, tokenizer=None, seed=0))
+    if now == recorded:
+        return None
+    if now["samples"] != recorded["samples"]:
+        return f"it held {recorded['samples']:,} samples then and holds {now['samples']:,} now"
+    return f"it holds {now['samples']:,} samples as then, but their paths or captions changed"

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data.loader import data_fingerprint, other_data
 from ..distributed import share_from_main
 from ..io import atomic_torch_save, atomic_write, how_to_fix_write, os_error
 from ..models import (
@@ -130,7 +131,7 @@ class Checkpointer:
         self, run_dir: Path, is_main: bool, world_size: int, last_saved_step: int | None = None
     ):
         self.dir, self.is_main, self.world_size = run_dir / "checkpoints", is_main, world_size
-        self.last_saved_step = last_saved_step
+        self.last_saved_step, self.data = last_saved_step, None  # data: its fingerprint
 
     @property
     def latest(self) -> Path:
@@ -146,9 +147,11 @@ class Checkpointer:
         scaler,
         progress: Progress,
         bad_samples,
+        data,
     ) -> None:
         if not self.is_main:
             return
+        self.data = self.data or data_fingerprint(data)  # computed once, at the first save
         state = {
             "format": CHECKPOINT_FORMAT,
             "student": student_record(task.model, tokenizer),
@@ -160,6 +163,7 @@ class Checkpointer:
             "bad_samples": bad_samples.state_dict(),
             "world_size": self.world_size,
             "config": cfg.to_dict(),
+            "data": self.data,
         }
         try:
             atomic_torch_save(state, self.latest)
@@ -199,6 +203,7 @@ def open_resume_checkpoint(
     def choose() -> Path:
         checkpoint, found = load_resume_checkpoint(path, cfg.resume == "latest")
         chosen["changes"] = check_resumable(checkpoint, found, cfg, world_size)
+        check_same_data(checkpoint, found, cfg)
         refuse_overwriting_newer(checkpoints, checkpoint, found)
         chosen["checkpoint"] = checkpoint
         return found
@@ -282,6 +287,18 @@ def _same_file(a: Path, b: Path) -> bool:
         return os.path.samefile(a, b)
     except OSError:
         return False
+
+
+def check_same_data(checkpoint: dict, path: Path, cfg: TrainConfig) -> None:
+    """Refuse to continue on training data that changed at its path since the checkpoint's
+    run started (checkpoints of earlier versions record no data: not checked)."""
+    recorded = checkpoint.get("data")
+    if isinstance(recorded, dict) and (how := other_data(recorded, cfg.data_spec())):
+        raise ValueError(
+            f"--resume {cfg.resume} ({path}) would continue on other data: --train-data "
+            f"{cfg.train_data} changed since the run started ({how}). Resume with the data "
+            "it started with, or start a new run with another --name"
+        )
 
 
 def check_resumable(

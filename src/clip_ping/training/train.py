@@ -88,6 +88,7 @@ class Run:
             scaler=self.scaler,
             progress=self.progress,
             bad_samples=self.bad_samples,
+            data=self.data,
         )
 
     def should_stop(self) -> bool:
