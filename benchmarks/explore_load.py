@@ -15,7 +15,7 @@ timed is what the page asks for:
    ``--queries`` HTTP requests over one keep-alive connection, every one a new typed query;
    client-side latency p50 / p99, requests per second, and how many were not answered 200.
 
-Threads: torch's default (one per core). The machine's load average and the other Python
+Threads: torch's default (one per core) unless ``--threads``. The machine's load average and the other Python
 processes running are recorded beside the numbers, since they share the cores.
 """
 
@@ -136,8 +136,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: cores)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     explorer = synthetic_explorer(args.images, args.runs, args.model)
     record = {

@@ -28,6 +28,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from urllib.parse import parse_qs, urlsplit
 
+import torch
+
 from ..errors import UserError
 from .explorer import BadRequest, Explorer
 
@@ -182,6 +184,9 @@ def serve(explorer: Explorer, host: str = "127.0.0.1", port: int = 0) -> None:
             "reach this machine can read the set's images and captions",
             file=sys.stderr,
         )
+    # A typed query is one batch-1 text forward: a second thread buys little, and on cores
+    # that other processes share it costs much (docs/benchmarks.md: 14 against 72 ms).
+    torch.set_num_threads(1)
     server = start_server(explorer, host, port)
     print(f"explorer of {explorer.data.name} at {server.url} (Ctrl-C stops it)", flush=True)
     try:
