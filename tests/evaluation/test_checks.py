@@ -62,3 +62,10 @@ def test_sets_any_model_scores_perfectly_on_are_named(pairs, tmp_path):
     one = load_eval_dataset(tmp_path / "one.csv", raw)
     assert "has a single class" in meaningless_score(one, "linear-probe")
     assert "has a single image" in meaningless_score(one, "retrieval")
+    (tmp_path / "same.csv").write_text("filepath,title,label\na.png,x,0\nb.png,y,1\nc.png,z,2\n")
+    (tmp_path / "classnames.txt").write_text("dog\ndog\ncat\n")  # two classes, one name
+    same = load_eval_dataset(tmp_path / "same.csv", raw)
+    assert "2 classes are named 'dog' (2 names for 3 classes)" in meaningless_score(
+        same, "zeroshot"
+    )
+    assert meaningless_score(same, "linear-probe") is None  # the probe never reads names

@@ -98,13 +98,22 @@ def check_task(data: EvalDataset, task: str) -> None:
 
 
 def meaningless_score(data: EvalDataset, task: str) -> str | None:
-    """Why ``task`` on ``data`` would score perfectly whatever the model, or None."""
+    """Why ``task`` on ``data`` would score alike whatever the model (perfectly, or for
+    classes of one name not at all), or None."""
     if task in ("zeroshot", "linear-probe") and data.labels is not None:
         if len(set(data.labels)) < 2:
             return (
                 f"{data.name} has a single class, so every image is classified right by any "
                 f"model: its {task} accuracy means nothing. Evaluate on a set of several classes"
             )
+    names = data.classnames or []
+    if task == "zeroshot" and len(names) > 1 and len(set(names)) < len(names):
+        same = next(name for name in names if names.count(name) > 1)
+        return (
+            f"{data.name}: {names.count(same)} classes are named {same!r} ({len(set(names))} "
+            f"names for {len(names)} classes); their prompts are the same text, so zero-shot "
+            "cannot tell them apart and its accuracy means nothing. Give every class its own name"
+        )
     if task == "retrieval" and data.captions is not None:
         if len(data) < 2:
             return (
