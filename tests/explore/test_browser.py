@@ -128,10 +128,13 @@ def test_zero_shot_page_lists_every_class(browser, server, explore_runs):
     assert shown == {classnames[label] for label in set(labels)}
 
 
-def test_the_static_folder_opens_from_disk(browser, explorer, explore_runs, tmp_path):
+@pytest.mark.parametrize("copy_images", [True, False])
+def test_the_static_folder_opens_from_disk(browser, explorer, explore_runs, tmp_path, copy_images):
     from clip_ping.explore import write_static
 
-    index = write_static(explorer, tmp_path / "static")
+    index = write_static(explorer, tmp_path / "static", copy_images=copy_images)
+    copied = len(list((tmp_path / "static" / "images").iterdir()))
+    assert copied == (len(explorer.data) if copy_images else 0)
     caption, image = first_place_caption(explore_runs["runs"][0], explore_runs["dataset"])
     open_page(browser, index.as_uri())
     box = browser.find_element(By.ID, "query")

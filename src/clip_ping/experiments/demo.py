@@ -175,8 +175,9 @@ EXPLORE_SET = "test_google"  # the runs side by side in runs/demo/explore/index.
 
 def write_explorer(out: Path, data: DemoData) -> Path:
     """The static explorer of the demo's runs on ``EXPLORE_SET`` with the teachers'
-    neighbours, ``out/explore/index.html`` (opens from disk; its embeddings are cached in
-    each run's ``explore/``, so a second call only rewrites the pages)."""
+    neighbours, ``out/explore/index.html``: it opens from disk and shows the corpus's own
+    image files (no copies). The embeddings are cached in each run's ``explore/``, so a
+    second call only rewrites the pages."""
     from ..explore import SetSpec, open_explorer, write_static
 
     explorer = open_explorer(
@@ -186,7 +187,7 @@ def write_explorer(out: Path, data: DemoData) -> Path:
         text_bank=str(data.bank("text")),
         train_data=str(data.train),
     )
-    return write_static(explorer, out / "explore")
+    return write_static(explorer, out / "explore", copy_images=False)  # beside the corpus
 
 
 def demo_keys(metrics: dict[str, dict[str, float]]) -> list[str]:

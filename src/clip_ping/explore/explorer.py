@@ -96,6 +96,9 @@ class Explorer:
             self.positives = positives_of_texts(data.captions, data.caption_image)
             own = list(data.caption_image)  # one positive a row, as clip-ping eval scores it
             self.ranks = {run.name: correct_ranks(run.images, run.captions, own) for run in runs}
+        self.captions_of: list[list[int]] = [[] for _ in range(len(data))]
+        for row, image in enumerate(data.caption_image or []):
+            self.captions_of[image].append(row)
         self.rows_of_text: dict[str, list[int]] = {}
         for row, text in enumerate(data.captions or []):
             self.rows_of_text.setdefault(text, []).append(row)
@@ -162,7 +165,7 @@ class Explorer:
         """Each run's top-``k`` captions of set image ``image`` (and the teachers' view)."""
         image = bounded_int(image, "image", 0, len(self.data) - 1)
         k = bounded_int(k, "k", 1, MAX_K)
-        own = [r for r, i in enumerate(self.data.caption_image or []) if i == image]
+        own = self.captions_of[image]
         texts = self.data.captions or []
         own_texts = {texts[r] for r in own}
         out = []

@@ -40,40 +40,55 @@ class TeacherNeighbours:
     set_features: np.ndarray  # (N, D) float32: the set's images in the image teacher's space
 
     def __post_init__(self):
-        self.bank_features = np.asarray(self.image_bank.features, dtype=np.float32)
         self.image_tables = self.image_bank.neighbors()
         self.text_tables = self.text_bank.neighbors()
+        self.rows, self.scores = nearest_rows(self.set_features, self.image_bank, NEAREST)
 
-    def nearest(self, image: int, nearest: int = NEAREST, per: int = NEIGHBOURS) -> list[dict]:
-        """The ``nearest`` training samples of set image ``image``, each with its caption,
+    def nearest(self, image: int, per: int = NEIGHBOURS) -> list[dict]:
+        """The :data:`NEAREST` training samples of set image ``image``, each with its caption,
         similarity and ``per`` image and caption neighbours (row, caption, similarity)."""
-        scores = self.bank_features @ self.set_features[image]
-        scores[self.image_bank.skipped] = -np.inf
-        rows = np.argsort(-scores, kind="stable")[:nearest]
         (image_nn, image_sim), (text_nn, text_sim) = self.image_tables, self.text_tables
         return [
             {
-                "row": int(row),
+                "row": row,
                 "caption": self.train.captions[row],
-                "similarity": round(float(scores[row]), 4),
+                "similarity": round(score, 4),
                 "image_neighbours": self._listed(image_nn[row][:per], image_sim[row][:per]),
                 "caption_neighbours": self._listed(text_nn[row][:per], text_sim[row][:per]),
             }
-            for row in rows
+            for row, score in zip(self.rows[image], self.scores[image], strict=True)
         ]
 
     def _listed(self, rows, similarities) -> list[dict]:
         return [
-            {
-                "row": int(r),
-                "caption": self.train.captions[int(r)],
-                "similarity": round(float(s), 4),
-            }
-            for r, s in zip(rows, similarities, strict=True)
+            {"row": r, "caption": self.train.captions[r], "similarity": round(s, 4)}
+            for r, s in zip(
+                np.asarray(rows).tolist(), np.asarray(similarities).tolist(), strict=True
+            )
         ]
 
     def train_image(self, row: int) -> Path:
         return self.train.image_path(row)
+
+
+def nearest_rows(
+    features: np.ndarray, bank: Bank, k: int, block: int = 256
+) -> tuple[list[list[int]], list[list[float]]]:
+    """For each row of ``(N, D)`` ``features``, the ``k`` most similar rows of ``bank``
+    (skipped rows never), best first, and their similarities; scored ``block`` rows at a
+    time, so memory stays at ``block`` × the bank's rows."""
+    bank_features = np.asarray(bank.features, dtype=np.float32)
+    k = min(k, len(bank_features))
+    rows, scores = [], []
+    for start in range(0, len(features), block):
+        sims = features[start : start + block].astype(np.float32) @ bank_features.T
+        sims[:, bank.skipped] = -np.inf
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        top_sims = np.take_along_axis(sims, top, axis=1)
+        order = np.lexsort((top, -top_sims), axis=1)  # best first, lower row on ties
+        rows += np.take_along_axis(top, order, axis=1).tolist()
+        scores += np.take_along_axis(top_sims, order, axis=1).tolist()
+    return rows, scores
 
 
 def open_banks(

@@ -5,12 +5,13 @@ Every answer the server would give for a caption of the set, an image of the set
 disagreements and the zero-shot tables is computed here once and written to ``data.js``
 (a script, since a page opened from disk may not fetch files); the search box then filters
 the set's captions. The set's images (and the training images the teachers' neighbours
-show) are copied under ``DIR/images/``.
+show) are copied under ``DIR/images/`` (or, with ``copy_images=False``, shown where they are).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -36,21 +37,29 @@ def static_payload(explorer: Explorer, k: int = DEFAULT_K) -> dict:
     return payload
 
 
-def _copy_images(explorer: Explorer, out: Path, payload: dict) -> None:
+def _place(source: Path, out: Path, name: str, copy: bool) -> str:
+    """The address of ``source`` from the page in ``out``: a copy in ``out/images/``, or the
+    file where it is (a relative path: the folder then opens only where it was written)."""
+    if not copy:
+        return Path(os.path.relpath(source, out)).as_posix()
+    shutil.copyfile(source, out / "images" / name)
+    return f"images/{name}"
+
+
+def _copy_images(explorer: Explorer, out: Path, payload: dict, copy: bool) -> None:
     images = out / "images"
     images.mkdir(parents=True, exist_ok=True)
     files = []
     for index in range(len(explorer.data)):
         png = explorer.image_png(index)
         source = explorer.image_file(index)
-        name = f"{index}.png" if source is None else f"{index}{source.suffix.lower()}"
         if png is not None:
-            (images / name).write_bytes(png)
+            (images / f"{index}.png").write_bytes(png)
+            files.append(f"images/{index}.png")
         elif source is not None:
-            shutil.copyfile(source, images / name)
+            files.append(_place(source, out, f"{index}{source.suffix.lower()}", copy))
         else:
-            name = ""  # refused (outside the set's folder) or missing: shown as absent
-        files.append(f"images/{name}" if name else "")
+            files.append("")  # refused (outside the set's folder) or missing: shown as absent
     payload["image_files"] = files
     rows = {
         n["row"]
@@ -62,18 +71,20 @@ def _copy_images(explorer: Explorer, out: Path, payload: dict) -> None:
     for row in sorted(rows):
         source = explorer.train_file(row)
         if source is not None:
-            name = f"train-{row}{source.suffix.lower()}"
-            shutil.copyfile(source, images / name)
-            train[str(row)] = f"images/{name}"
+            train[str(row)] = _place(source, out, f"train-{row}{source.suffix.lower()}", copy)
     payload["train_files"] = train
 
 
-def write_static(explorer: Explorer, out: str | Path, k: int = DEFAULT_K) -> Path:
-    """Write the static explorer of ``explorer`` into ``out``; returns ``out/index.html``."""
-    out = Path(out)
+def write_static(
+    explorer: Explorer, out: str | Path, k: int = DEFAULT_K, copy_images: bool = True
+) -> Path:
+    """Write the static explorer of ``explorer`` into ``out``; returns ``out/index.html``.
+    ``copy_images=False`` points the page at the image files where they are instead of
+    copying them (cheaper; the folder then works only beside them)."""
+    out = Path(out).absolute()
     out.mkdir(parents=True, exist_ok=True)
     payload = static_payload(explorer, k)
-    _copy_images(explorer, out, payload)
+    _copy_images(explorer, out, payload, copy_images)
     script = "window.EXPLORE_DATA = " + json.dumps(payload, separators=(",", ":")) + ";\n"
     atomic_write_text(out / "data.js", script)
     for name, _ in {v for v in WEB_FILES.values()}:
