@@ -11,6 +11,7 @@ import pytest
 
 from clip_ping.data.shapes import build_shapes
 from clip_ping.errors import describe_failure
+from clip_ping.io import atomic_write_text
 from clip_ping.models import create_model, export_hf
 from small_disk import small_disk
 
@@ -110,3 +111,14 @@ def test_a_full_disk_during_a_bank_build_or_mining_is_one_line_and_resumes(pairs
         assert sorted(p.name for p in bank.iterdir()) == ["features.npy", "meta.json"]
         filler.unlink()
         assert _cli("bank", "neighbors", bank, "--k", 5, "--backend", "exact").returncode == 0
+
+
+def test_a_write_refused_names_the_file_asked_for_not_its_temporary(tmp_path):
+    with small_disk(tmp_path / "disk", "100k") as disk:
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)  # binds for root
+        with pytest.raises(OSError) as refused:
+            atomic_write_text(disk / "sheet.png", "x")
+        assert refused.value.errno == errno.EROFS
+        assert refused.value.filename == str(disk / "sheet.png")  # was .sheet.png.XXXX.tmp
+        message, status = describe_failure(refused.value)
+        assert status == 1 and f"'{disk / 'sheet.png'}'" in message

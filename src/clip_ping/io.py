@@ -141,7 +141,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    tmp, fd = _create_beside(path, lambda tmp: os.open(tmp, flags, 0o666))
+    try:
+        tmp, fd = _create_beside(path, lambda tmp: os.open(tmp, flags, 0o666))
+    except OSError as exc:  # named by the file asked for, not the hidden temporary one
+        exc.filename = str(path)
+        raise
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
