@@ -19,8 +19,9 @@ from clip_ping.training.train import train
     "student", ["cpu-micro-32", "cpu-convnext-micro-32", "cpu-mobilevit-micro-32"]
 )
 def test_the_card_states_the_run_and_its_code_loads_the_same_model(
-    shapes_corpus, tmp_path, student
+    shapes_corpus, tmp_path, student, monkeypatch
 ):
+    monkeypatch.chdir(tmp_path)  # --logs relative to where training runs
     cfg = build_config(
         overrides=dict(
             train_data=str(shapes_corpus / "train.csv"),
@@ -30,7 +31,7 @@ def test_the_card_states_the_run_and_its_code_loads_the_same_model(
             epochs=1,
             warmup=2,
             workers=0,
-            logs=str(tmp_path),
+            logs="logs",
             name="card",
             progress=False,
         )
@@ -53,7 +54,10 @@ def test_the_card_states_the_run_and_its_code_loads_the_same_model(
         for name, value in record["metric_names"].items():
             assert f"| `{name}` | {value:.4f} |" in card
 
-    # The card's "transformers alone" code runs and gives clip-ping's embeddings.
+    # The card's "transformers alone" code runs and gives clip-ping's embeddings, read from
+    # another folder than the one training ran in.
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
     blocks = re.findall(r"```python\n(.*?)```", card, flags=re.S)
     assert len(blocks) == 2
     pil_image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), np.uint8))

@@ -66,6 +66,7 @@ def _results_table(metrics: dict[str, float]) -> list[str]:
 
 
 def _usage(run_dir: Path, model) -> list[str]:
+    run_dir = run_dir.resolve()  # the card is read from anywhere, not where training ran
     return [
         "With clip-ping (`encode_image`/`encode_text` as in open_clip):",
         "",
