@@ -330,3 +330,13 @@ def test_resume_on_a_training_csv_changed_at_the_same_path_is_refused(corpus, tm
     data.write_text("\n".join(lines) + "\n")  # the data it started with: it resumes
     train(config(corpus, tmp_path, **resume, stop_after_steps=5))
     assert load_checkpoint_file(run_dir / "checkpoints" / "latest.pt")["step"] == 5
+
+
+def test_a_default_spelled_out_is_no_change_on_resume(corpus, tmp_path):
+    from clip_ping.tokenizer import DEFAULT_TOKENIZER
+
+    assert DEFAULT_TOKENIZER == "minilm"
+    implied, spelled = config(corpus, tmp_path), config(corpus, tmp_path, tokenizer="minilm")
+    assert implied.to_dict()["tokenizer"] is None  # was refused: "--tokenizer was None, now ..."
+    assert settings_changes(implied.to_dict(), spelled) == ({}, [])
+    assert settings_changes(spelled.to_dict(), implied) == ({}, [])

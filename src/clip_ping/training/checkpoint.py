@@ -68,6 +68,7 @@ CHECKPOINT_KEYS = {
     "config": dict,
 }
 EPOCH_FILE = re.compile(r"epoch_(\d+)\.pt")
+SPELLED_OUT = {"tokenizer": "minilm"}  # what None means (tokenizer.DEFAULT_TOKENIZER)
 
 
 @dataclass
@@ -290,8 +291,7 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def check_same_data(checkpoint: dict, path: Path, cfg: TrainConfig) -> None:
-    """Refuse to continue on training data that changed at its path since the checkpoint's
-    run started (checkpoints of earlier versions record no data: not checked)."""
+    """Refuse a resume on training data changed at its path (earlier checkpoints: not checked)."""
     recorded = checkpoint.get("data")
     if isinstance(recorded, dict) and (how := other_data(recorded, cfg.data_spec())):
         raise ValueError(
@@ -354,6 +354,7 @@ def settings_changes(saved: dict, cfg: TrainConfig) -> tuple[dict, list[str]]:
     for field in dataclasses.fields(cfg):
         name = field.name
         was, now = saved.get(name, field.default), getattr(cfg, name)
+        was, now = (SPELLED_OUT.get(name) if v is None else v for v in (was, now))
         if name in RUN_LOCATION or was == now or _same_path(was, now):
             continue
         if name in may_change or (name in RESUME_MAY_GROW and _grows(was, now)):
