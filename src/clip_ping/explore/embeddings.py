@@ -109,9 +109,10 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
 
 
 def cache_path(run: Path, set_name: str) -> Path:
-    """``RUN/explore/<set name>.pt`` (a checkpoint file's run folder for a ``.pt``)."""
+    """``RUN/explore/<set name>.pt``: the run folder of a checkpoint ``.pt`` or of an
+    ``hf/`` export too (an export folder stays as exported)."""
     folder = run if run.is_dir() else run.parent
-    if folder.name == "checkpoints":
+    if folder.name in ("checkpoints", "hf"):
         folder = folder.parent
     return folder / CACHE_DIR / f"{set_name}.pt"
 
