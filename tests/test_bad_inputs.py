@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import logging
 import os
 import shutil
 import tarfile
@@ -14,6 +15,7 @@ import torch
 from PIL import Image
 
 from clip_ping.bank import Bank, build_bank, mine_bank
+from clip_ping.data import tars
 from clip_ping.data.bad_samples import MAX_IMAGE_PIXELS, BadSample
 from clip_ping.data.datasets import CsvDataset
 from clip_ping.data.loader import DataSpec
@@ -135,7 +137,7 @@ def _cut_inside(shard, name):
     os.truncate(shard, member.offset_data + member.size // 2)
 
 
-def test_cut_shard_and_non_text_caption(dirty, tmp_path):
+def test_cut_shard_and_non_text_caption(dirty, tmp_path, caplog):
     root = dirty[0].parent
     urls = write_shards(root / "train.csv", tmp_path / "shards", samples_per_shard=20)
     # A caption that is not UTF-8, and the last shard cut in the middle of a member.
@@ -149,9 +151,16 @@ def test_cut_shard_and_non_text_caption(dirty, tmp_path):
                 member.size = len(data)
             tar.addfile(member, io.BytesIO(data))
     _cut_inside(tmp_path / "shards" / "00002.tar", "0000205.json")
-    with pytest.warns(UserWarning, match="00002.tar is cut short"):
+    with caplog.at_level(logging.WARNING, logger="clip_ping"):
         index = build_key_index(urls)
+    (cut,) = [r.getMessage() for r in caplog.records if "cut short" in r.getMessage()]
+    assert "00002.tar is cut short" in cut  # the run log's warning, not a raw UserWarning
     assert len(index) == 46 and index.keys[-1] == "0000205"  # the rest of the shard is lost
+    tars._cut_found.clear()  # as a later run in its own process
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="clip_ping"):
+        assert build_key_index(urls) == index  # from the cached index: warned again
+    assert [r.getMessage() for r in caplog.records] == [cut]
     dataset = ShardDataset(urls, key_index=index, shuffle=False, on_bad_sample="skip")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import itertools
 import json
+import logging
 import os
 import tarfile
 import warnings
@@ -29,6 +30,8 @@ from .bad_samples import (
     decode_image,
 )
 from .datasets import IMAGE_EXTENSIONS, KEY_INDEX_FORMAT, TEXT_EXTENSION
+
+log = logging.getLogger("clip_ping")
 
 
 def expand_urls(spec: str | Sequence[str]) -> list[str]:
@@ -171,21 +174,31 @@ def _members(tar: tarfile.TarFile, url: str) -> Iterator[tarfile.TarInfo]:
             count += 1
             yield member
     except tarfile.ReadError as exc:  # a member's data ends early
-        warnings.warn(
+        _cut_short(
+            url,
             f"shard {url} is cut short after {count} members ({exc}); the samples after the "
             f"cut are missing and the one cut through is a bad sample: {fix}",
-            stacklevel=3,
         )
         yield tarfile.TarInfo(_CUT)
         return
     path = local_path(url)
     # tarfile ends quietly at a cut header; a whole archive has end-of-archive blocks there.
     if path is not None and path.stat().st_size - tar.offset < tarfile.BLOCKSIZE:
-        warnings.warn(
+        _cut_short(
+            url,
             f"shard {url} is cut short after {count} members (no end-of-archive block); the "
             f"samples after the cut are missing: {fix}",
-            stacklevel=3,
         )
+
+
+_cut_found: dict[str, str] = {}  # shard → its warning, for each cut shard this process read
+
+
+def _cut_short(url: str, message: str) -> None:
+    """Log a cut shard once per process: to the run log (``out.log``) in a training."""
+    if url not in _cut_found:
+        log.warning(message)
+    _cut_found[url] = message
 
 
 @dataclass(frozen=True)
@@ -263,10 +276,13 @@ def build_key_index(
             and stored["shards"] == names
             and stored["bytes"] == sizes
         ):
+            for url, message in stored.get("cut", {}).items():  # each process that uses it
+                _cut_short(url, message)
             return KeyIndex(tuple(names), tuple(stored["counts"]), tuple(stored["keys"]))
 
     counts, keys = [], []
     for url in urls:
+        _cut_found.pop(url, None)  # scanned anew: warned anew
         shard_keys = [key for _, key, _ in iter_shard(url, read=False)]
         counts.append(len(shard_keys))
         keys.extend(shard_keys)
@@ -283,7 +299,8 @@ def build_key_index(
         )
     index = KeyIndex(tuple(names), tuple(counts), tuple(keys))
     if cache is not None:
-        payload = {"format": KEY_INDEX_FORMAT, "shards": names, "bytes": sizes}
+        cut = {url: _cut_found[url] for url in urls if url in _cut_found}
+        payload = {"format": KEY_INDEX_FORMAT, "shards": names, "bytes": sizes, "cut": cut}
         payload.update(counts=counts, keys=keys)
         try:
             atomic_write_text(cache, json.dumps(payload))
