@@ -51,7 +51,7 @@ def test_demo_writes_summary_report_and_figures_then_reuses_its_stages(tmp_path)
     assert "(explore/index.html)" in report and (out / "explore" / "index.html").is_file()
     script = (out / "explore" / "data.js").read_text()
     assert '"name":"clip"' in script and '"name":"clip-ping"' in script
-    assert '"nearest_training"' in script and '"dataset":"test_google"' in script
+    assert '"dataset":"test_google"' in script
     # The two runs trained side by side (2 cores), each writing its own console log.
     for run in ("clip", "clip-ping"):
         assert "steps/epoch" in (out / run / "console.log").read_text()

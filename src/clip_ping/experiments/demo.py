@@ -174,18 +174,15 @@ EXPLORE_SET = "test_google"  # the runs side by side in runs/demo/explore/index.
 
 
 def write_explorer(out: Path, data: DemoData) -> Path:
-    """The static explorer of the demo's runs on ``EXPLORE_SET`` with the teachers'
-    neighbours, ``out/explore/index.html``: it opens from disk and shows the corpus's own
-    image files (no copies). The embeddings are cached in each run's ``explore/``, so a
-    second call only rewrites the pages."""
+    """The static explorer of the demo's runs on ``EXPLORE_SET``, ``out/explore/index.html``:
+    it opens from disk and shows the corpus's own image files (no copies). The embeddings are
+    cached in each run's ``explore/``, so a second call only rewrites the pages. Without the
+    teachers' neighbours: finding them runs the image teacher over the set, time the demo's
+    budget does not have (``clip-ping explore`` with the banks shows them)."""
     from ..explore import SetSpec, open_explorer, write_static
 
     explorer = open_explorer(
-        [out / name for name in DEMO_RUNS],
-        SetSpec(str(data.corpus / f"{EXPLORE_SET}.csv")),
-        image_bank=str(data.bank("image")),
-        text_bank=str(data.bank("text")),
-        train_data=str(data.train),
+        [out / name for name in DEMO_RUNS], SetSpec(str(data.corpus / f"{EXPLORE_SET}.csv"))
     )
     return write_static(explorer, out / "explore", copy_images=False)  # beside the corpus
 
@@ -239,9 +236,10 @@ def render_report(summary: dict, keys: list[str]) -> str:
         "![neighbours](figures/neighbours.png)\n\n"
         f"**Look at the runs side by side:** [explore/index.html](explore/index.html) opens "
         f"from disk: each run's top images for every caption of `{EXPLORE_SET}`, each "
-        "image's top captions and the teachers' neighbours of its nearest training samples, "
-        "and the captions the runs disagree on most. `clip-ping explore RUN RUN --dataset "
-        "SET` serves the same page for typed queries.\n\n"
+        "image's top captions, and the captions the runs disagree on most. `clip-ping "
+        "explore RUN RUN --dataset SET` serves the same page for typed queries, and with "
+        "`--image-bank`, `--text-bank` and `--train-data` it adds the teachers' neighbours of "
+        "each image's nearest training samples.\n\n"
         f"Wall time: {summary['wall_seconds']:.0f} s ({timings})"
         + (
             f"; reused from an earlier call, so not timed here: {', '.join(summary['reused_runs'])}"
