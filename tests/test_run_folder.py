@@ -224,6 +224,18 @@ def test_a_name_outside_logs_is_refused(corpus, tmp_path, name):
     assert not (tmp_path / "outside").exists() and not logs.exists()
 
 
+def test_the_error_that_ends_a_run_is_in_its_log_too(corpus, tmp_path):
+    lines = (corpus / "train.csv").read_text().splitlines()
+    lines[5] = "images/gone.png,a shape that is not there,0"  # a bad sample
+    data = corpus / "gone.csv"
+    data.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError) as stopped:
+        train(config(corpus, tmp_path, name="e", train_data=str(data), on_bad_sample="error"))
+    assert "'images/gone.png' (row 4" in str(stopped.value)
+    last = (tmp_path / "e" / "out.log").read_text().splitlines()[-1]
+    assert last.endswith(f"| ERROR | {stopped.value}")
+
+
 def test_a_blank_name_is_refused(corpus, tmp_path):
     logs = tmp_path / "logs"
     with pytest.raises(ValueError, match=r"--name '   ' is blank; name the run"):

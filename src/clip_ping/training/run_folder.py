@@ -19,6 +19,7 @@ settings it changed). :func:`run_settings` folds the two together.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -35,8 +36,11 @@ from typing import Any
 import yaml
 
 from ..distributed import share_from_main
+from ..errors import one_line
 from ..io import TEMPORARY_SUFFIX, how_to_fix_write, os_error
 from .config import TrainConfig, save_yaml
+
+log = logging.getLogger("clip_ping")
 
 LOCK_FILE = "run.lock"
 CONFIG_FILE = "config.yaml"
@@ -75,9 +79,21 @@ def claim_run_folder(cfg: TrainConfig, is_main: bool) -> Iterator[RunFolder]:
     try:
         with _exit_on_sigterm(enabled=lock is not None):
             yield folder
+    except Exception as exc:  # the error that ends the run: in out.log too, not only stderr
+        _log_to_file(folder.path, exc)
+        raise
     finally:
         if lock is not None:
             lock.release()
+
+
+def _log_to_file(run_dir: Path, exc: Exception) -> None:
+    """Write ``exc`` to ``run_dir/out.log`` if the run opened it (stderr gets it from the
+    command line)."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (one_line(exc),), None)
+    for handler in log.handlers:
+        if getattr(handler, "baseFilename", None) == os.path.abspath(run_dir / "out.log"):
+            handler.handle(record)
 
 
 def _claim(cfg: TrainConfig) -> tuple[RunFolder, RunLock]:
